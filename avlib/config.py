@@ -1,0 +1,443 @@
+"""One config system for the whole kit: frozen dataclasses plus named profiles.
+
+    cfg = make_config("cpu")                                   # a named profile
+    cfg = make_config("cpu", **{"model.depth": 2})             # dotted overrides
+    cfg = make_config("cpu", overrides={"pretrain": {"epochs": 1}})  # nested overrides
+    cfg = make_config("paper", recipe="official")              # the official code's downstream recipes
+
+Unknown keys raise a ``ConfigError`` that names the closest valid key (papermill itself only warns).
+Profiles shrink sizes, never structure: every profile builds the same modules, masking and losses.
+
+Sources for the values: ``[code]`` = the official implementation (``../shared/reference/DEEPAVFUSION.md``),
+``[supp]`` = the seed paper's supplementary material (``SEED_SUPPLEMENT.md``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Mapping
+
+__all__ = [
+    "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "ClassificationConfig",
+    "LocalizationConfig", "SegmentationConfig", "SeparationConfig", "Config",
+    "PROFILES", "RECIPES", "make_config", "config_to_dict", "config_from_dict", "config_hash",
+]
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not exist / is not allowed."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+FUSION_ARCHS = ("none", "token", "dense", "factorized")
+# the official code's names for the same blocks
+OFFICIAL_FUSION_ARCH = {"factorized_mmi": "factorized", "dense_mmi": "dense", "token": "token", "none": "none"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """DeepAVFusion encoder + masked-modeling (AVMAE) decoders. Defaults = the official yaml ViT-B."""
+
+    # modality encoders: two ViT-B/16 [code §1.2]
+    embed_dim: int = 768
+    depth: int = 12                      # ViT blocks per modality = fusion-block slots
+    num_heads: int = 12                  # ViT heads (head dim 64)
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    image_size: tuple[int, int] = (224, 224)   # (H, W) of the RGB frame
+    audio_size: tuple[int, int] = (128, 192)   # (n_mels, frames): frequency on rows, time on columns
+    drop_path: float = 0.0               # uniform rate in every ViT and fusion block (fine-tune: 0.2)
+
+    # fusion [code §1.3-1.4]
+    fusion_arch: str = "factorized"      # none | token | dense | factorized (paper's method)
+    fusion_layers: Any = "all"           # "all" | "none" | tuple of layer indices
+    num_fusion_tokens: int = 16          # yaml num_fusion_tkns
+    num_aggr_image_tokens: int = 8       # visual aggregation tokens
+    num_aggr_audio_tokens: int = 8       # audio aggregation tokens
+    fusion_num_heads: int = 12           # the fusion blocks have their own head count
+    fusion_attn_ratio: float = 0.25      # q/k width = ratio * embed_dim (yaml default 0.25)
+    fusion_mlp_ratio: float = 4.0        # yaml default 4.0 (VGGSound release 1.0)
+    # How pair attention (dense, and factorized's aggregation pairs) is evaluated:
+    # "separable" = exact O(Nv+Na) evaluation (see avlib.model docs), "explicit" = materialize every pair.
+    pair_attention: str = "separable"
+
+    # masked modeling [code §1.5]
+    image_mask_ratio: float = 0.75
+    audio_mask_ratio: float = 0.8
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    decoder_mlp_ratio: float = 4.0
+    norm_pix_loss: bool = True           # both modalities
+
+    # fast paths (each has the faithful path as reference)
+    grad_checkpointing: bool = False     # activation checkpointing of ViT blocks (GPU memory)
+
+    def __post_init__(self):
+        object.__setattr__(self, "fusion_arch", OFFICIAL_FUSION_ARCH.get(self.fusion_arch, self.fusion_arch))
+        if self.fusion_arch not in FUSION_ARCHS:
+            raise ConfigError(f"model.fusion_arch={self.fusion_arch!r}: choose one of {FUSION_ARCHS}")
+        if self.pair_attention not in ("separable", "explicit"):
+            raise ConfigError(f"model.pair_attention={self.pair_attention!r}: 'separable' or 'explicit'")
+        fl = self.fusion_layers
+        if isinstance(fl, list):
+            object.__setattr__(self, "fusion_layers", tuple(int(i) for i in fl))
+        elif isinstance(fl, str) and fl not in ("all", "none"):
+            # the official 'a-b-c' string form
+            object.__setattr__(self, "fusion_layers", tuple(int(i) for i in fl.split("-")))
+        elif isinstance(fl, int) and not isinstance(fl, bool):
+            object.__setattr__(self, "fusion_layers", (fl,))
+        if isinstance(self.fusion_layers, tuple):
+            bad = [i for i in self.fusion_layers if not 0 <= i < self.depth]
+            if bad:
+                raise ConfigError(f"model.fusion_layers {bad} outside 0..{self.depth - 1}")
+        for name in ("image_size", "audio_size"):
+            v = tuple(int(x) for x in getattr(self, name))
+            object.__setattr__(self, name, v)
+            if any(x % self.patch_size for x in v):
+                raise ConfigError(f"model.{name}={v} must be a multiple of patch_size={self.patch_size}")
+        if self.embed_dim % self.num_heads or self.embed_dim % self.fusion_num_heads:
+            raise ConfigError("model.embed_dim must be divisible by num_heads and fusion_num_heads")
+
+    @property
+    def image_grid(self) -> tuple[int, int]:
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
+    @property
+    def audio_grid(self) -> tuple[int, int]:
+        return (self.audio_size[0] // self.patch_size, self.audio_size[1] // self.patch_size)
+
+    @property
+    def num_fusion_total(self) -> int:
+        return self.num_fusion_tokens + self.num_aggr_image_tokens + self.num_aggr_audio_tokens
+
+    @property
+    def fusion_layer_ids(self) -> tuple[int, ...]:
+        if self.fusion_arch == "none" or self.fusion_layers == "none":
+            return ()
+        if self.fusion_layers == "all":
+            return tuple(range(self.depth))
+        return tuple(sorted(set(self.fusion_layers)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """Front ends and datasets. The image size comes from ``model.image_size``; the mel grid must
+    match ``model.audio_size`` (checked in ``Config``)."""
+
+    dataset: str = "avdigits"            # avdigits | synthetic | vggsound | audioset | ... (avlib.data)
+    root: str | None = None              # None: AVLIB_DATA_ROOT, then the local cache (avlib.paths)
+    # audio front end [code §2.1]: 16 kHz, 3 s, torchaudio MelSpectrogram, log10(x + 1e-7)
+    sample_rate: int = 16000
+    clip_seconds: float = 3.0
+    n_fft: int = 800
+    hop_length: int = 250
+    n_mels: int = 128
+    gain_db: float = 6.0                 # train-time random gain in [-gain_db, +gain_db]
+    # image front end [code §2.2]
+    crop_min: float = 0.5                # RandomResizedCrop scale=(crop_min, 1)
+    eval_resize_ratio: float = 0.875     # eval: Resize(size / 0.875) then CenterCrop(size)
+    # AV-Digits / synthetic scenes (avlib.data.scenes)
+    grid: int = 2                        # grid x grid cells, distinct digits / objects
+    p_two_sources: float = 0.0           # probability that two cells speak at once
+    p_offscreen: float = 0.0             # probability of an off-screen / silent clip
+    holdout_speakers: tuple[str, ...] = ()  # FSDD speakers kept out of training (generalization)
+    train_size: int = 2048               # scenes per training epoch (composed on the fly)
+    test_size: int = 512                 # fixed evaluation scenes
+    num_workers: int = 0
+    pin_memory: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "holdout_speakers", tuple(self.holdout_speakers))
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def num_frames(self) -> int:
+        """Mel frames after the official 'drop the last frame' step."""
+        return self.clip_samples // self.hop_length
+
+
+# ----------------------------------------------------------------------------------------------
+# Training (one loop for everything: avlib.train.fit)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 64                 # per process
+    accum_steps: int = 1                 # gradient accumulation
+    optimizer: str = "adamw"             # adamw | adam | sgd | lars
+    lr: float | None = None              # absolute lr; None -> blr * effective_batch / 256
+    blr: float = 1.5e-4                  # base lr [code §3]
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"             # cosine | constant  (linear warmup first, per step)
+    weight_decay: float = 0.05           # never on norms / biases / 1-D params
+    betas: tuple[float, float] = (0.9, 0.95)
+    momentum: float = 0.9                # sgd / lars
+    layer_decay: float | None = None     # layer-wise lr decay for fine-tuning (official 0.75)
+    pretrained_lr_ramp: bool = False     # official half-cosine ramp of the pretrained ViTs' lr
+    pretrained_ramp_epochs: float = 0.5  # fraction of epochs the ramp lasts (official: epochs / 2)
+    clip_grad: float | None = None
+    amp: str = "none"                    # none | bf16 | fp16 (GPU)
+    freeze_encoder: bool = False         # linear probe
+    max_steps: int | None = None         # hard cap on optimizer steps (smoke tests)
+    log_every: int = 20                  # plain log line every N steps
+    eval_every: int = 1                  # epochs between evaluations (0: only at the end)
+    ckpt_every: int = 1                  # epochs between checkpoints (0: only at the end)
+    compile: bool = False                # torch.compile on GPU
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.optimizer not in ("adamw", "adam", "sgd", "lars"):
+            raise ConfigError(f"optimizer={self.optimizer!r}: adamw | adam | sgd | lars")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"amp={self.amp!r}: none | bf16 | fp16")
+
+
+@dataclass(frozen=True)
+class ClassificationConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # subset of pooled features fed to the linear layer [supp A.1]; main paper: audio + visual
+    features: tuple[str, ...] = ("audio", "visual")
+    head: str = "linear"                 # linear [supp] | official (BN + one head per stream, avg logits)
+
+    def __post_init__(self):
+        object.__setattr__(self, "features", tuple(self.features))
+        bad = set(self.features) - {"audio", "visual", "fusion"}
+        if not self.features or bad:
+            raise ConfigError(f"features={self.features}: a non-empty subset of audio, visual, fusion")
+
+
+@dataclass(frozen=True)
+class LocalizationConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    head: str = "upsample"               # upsample [supp A.2] | official_unet [code §3.5]
+
+
+@dataclass(frozen=True)
+class SeparationConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    binary_mask: bool = True             # [supp A.3] binary masks; official README: ratio masks
+    weighted_loss: bool = False          # official README: True (log1p(S_mix) weights)
+
+
+# ----------------------------------------------------------------------------------------------
+# Top level
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    profile: str = "paper"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    linprobe: ClassificationConfig = field(default_factory=ClassificationConfig)
+    finetune: ClassificationConfig = field(default_factory=ClassificationConfig)
+    localization: LocalizationConfig = field(default_factory=LocalizationConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    separation: SeparationConfig = field(default_factory=SeparationConfig)
+
+    def __post_init__(self):
+        if self.data.n_mels != self.model.audio_size[0] or self.data.num_frames != self.model.audio_size[1]:
+            raise ConfigError(
+                f"audio front end gives {self.data.n_mels}x{self.data.num_frames} (n_mels x frames) but "
+                f"model.audio_size={self.model.audio_size}; change data.n_mels / clip_seconds / hop_length "
+                f"or model.audio_size together")
+
+
+# ----------------------------------------------------------------------------------------------
+# Profiles
+# ----------------------------------------------------------------------------------------------
+def _supplement_tasks(epochs_lp, epochs_ft, epochs_loc, epochs_seg, epochs_sep, batch, **common):
+    """Downstream protocols of the seed supplement (A.1-A.3): Adam, lr 1e-4, batch 128."""
+    def tc(epochs, **kw):
+        return TrainConfig(epochs=epochs, batch_size=batch, optimizer="adam", lr=1e-4, weight_decay=0.0,
+                           betas=(0.9, 0.999), warmup_epochs=0.0, schedule="constant", **{**common, **kw})
+    return dict(
+        linprobe=ClassificationConfig(train=tc(epochs_lp, freeze_encoder=True)),
+        finetune=ClassificationConfig(train=tc(epochs_ft)),
+        localization=LocalizationConfig(train=tc(epochs_loc)),
+        segmentation=SegmentationConfig(train=tc(epochs_seg)),
+        separation=SeparationConfig(train=tc(epochs_sep)),
+    )
+
+
+def _paper() -> Config:
+    return Config(
+        profile="paper",
+        model=ModelConfig(),
+        data=DataConfig(dataset="vggsound", num_workers=8, pin_memory=True),
+        # VGGSound pre-training, README command [code §3.1]: 200 ep, 40 warmup, 64 x 8 GPUs, blr 1.5e-4
+        pretrain=TrainConfig(epochs=200, warmup_epochs=40, batch_size=64, blr=1.5e-4, weight_decay=0.05,
+                             betas=(0.9, 0.95), pretrained_lr_ramp=True, amp="fp16", log_every=50,
+                             eval_every=10, ckpt_every=10),
+        **_supplement_tasks(50, 50, 30, 20, 20, batch=128, amp="bf16"),
+    )
+
+
+def _release(attn_ratio: float, mlp_ratio: float, name: str) -> Config:
+    base = _paper()
+    return replace(base, profile=name, model=replace(base.model, fusion_attn_ratio=attn_ratio,
+                                                     fusion_mlp_ratio=mlp_ratio))
+
+
+def _small(profile: str, *, embed_dim, depth, num_heads, fusion_heads, patch, image, mels, tokens,
+           decoder_dim, decoder_depth, decoder_heads, train_size, test_size, pre_epochs, task_epochs,
+           batch) -> Config:
+    # FSDD is 8 kHz: a 1 s clip, 32 ms windows, 16 ms hop -> 64 frames (+1 dropped) like the 3 s / 16 kHz paper grid
+    data = DataConfig(dataset="avdigits", sample_rate=8000, clip_seconds=1.0, n_fft=256, hop_length=125,
+                      n_mels=mels, train_size=train_size, test_size=test_size)
+    model = ModelConfig(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4.0, patch_size=patch,
+                        image_size=(image, image), audio_size=(mels, data.num_frames),
+                        num_fusion_tokens=tokens[0], num_aggr_image_tokens=tokens[1],
+                        num_aggr_audio_tokens=tokens[2], fusion_num_heads=fusion_heads,
+                        decoder_embed_dim=decoder_dim, decoder_depth=decoder_depth,
+                        decoder_num_heads=decoder_heads)
+    pretrain = TrainConfig(epochs=pre_epochs, warmup_epochs=max(1, pre_epochs // 5), batch_size=batch,
+                           lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), log_every=20,
+                           eval_every=0, ckpt_every=1)
+    tasks = _supplement_tasks(*task_epochs, batch=batch, log_every=20, eval_every=0, ckpt_every=0)
+    # small models train from a few thousand scenes: a larger lr than the paper's 1e-4 (same optimizer)
+    tasks = {k: replace(v, train=replace(v.train, lr=1e-3)) for k, v in tasks.items()}
+    return Config(profile=profile, model=model, data=data, pretrain=pretrain, **tasks)
+
+
+PROFILES = {
+    # tests: seconds
+    "smoke": lambda: _small("smoke", embed_dim=32, depth=2, num_heads=2, fusion_heads=2, patch=16, image=32,
+                            mels=32, tokens=(2, 2, 2), decoder_dim=16, decoder_depth=1, decoder_heads=2,
+                            train_size=32, test_size=16, pre_epochs=1, task_epochs=(1, 1, 1, 1, 1), batch=8),
+    # the main job: the whole story on a 2-core laptop in minutes
+    "cpu": lambda: _small("cpu", embed_dim=96, depth=4, num_heads=4, fusion_heads=4, patch=8, image=64,
+                          mels=64, tokens=(4, 4, 4), decoder_dim=64, decoder_depth=2, decoder_heads=4,
+                          train_size=3000, test_size=500, pre_epochs=10, task_epochs=(10, 5, 5, 5, 5),
+                          batch=64),
+    # official ViT-B (yaml default fusion 0.25 / 4.0), real benchmarks, GPUs
+    "paper": _paper,
+    # the two released checkpoints' configurations
+    "vggsound_release": lambda: _release(0.25, 1.0, "vggsound_release"),
+    "as2m_release": lambda: _release(1.0, 4.0, "as2m_release"),
+}
+
+# The official code's downstream recipes, as named alternatives to the supplement's [code §3.2-3.6]
+RECIPES = {
+    "supplement": {},
+    "official": {
+        "linprobe": {"train": {"optimizer": "lars", "lr": None, "blr": 0.3, "weight_decay": 0.0,
+                               "warmup_epochs": 10, "epochs": 60, "schedule": "cosine"}, "head": "official"},
+        "finetune": {"train": {"optimizer": "adamw", "lr": None, "blr": 3e-4, "weight_decay": 0.05,
+                               "betas": (0.9, 0.999), "layer_decay": 0.75, "warmup_epochs": 20,
+                               "epochs": 100, "schedule": "cosine"}, "head": "official"},
+        "segmentation": {"train": {"optimizer": "adamw", "lr": None, "blr": 2e-4, "weight_decay": 0.05,
+                                   "betas": (0.9, 0.999), "layer_decay": 0.75, "warmup_epochs": 20,
+                                   "epochs": 100, "schedule": "cosine"}, "head": "official_unet"},
+        "separation": {"train": {"optimizer": "adamw", "lr": None, "blr": 3e-4, "weight_decay": 0.05,
+                                 "betas": (0.9, 0.999), "layer_decay": 0.75, "warmup_epochs": 40,
+                                 "epochs": 300, "schedule": "cosine"},
+                       "binary_mask": False, "weighted_loss": True},
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides, (de)serialization
+# ----------------------------------------------------------------------------------------------
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _valid_keys(obj, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        keys.append(prefix + f.name)
+        if is_dataclass(v):
+            keys += _valid_keys(v, prefix + f.name + ".")
+    return keys
+
+
+def _set(obj, path: list[str], value, full_key: str):
+    name = path[0]
+    names = {f.name for f in fields(obj)}
+    if name not in names:
+        raise _unknown(full_key, obj)
+    current = getattr(obj, name)
+    if len(path) == 1:
+        if is_dataclass(current) and not is_dataclass(value):
+            raise ConfigError(f"{full_key} is a section; set its fields, e.g. {full_key}.{fields(current)[0].name}")
+        return replace(obj, **{name: value})
+    if not is_dataclass(current):
+        raise _unknown(full_key, obj)
+    return replace(obj, **{name: _set(current, path[1:], value, full_key)})
+
+
+def _unknown(key: str, obj) -> ConfigError:
+    valid = _valid_keys(Config())
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}.{hint}")
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | None) -> Config:
+    """Apply dotted (``"model.depth": 2``) or nested (``{"model": {"depth": 2}}``) overrides."""
+    if not overrides:
+        return cfg
+    for key, value in _flatten(overrides).items():   # nested dicts become dotted keys
+        cfg = _set(cfg, key.split("."), value, key)
+    return cfg
+
+
+def make_config(profile: str = "cpu", recipe: str = "supplement", overrides: Mapping[str, Any] | None = None,
+                **dotted: Any) -> Config:
+    """Build a profile's config, then apply a downstream recipe and overrides (unknown keys raise)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    cfg = PROFILES[profile]()
+    cfg = apply_overrides(cfg, RECIPES[recipe])
+    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, dotted)
+    return cfg
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(d: Mapping[str, Any]) -> Config:
+    """Inverse of ``config_to_dict``; unknown keys raise."""
+    d = dict(d)
+    profile = d.pop("profile", "paper")
+    base = make_config(profile) if profile in PROFILES else replace(Config(), profile=profile)
+    return apply_overrides(base, d)
+
+
+def config_hash(cfg) -> str:
+    """Short stable hash of a config (or sub-config), used to refuse stale checkpoints."""
+    blob = json.dumps(config_to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
