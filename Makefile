@@ -1,0 +1,48 @@
+# The kit's entry points. Every target creates/reuses the local virtual environment (.venv) itself.
+#   make reproduce   set up, fetch data if needed, run every notebook at the cpu profile -> reports/cpu/
+#   make test        set up, run the test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROFILE ?= cpu
+
+# CI and developer machines have a read-only copy of the recordings beside the checkout.
+ifeq ($(AVLIB_DATA_ROOT),)
+ifneq ($(wildcard ../shared/data/fsdd),)
+export AVLIB_DATA_ROOT := $(abspath ../shared/data)
+endif
+endif
+
+.PHONY: setup reproduce test data smoke bench lab clean-reports check-notebooks
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+data: setup
+	@$(PY) -c "from avlib.paths import data_root; print('data:', data_root(require=('fsdd', 'mnist')))" 2>/dev/null \
+	  || $(PY) -m avlib.data.download
+
+reproduce: data
+	$(PY) -m avlib.reproduce --profile $(PROFILE)
+
+smoke: setup
+	$(PY) -m avlib.reproduce --profile smoke
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m avlib.bench
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-reports:
+	rm -rf reports/$(PROFILE) runs/$(PROFILE)

@@ -1,0 +1,992 @@
+"""The benchmark suite: ``python -m avlib.bench``. One markdown report, every timing a median after warm-up.
+
+    python -m avlib.bench --quick                         # smoke + cpu + one fusion block at batch 8 (CI-like)
+    python -m avlib.bench                                 # + the ViT-B release configs, batch 8 and 64 blocks
+    python -m avlib.bench --configs vggsound_release,vggsound_release:dense --sections pretrain,inference
+    python -m avlib.bench --device cuda --compile --json bench.json
+
+Sections (each one function, ``bench_*`` below):
+  1. pretraining step: ``AVMAE`` forward + backward (+ AdamW with ``--optimizer``) at the configured mask
+     ratios, ``pair_attention="explicit"`` (the reference: every pair materialized) vs ``"separable"``;
+  2. inference: the encoder forward, no masking, ``no_grad``, the same two paths;
+  3. one ``dense`` and one ``factorized`` fusion block at the paper's unmasked sizes (196 visual, 96 audio,
+     32 fusion tokens, width 768), forward and forward + backward, batch 8 and 64. The explicit path only
+     runs when its analytic memory fits in ``--mem-fraction`` of the free memory, else "skipped (needs X)";
+  4. data-loader throughput (AV-Digits at the ``cpu`` profile, 0 and 2 workers; the synthetic scenes
+     stand in, with a note, when the recordings are not available);
+  5. analytic model FLOPs (formulas in ``avmae_flops``) and, on CUDA, bf16 autocast throughput and model
+     FLOPs utilization (MFU) of ViT-B pretraining at batch 64, with ``--compile`` adding
+     ``torch.compile`` and activation-checkpointing rows.
+The machine (CPU model, cores, threads, load, versions, GPU) heads the report: read timings with it.
+
+Ratios are always reference / fast: "speedup" = explicit time / separable time (> 1: separable is
+faster), "mem ratio" = explicit peak / separable peak. For the released configs at batch 2 on CPU a
+second ratio compares with the official code's CPU timings (DEEPAVFUSION.md §1.7, a different CPU:
+indicative only).
+
+Peak memory, what it measures:
+  * CPU: the rise of the process's resident set (RSS) above its steady state during the timed calls.
+    Before them gradients are dropped, ``gc`` runs and ``malloc_trim(0)`` hands cached free heap pages back
+    to the OS, then the kernel's RSS high-water mark is reset (``/proc/self/clear_refs``) and read back
+    (``VmHWM``) afterwards. So it counts what a step allocates and touches (activations, gradients,
+    temporaries, optimizer state on the first step) and not weights, inputs or the torch runtime. On CPU
+    every model measurement runs in a fresh subprocess (``--no-isolate`` to run in-process), so configs
+    do not share allocator or thread-pool state.
+  * CUDA: ``torch.cuda.max_memory_allocated`` during the timed calls (absolute: weights, gradients and
+    optimizer state included; the allocator's cache is not counted).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+
+from avlib.config import ModelConfig, make_config
+
+__all__ = [
+    "Timing", "measure", "PeakMemory", "BenchOptions", "machine_info", "avmae_flops", "encoder_flops",
+    "explicit_pair_bytes", "run_job", "bench_models", "bench_fusion_blocks", "bench_loader", "bench_gpu",
+    "format_report", "main",
+]
+
+MODES = ("explicit", "separable")       # reference first
+RELEASE_PROFILES = ("paper", "vggsound_release", "as2m_release")
+RESULT_TAG = "BENCH_RESULT "
+GiB, MiB = 2 ** 30, 2 ** 20
+
+# The official code's CPU timings [DEEPAVFUSION.md §1.7]: AVMAE fwd+bwd and encoder-only no_grad forward,
+# batch 2, torch.set_num_threads(2) on a 2-core Intel Xeon, medians of 8 after 2 warm-ups.
+OFFICIAL_CPU_S = {
+    "vggsound_release": {"pretrain": 1.50, "inference": 0.56},
+    "as2m_release": {"pretrain": 1.69, "inference": 0.60},
+}
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by GPU name; the first match wins (--peak-tflops overrides).
+GPU_PEAK_BF16_TFLOPS = (("GH200", 989.0), ("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0),
+                        ("H100", 989.0), ("H800", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0))
+
+# The fusion micro-benchmark's sizes: the paper's unmasked token counts (224x224 / 128x192 at patch 16).
+PAPER_BLOCK = dict(embed_dim=768, heads=12, attn_ratio=0.25, mlp_ratio=4.0, fusion=16, aggr_image=8,
+                   aggr_audio=8, n_image=196, n_audio=96)
+SMOKE_BLOCK = dict(embed_dim=48, heads=4, attn_ratio=0.25, mlp_ratio=4.0, fusion=4, aggr_image=2,
+                   aggr_audio=2, n_image=16, n_audio=12)
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Measuring: time and memory
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    """Wall-clock seconds of the timed calls, plus the very first call (cold: lazy init, compile)."""
+    times: list[float]
+    first_s: float
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def max(self) -> float:
+        return max(self.times)
+
+    @property
+    def n(self) -> int:
+        return len(self.times)
+
+
+def measure(fn: Callable[[], Any], warmup: int = 2, repeats: int = 5, *, sync: Callable[[], None] | None = None,
+            max_seconds: float | None = None, timed_region: Any = None) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then time up to ``repeats`` calls.
+
+    Args:
+        sync: called before every clock read (``torch.cuda.synchronize`` on GPU: kernels are asynchronous).
+        max_seconds: stop the timed calls once they have used this much wall time (at least one call
+            is always timed): a slow reference path gets fewer repeats instead of hours.
+        timed_region: a context manager entered around the timed calls only (``PeakMemory``).
+    """
+    sync = sync or (lambda: None)
+    first = None
+    for _ in range(warmup):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        first = time.perf_counter() - t0 if first is None else first
+    times: list[float] = []
+    with timed_region if timed_region is not None else contextlib.nullcontext():
+        start = time.perf_counter()
+        for _ in range(max(1, repeats)):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                break
+    return Timing(times=times, first_s=first if first is not None else times[0])
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    """Return glibc's cached free heap pages to the OS, so their re-use shows up in RSS again."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Context manager: peak memory of the enclosed region (see the module docstring for the meaning).
+
+    After exit: ``peak_bytes`` (rise above the start), ``absolute_bytes`` (process RSS high-water /
+    CUDA max allocated) and ``method`` (how it was measured). ``before`` runs first (e.g. drop gradients).
+    """
+
+    def __init__(self, device: torch.device, before: Callable[[], None] | None = None):
+        self.device, self.before = torch.device(device), before
+        self.peak_bytes = self.absolute_bytes = None
+        self.method = ""
+
+    def __enter__(self):
+        if self.before is not None:
+            self.before()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda max_memory_allocated"
+            return self
+        _malloc_trim()
+        self._start = (_proc_status_kib("VmRSS") or 0) * 1024
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")                            # reset the RSS high-water mark (Linux >= 4.0)
+            self.method = "RSS high-water rise (VmHWM after clear_refs)"
+        except OSError:                                 # no reset possible: ru_maxrss, may include earlier peaks
+            self.method = "ru_maxrss rise (high-water not resettable: may include earlier peaks)"
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.absolute_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            hwm = _proc_status_kib("VmHWM")
+            if hwm is None or self.method.startswith("ru_maxrss"):
+                import resource
+                hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
+            self.absolute_bytes = hwm * 1024
+        self.peak_bytes = max(0, self.absolute_bytes - self._start)
+        return False
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with ``torch.set_num_threads(n)`` and restore the previous count afterwards."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Options and the machine
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class BenchOptions:
+    device: str = "cpu"
+    threads: int | None = None         # torch threads (None: the cores this process may use)
+    warmup: int = 2
+    repeats: int = 5
+    max_seconds: float = 60.0          # per measurement, timed calls only
+    batch: int | None = None           # overrides every model batch size
+    optimizer: bool = False            # AdamW step inside the pretraining step
+    amp: str = "none"                  # none | bf16 autocast for sections 1-3
+    compile: bool = False              # torch.compile + grad checkpointing rows (section 5, CUDA)
+    isolate: bool | None = None        # subprocess per model measurement (None: on CPU)
+    mem_fraction: float = 0.5          # the explicit path runs if its analytic bytes < this * free memory
+    peak_tflops: float | None = None   # override of the GPU's peak bf16 TFLOP/s
+    loader_config: str = "cpu"
+    loader_batches: int = 20
+    loader_workers: tuple[int, ...] = (0, 2)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.threads is None:
+            self.threads = _usable_cores()
+        if self.isolate is None:
+            self.isolate = not str(self.device).startswith("cuda")
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            if m:
+                return m.group(1).strip()
+    return platform.processor() or platform.machine()
+
+
+def gpu_peak_tflops(name: str, override: float | None = None) -> tuple[float | None, str]:
+    """Peak dense bf16 TFLOP/s of a GPU by name and where the number comes from."""
+    if override:
+        return float(override), "--peak-tflops"
+    for key, tflops in GPU_PEAK_BF16_TFLOPS:
+        if key.lower() in name.lower():
+            return tflops, f"datasheet ({key}, dense bf16)"
+    return None, "unknown GPU: pass --peak-tflops"
+
+
+def machine_info(opts: BenchOptions) -> dict[str, Any]:
+    """Everything that decides a timing: CPU, cores, threads, load, memory, versions, GPU."""
+    import numpy
+    import psutil
+    import timm
+    from timm.layers import use_fused_attn
+    vm = psutil.virtual_memory()
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu capability (torch)": torch.backends.cpu.get_cpu_capability(),
+        "cores (logical / physical / usable)": f"{os.cpu_count()} / {psutil.cpu_count(logical=False)} / "
+                                               f"{_usable_cores()}",
+        "torch threads (intra / inter-op)": f"{opts.threads} / {torch.get_num_interop_threads()}",
+        "load average 1/5/15 min (at start)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "memory total / available": f"{vm.total / GiB:.1f} / {vm.available / GiB:.1f} GiB",
+        "python / platform": f"{platform.python_version()} / {platform.platform()}",
+        "torch / timm / numpy": f"{torch.__version__} / {timm.__version__} / {numpy.__version__}",
+        "oneDNN / MKL": f"{torch.backends.mkldnn.is_available()} / {torch.backends.mkl.is_available()}",
+        "timm fused attention (SDPA)": use_fused_attn(),
+        "device": opts.device,
+        "warm-up / repeats / max s per measurement": f"{opts.warmup} / {opts.repeats} / {opts.max_seconds:g}",
+        "isolation": "subprocess per measurement" if opts.isolate else "in-process",
+        "amp": opts.amp,
+    }
+    if str(opts.device).startswith("cuda"):
+        dev = torch.device(opts.device)
+        props = torch.cuda.get_device_properties(dev)
+        peak, src = gpu_peak_tflops(props.name, opts.peak_tflops)
+        info.update({
+            "gpu": f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / GiB:.1f} GiB, "
+                   f"{props.multi_processor_count} SMs)",
+            "cuda / cudnn": f"{torch.version.cuda} / {torch.backends.cudnn.version()}",
+            "tf32 matmul / cudnn": f"{torch.backends.cuda.matmul.allow_tf32} / {torch.backends.cudnn.allow_tf32}",
+            "peak bf16 TFLOP/s": f"{peak} ({src})",
+        })
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Analytic models: FLOPs and the explicit path's memory
+# ----------------------------------------------------------------------------------------------
+def _vit_block_flops(n: int, dim: int, mlp_ratio: float) -> int:
+    """One timm ViT block on n tokens: qkv 2n·D·3D, scores + weighted sum 2·2n²·D (summed over heads),
+    proj 2n·D², MLP 2·2n·D·int(rD)."""
+    return 2 * n * dim * 3 * dim + 4 * n * n * dim + 2 * n * dim * dim + 4 * n * dim * int(dim * mlp_ratio)
+
+
+def _attn_flops(nq: int, nk: int, dk: int, dv: int) -> int:
+    """Attention of nq queries over nk keys: scores 2·nq·nk·dk, weighted sum 2·nq·nk·dv (heads summed)."""
+    return 2 * nq * nk * (dk + dv)
+
+
+def _pair_flops(nq: int, n1: int, n2: int, e1: int, e2: int, dk: int, dv: int, mode: str) -> int:
+    """Pair attention (``avlib.model.pair_attention``) without the query projection.
+
+    explicit: K, V of all n1·n2 pairs 2·n1n2·(e1+e2)·(dk+dv), then attention over n1n2 keys;
+    separable: K, V of each side 2·(n1·e1 + n2·e2)·(dk+dv), then two attentions over n1 and n2 keys."""
+    if mode == "explicit":
+        return 2 * n1 * n2 * (e1 + e2) * (dk + dv) + _attn_flops(nq, n1 * n2, dk, dv)
+    return (2 * (n1 * e1 + n2 * e2) * (dk + dv) + _attn_flops(nq, n1, dk, dv)
+            + _attn_flops(nq, n2, dk, dv))
+
+
+def fusion_block_flops(cfg: ModelConfig, nv: int, na: int, mode: str | None = None) -> int:
+    """One fusion block (per sample) on nv visual and na audio tokens; MLP 2·2·Nf·D·int(r·D)."""
+    mode = mode or cfg.pair_attention
+    D, nf_all = cfg.embed_dim, cfg.num_fusion_total
+    d = int(D * cfg.fusion_attn_ratio)
+    mlp = 4 * nf_all * D * int(D * cfg.fusion_mlp_ratio)
+    if cfg.fusion_arch == "token":        # q D->d, kv D->2d over [a; v], proj d->D
+        attn = 2 * nf_all * D * d + 2 * (na + nv) * D * 2 * d + _attn_flops(nf_all, na + nv, d, d) \
+            + 2 * nf_all * d * D
+    elif cfg.fusion_arch == "dense":      # q D->d, pairs [a_i ‖ v_j] -> K, V of width d, proj d->D
+        attn = 2 * nf_all * D * d + _pair_flops(nf_all, na, nv, D, D, d, d, mode) + 2 * nf_all * d * D
+    elif cfg.fusion_arch == "factorized":
+        nf, nva, naa = cfg.num_fusion_tokens, cfg.num_aggr_image_tokens, cfg.num_aggr_audio_tokens
+
+        def aggregation(nq, nk):           # CrossAttention D -> D: q, kv, attention, proj
+            return 2 * nq * D * D + 2 * nk * D * 2 * D + _attn_flops(nq, nk, D, D) + 2 * nq * D * D
+        attn = (aggregation(nva, nv) + aggregation(naa, na) + 2 * nf * D * d
+                + _pair_flops(nf, nva, naa, D, D, d, D, mode) + 2 * nf * D * D)   # pairs: K width d, V width D
+    else:
+        return 0
+    return attn + mlp
+
+
+def encoder_flops(cfg: ModelConfig, batch: int, masked: bool = False, mode: str | None = None) -> int:
+    """Forward matmul FLOPs of ``DeepAVFusion`` (2 per multiply-add; norms, softmax, GELU not counted).
+
+    Patch embeddings run on every patch (2·N·C·p²·D each); layer l runs the ViT blocks on [Nf; kept
+    tokens] (or the kept tokens alone without a fusion block) plus the fusion block on the kept tokens.
+    Kept tokens: int(N · (1 - mask_ratio)) when ``masked``."""
+    p, D = cfg.patch_size, cfg.embed_dim
+    Nv, Na = math.prod(cfg.image_grid), math.prod(cfg.audio_grid)
+    nv = int(Nv * (1 - cfg.image_mask_ratio)) if masked else Nv
+    na = int(Na * (1 - cfg.audio_mask_ratio)) if masked else Na
+    total = 2 * Nv * 3 * p * p * D + 2 * Na * p * p * D
+    fusion_ids, nf = set(cfg.fusion_layer_ids), cfg.num_fusion_total
+    for layer in range(cfg.depth):
+        extra = nf if layer in fusion_ids else 0
+        total += _vit_block_flops(extra + nv, D, cfg.mlp_ratio) + _vit_block_flops(extra + na, D, cfg.mlp_ratio)
+        if layer in fusion_ids:
+            total += fusion_block_flops(cfg, nv, na, mode)
+    return batch * total
+
+
+def avmae_flops(cfg: ModelConfig, batch: int, mode: str | None = None) -> dict[str, int]:
+    """Matmul FLOPs of one ``AVMAE`` pretraining step at the configured mask ratios.
+
+    forward = masked encoder (``encoder_flops``) + per modality decoder: embed 2·(K + Nf)·D·Dd, depth
+    timm blocks on Nf + N tokens at width Dd, prediction 2·N·Dd·P. train = 3 x forward (the backward
+    of a matmul is two matmuls of the same size; the first conv's unneeded input gradient and
+    activation checkpointing's recompute are ignored: this is *model* FLOPs, as MFU uses).
+    ``mode`` (default cfg.pair_attention) picks the pair-attention formula; MFU uses "separable".
+    """
+    enc = encoder_flops(cfg, batch, masked=True, mode=mode)
+    p, D, Dd, nf = cfg.patch_size, cfg.embed_dim, cfg.decoder_embed_dim, cfg.num_fusion_total
+    dec = 0
+    for grid, ratio, chans in ((cfg.image_grid, cfg.image_mask_ratio, 3), (cfg.audio_grid, cfg.audio_mask_ratio, 1)):
+        N = math.prod(grid)
+        K = int(N * (1 - ratio))
+        dec += 2 * (K + nf) * D * Dd + cfg.decoder_depth * _vit_block_flops(nf + N, Dd, cfg.decoder_mlp_ratio) \
+            + 2 * N * Dd * p * p * chans
+    fwd = enc + batch * dec
+    return {"encoder": enc, "decoders": batch * dec, "forward": fwd, "train": 3 * fwd}
+
+
+def explicit_pair_bytes(batch: int, nq: int, n1: int, n2: int, e1: int, e2: int, dk: int, dv: int, heads: int,
+                        backward: bool = False, itemsize: int = 4) -> int:
+    """Upper estimate of what the explicit pair attention holds at once, in the official computation
+    (manual softmax): the pair tensor (B, n1·n2, e1+e2), K (B, n1·n2, dk), V (B, n1·n2, dv), the logits
+    and the softmax weights (B, h, nq, n1·n2) each. With ``backward`` their gradients too (x 2)."""
+    pairs = batch * n1 * n2
+    total = pairs * (e1 + e2 + dk + dv) + 2 * batch * heads * nq * n1 * n2
+    return itemsize * total * (2 if backward else 1)
+
+
+def _pair_shapes(cfg: ModelConfig, nv: int, na: int) -> dict[str, int] | None:
+    """The pair attention's sizes in one fusion block (None: the block has none)."""
+    D, d, h = cfg.embed_dim, int(cfg.embed_dim * cfg.fusion_attn_ratio), cfg.fusion_num_heads
+    if cfg.fusion_arch == "dense":
+        return dict(nq=cfg.num_fusion_total, n1=na, n2=nv, e1=D, e2=D, dk=d, dv=d, heads=h)
+    if cfg.fusion_arch == "factorized":
+        return dict(nq=cfg.num_fusion_tokens, n1=cfg.num_aggr_image_tokens, n2=cfg.num_aggr_audio_tokens,
+                    e1=D, e2=D, dk=d, dv=D, heads=h)
+    return None
+
+
+def model_explicit_bytes(cfg: ModelConfig, batch: int, train: bool) -> int:
+    """Explicit-path estimate for a whole model: training keeps every fusion layer's tensors for the
+    backward (plus one layer's gradients); inference holds one layer at a time."""
+    Nv, Na = math.prod(cfg.image_grid), math.prod(cfg.audio_grid)
+    nv = int(Nv * (1 - cfg.image_mask_ratio)) if train else Nv
+    na = int(Na * (1 - cfg.audio_mask_ratio)) if train else Na
+    shapes = _pair_shapes(cfg, nv, na)
+    if shapes is None or not cfg.fusion_layer_ids:
+        return 0
+    one = explicit_pair_bytes(batch, **shapes)
+    return one * (len(cfg.fusion_layer_ids) + 1) if train else one
+
+
+def _free_bytes(device: str) -> int:
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    import psutil
+    return psutil.virtual_memory().available
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Jobs: one measurement each, run in-process or in a fresh subprocess
+# ----------------------------------------------------------------------------------------------
+def model_config(spec: str, mode: str = "separable", grad_ckpt: bool = False) -> ModelConfig:
+    """``profile[:fusion_arch]`` -> its ModelConfig with the pair-attention mode, e.g. ``vggsound_release:dense``."""
+    profile, _, arch = spec.partition(":")
+    cfg = make_config(profile).model
+    return replace(cfg, pair_attention=mode, grad_checkpointing=grad_ckpt, **({"fusion_arch": arch} if arch else {}))
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _timed(job: dict, step: Callable[[], None], reset: Callable[[], None] | None = None) -> dict:
+    """Warm up, then time ``step`` with the peak memory of the timed calls."""
+    device = torch.device(job["device"])
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    mem = PeakMemory(device, before=reset)
+    t = measure(step, job["warmup"], job["repeats"], sync=sync, max_seconds=job["max_seconds"], timed_region=mem)
+    return {"ok": True, "times": t.times, "median_s": t.median, "min_s": t.min, "max_s": t.max, "n": t.n,
+            "first_s": t.first_s, "samples_per_s": job.get("batch", 0) / t.median, "peak_bytes": mem.peak_bytes,
+            "peak_abs_bytes": mem.absolute_bytes, "mem_method": mem.method, "threads": torch.get_num_threads()}
+
+
+def _job_model(job: dict) -> dict:
+    """``pretrain``: AVMAE forward + backward (+ AdamW); ``inference``: encoder forward, no_grad, no masking."""
+    from avlib.model import build_avmae, build_encoder
+    cfg = model_config(job["config"], job["mode"], job.get("grad_ckpt", False))
+    device, B = torch.device(job["device"]), job["batch"]
+    torch.manual_seed(job.get("seed", 0))
+    image = torch.randn(B, 3, *cfg.image_size, device=device)
+    audio = torch.randn(B, 1, *cfg.audio_size, device=device)
+    amp = _autocast(device, job.get("amp", "none"))
+    if job["kind"] == "pretrain":
+        model = build_avmae(cfg).to(device).train()
+        noise_v = torch.rand(B, math.prod(cfg.image_grid), device=device)   # one fixed mask, as replayable
+        noise_a = torch.rand(B, math.prod(cfg.audio_grid), device=device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4) if job.get("optimizer") else None
+        fwd = torch.compile(model) if job.get("compile") else model
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            with amp:
+                loss = fwd(image, audio, noise_v, noise_a).loss
+            loss.backward()
+            if opt is not None:
+                opt.step()
+        reset = lambda: model.zero_grad(set_to_none=True)   # noqa: E731  (baseline without gradients)
+    else:
+        model = build_encoder(cfg).to(device).eval()
+        fwd = torch.compile(model) if job.get("compile") else model
+
+        def step():
+            with torch.no_grad(), amp:
+                fwd(image, audio)
+        reset = None
+    out = _timed(job, step, reset)
+    out["params"] = sum(p.numel() for p in model.parameters())
+    return out
+
+
+def fusion_block_config(dims: dict, block: str, mode: str) -> ModelConfig:
+    """A ModelConfig whose fusion block has the micro-benchmark's sizes (``PAPER_BLOCK`` keys)."""
+    return replace(ModelConfig(), embed_dim=dims["embed_dim"], num_heads=dims["heads"], fusion_num_heads=dims["heads"],
+                   fusion_attn_ratio=dims["attn_ratio"], fusion_mlp_ratio=dims["mlp_ratio"], fusion_arch=block,
+                   num_fusion_tokens=dims["fusion"], num_aggr_image_tokens=dims["aggr_image"],
+                   num_aggr_audio_tokens=dims["aggr_audio"], pair_attention=mode)
+
+
+def _job_fusion(job: dict) -> dict:
+    """One fusion block: forward (no_grad) or forward + backward of sum(output) into weights and tokens."""
+    from avlib.model import FUSION_BLOCKS
+    dims, device, B = job["dims"], torch.device(job["device"]), job["batch"]
+    cfg = fusion_block_config(dims, job["block"], job["mode"])
+    torch.manual_seed(job.get("seed", 0))
+    block = FUSION_BLOCKS[job["block"]](cfg).to(device)
+    grad = job["backward"]
+    xf = torch.randn(B, cfg.num_fusion_total, cfg.embed_dim, device=device, requires_grad=grad)
+    xv = torch.randn(B, dims["n_image"], cfg.embed_dim, device=device, requires_grad=grad)
+    xa = torch.randn(B, dims["n_audio"], cfg.embed_dim, device=device, requires_grad=grad)
+    amp = _autocast(device, job.get("amp", "none"))
+
+    def reset():
+        block.zero_grad(set_to_none=True)
+        xf.grad = xv.grad = xa.grad = None
+
+    def step():
+        if grad:
+            reset()
+            with amp:
+                y, _ = block(xf, xv, xa)
+            y.float().sum().backward()
+        else:
+            with torch.no_grad(), amp:
+                block(xf, xv, xa)
+    return _timed(job, step, reset)
+
+
+def _job_loader(job: dict) -> dict:
+    """``loader_throughput`` over ``repeats`` fresh passes (worker start-up excluded by one warm-up batch)."""
+    from avlib.data.scenes import loader_throughput
+    from avlib.paths import DataNotFoundError
+    cfg = make_config(job["config"], **{"data.dataset": job["dataset"]})
+    runs = []
+    try:
+        for _ in range(max(1, job["repeats"])):
+            runs.append(loader_throughput(cfg, num_workers=job["workers"], num_batches=job["batches"],
+                                          batch_size=job.get("batch"), root=job.get("root")))
+    except DataNotFoundError as e:
+        return {"ok": False, "data_missing": True, "error": str(e).splitlines()[0]}
+    rates = [r["samples_per_s"] for r in runs]
+    return {"ok": True, "samples_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "n": len(runs), "batches_per_s": statistics.median(r["batches_per_s"] for r in runs),
+            "batch": runs[0]["batch_size"], "setup_s": statistics.median(r["setup_s"] for r in runs),
+            "num_batches": runs[0]["num_batches"]}
+
+
+_JOBS = {"pretrain": _job_model, "inference": _job_model, "fusion": _job_fusion, "loader": _job_loader}
+
+
+def run_job(job: dict) -> dict:
+    """Run one measurement in this process; failures come back as ``{"ok": False, "error": ...}``."""
+    try:
+        with torch_threads(job.get("threads")):
+            return _JOBS[job["kind"]](job)
+    except (RuntimeError, ValueError, MemoryError) as e:    # torch OOM is a RuntimeError
+        return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def dispatch(job: dict, isolate: bool, timeout_s: float = 1800) -> dict:
+    """``run_job`` in-process, or in a fresh ``python -m avlib.bench --job`` subprocess (CPU default)."""
+    if not isolate:
+        return run_job(job)
+    env = dict(os.environ)
+    if job.get("threads"):
+        env.update(OMP_NUM_THREADS=str(job["threads"]), MKL_NUM_THREADS=str(job["threads"]))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        p = subprocess.run([sys.executable, "-m", "avlib.bench", "--job", json.dumps(job)], capture_output=True,
+                           text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    why = "killed (out of memory?)" if p.returncode in (-9, 137) else f"exit code {p.returncode}"
+    tail = (p.stderr.strip().splitlines() or [""])[-1][:200]
+    return {"ok": False, "error": f"worker {why}: {tail}"}
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Sections
+# ----------------------------------------------------------------------------------------------
+def _base_job(opts: BenchOptions, kind: str, **kw) -> dict:
+    return dict(kind=kind, device=opts.device, threads=opts.threads, warmup=opts.warmup, repeats=opts.repeats,
+                max_seconds=opts.max_seconds, amp=opts.amp, seed=opts.seed, **kw)
+
+
+def default_batch(spec: str, opts: BenchOptions) -> int:
+    """--batch, else the profile's pretraining batch (smoke 8, cpu 64); ViT-B configs: 2 on CPU, 64 on GPU."""
+    if opts.batch:
+        return opts.batch
+    profile = spec.partition(":")[0]
+    if profile in RELEASE_PROFILES:
+        return 64 if str(opts.device).startswith("cuda") else 2
+    return make_config(profile).pretrain.batch_size
+
+
+def _skip(need: int, budget: int) -> dict:
+    return {"ok": False, "skipped": True, "need_bytes": need,
+            "error": f"skipped (needs {need / GiB:.1f} GiB, budget {budget / GiB:.1f} GiB)"}
+
+
+def _guarded(job: dict, need: int, opts: BenchOptions) -> dict:
+    """Dispatch unless the analytic need exceeds ``mem_fraction`` of the free memory."""
+    budget = int(opts.mem_fraction * _free_bytes(opts.device))
+    res = _skip(need, budget) if need > budget else dispatch(job, opts.isolate)
+    res["analytic_bytes"] = need
+    return res
+
+
+def bench_models(kind: str, specs: list[str], opts: BenchOptions) -> list[dict]:
+    """Sections 1 (``kind="pretrain"``) and 2 (``"inference"``): explicit vs separable for each config."""
+    rows = []
+    for spec in specs:
+        B = default_batch(spec, opts)
+        row = {"config": spec, "batch": B, "fusion_arch": model_config(spec).fusion_arch}
+        for mode in MODES:
+            cfg = model_config(spec, mode)
+            need = model_explicit_bytes(cfg, B, train=kind == "pretrain") if mode == "explicit" else 0
+            job = _base_job(opts, kind, config=spec, mode=mode, batch=B, optimizer=opts.optimizer)
+            res = row[mode] = _guarded(job, need, opts)
+            _log(f"{kind:9s} {spec:24s} B={B:<3d} {mode:9s} " + (f"{res['median_s']:.4f} s" if res["ok"]
+                                                                     else res["error"]))
+        row["flops_train" if kind == "pretrain" else "flops_fwd"] = (
+            avmae_flops(model_config(spec), B)["train"] if kind == "pretrain"
+            else encoder_flops(model_config(spec), B))
+        rows.append(row)
+    return rows
+
+
+def bench_fusion_blocks(opts: BenchOptions, batches: tuple[int, ...] = (8, 64), dims: dict | None = None,
+                        blocks: tuple[str, ...] = ("dense", "factorized")) -> list[dict]:
+    """Section 3: one fusion block at the paper's unmasked sizes, forward and forward + backward."""
+    dims = dict(dims or PAPER_BLOCK)
+    rows = []
+    for block in blocks:
+        cfg = fusion_block_config(dims, block, "explicit")
+        shapes = _pair_shapes(cfg, dims["n_image"], dims["n_audio"])
+        for B in batches:
+            for backward in (False, True):
+                row = {"block": block, "batch": B, "pass": "fwd+bwd" if backward else "fwd", "dims": dims,
+                       "pairs": shapes["n1"] * shapes["n2"]}
+                for mode in MODES:
+                    need = explicit_pair_bytes(B, **shapes, backward=backward) if mode == "explicit" else 0
+                    job = _base_job(opts, "fusion", block=block, mode=mode, batch=B, backward=backward, dims=dims)
+                    res = row[mode] = _guarded(job, need, opts)
+                    _log(f"fusion    {block:10s} B={B:<3d} {row['pass']:7s} {mode:9s} "
+                         + (f"{res['median_s'] * 1e3:.1f} ms" if res["ok"] else res["error"]))
+                row["analytic_explicit_bytes"] = explicit_pair_bytes(B, **shapes, backward=backward)
+                rows.append(row)
+    return rows
+
+
+def _find_data_root() -> str | None:
+    """AVLIB_DATA_ROOT, else ../shared/data beside the checkout when it holds fsdd/ and mnist/, else the
+    kit's default lookup (None)."""
+    from avlib.paths import ROOT
+    for cand in (os.environ.get("AVLIB_DATA_ROOT"), ROOT.parent / "shared" / "data"):
+        if cand and os.path.isdir(os.path.join(cand, "fsdd")) and os.path.isdir(os.path.join(cand, "mnist")):
+            return str(cand)
+    return None
+
+
+def bench_loader(opts: BenchOptions) -> tuple[list[dict], list[str]]:
+    """Section 4: AV-Digits loader throughput at ``opts.loader_config`` for each worker count; the
+    synthetic scenes (same composer and audio front end, drawn content) when the recordings are missing."""
+    rows, notes = [], []
+    root = _find_data_root()
+    for dataset in ("avdigits", "synthetic"):
+        for workers in opts.loader_workers:
+            job = _base_job(opts, "loader", config=opts.loader_config, dataset=dataset, workers=workers,
+                            batches=opts.loader_batches, root=root, repeats=min(opts.repeats, 3))
+            res = dispatch(job, opts.isolate)
+            if res.get("data_missing"):
+                notes.append(f"AV-Digits skipped: {res['error']} (set AVLIB_DATA_ROOT or run "
+                             f"`python -m avlib.data.download`); the synthetic scenes stand in.")
+                break
+            rows.append({"dataset": dataset, "config": opts.loader_config, "workers": workers, **res})
+            _log(f"loader    {dataset:10s} workers={workers} " + (f"{res['samples_per_s']:.0f} samples/s"
+                                                                   if res["ok"] else res["error"]))
+        if rows:                          # real data measured: no stand-in needed
+            break
+    return rows, notes
+
+
+def bench_gpu(specs: list[str], opts: BenchOptions) -> list[dict]:
+    """Section 5 on CUDA: pretraining of each ViT-B config at batch 64 (or --batch) in fp32 and bf16
+    autocast (separable and explicit), plus torch.compile / grad checkpointing rows with ``compile``."""
+    variants = [("fp32", "separable", {}), ("bf16", "separable", {}), ("bf16", "explicit", {})]
+    if opts.compile:
+        variants += [("bf16", "separable", {"compile": True}), ("bf16", "separable", {"grad_ckpt": True})]
+    rows = []
+    for spec in specs:
+        B = opts.batch or 64
+        peak, _ = gpu_peak_tflops(torch.cuda.get_device_name(torch.device(opts.device)), opts.peak_tflops)
+        flops = avmae_flops(model_config(spec), B)["train"]
+        for amp, mode, extra in variants:
+            job = _base_job(opts, "pretrain", config=spec, mode=mode, batch=B, optimizer=opts.optimizer, **extra)
+            job["amp"] = "bf16" if amp == "bf16" else "none"
+            need = model_explicit_bytes(model_config(spec, mode), B, train=True) if mode == "explicit" else 0
+            res = _guarded(job, need, opts)
+            name = "+".join([amp, mode] + [k for k in extra])
+            row = {"config": spec, "variant": name, "batch": B, "flops_train": flops, **res}
+            if res["ok"]:
+                row["tflops"] = flops / res["median_s"] / 1e12
+                row["mfu"] = row["tflops"] / peak if peak else None
+            _log(f"gpu       {spec:24s} {name:24s} " + (f"{res['median_s']:.4f} s" if res["ok"] else res["error"]))
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. The report
+# ----------------------------------------------------------------------------------------------
+def _fmt_s(t: float) -> str:
+    return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
+def _fmt_timing(res: dict) -> str:
+    if not res.get("ok"):
+        return res.get("error", "failed")
+    spread = f"{_fmt_s(res['min_s'])}–{_fmt_s(res['max_s'])}" if res["n"] > 1 else "n=1"
+    return f"{_fmt_s(res['median_s'])} ({spread})"
+
+
+def _fmt_bytes(b: float | None) -> str:
+    if b is None:
+        return "–"
+    return f"{b / GiB:.2f} GiB" if b >= GiB else f"{b / MiB:.0f} MiB"
+
+
+def _ratio(a: dict, b: dict, key: str) -> str:
+    if a.get("ok") and b.get("ok") and b.get(key):
+        return f"{a[key] / b[key]:.2f}x"
+    return "–"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _mem_legend(opts: BenchOptions) -> str:
+    if str(opts.device).startswith("cuda"):
+        return "peak mem = torch.cuda.max_memory_allocated during the timed calls (absolute)."
+    return ("peak mem = rise of the process RSS above its steady state (weights, inputs, runtime resident; "
+            "gradients dropped) during the timed calls; see the module docstring.")
+
+
+def _model_table(rows: list[dict], kind: str, opts: BenchOptions) -> str:
+    official = (kind == "pretrain" and not opts.optimizer) or kind == "inference"
+    header = ["config", "fusion", "B", "explicit (min–max)", "separable (min–max)", "explicit samples/s",
+              "separable samples/s", "**speedup**", "explicit peak mem", "separable peak mem", "mem ratio",
+              "GFLOP/s (separable)"]
+    if official:
+        header.append("official §1.7 / separable")
+    body = []
+    for r in rows:
+        e, s = r["explicit"], r["separable"]
+        flops = r.get("flops_train", r.get("flops_fwd"))
+        line = [r["config"], r["fusion_arch"], r["batch"], _fmt_timing(e), _fmt_timing(s),
+                f"{e['samples_per_s']:.1f}" if e.get("ok") else "–", f"{s['samples_per_s']:.1f}" if s.get("ok") else "–",
+                f"**{_ratio(e, s, 'median_s')}**", _fmt_bytes(e.get("peak_bytes")), _fmt_bytes(s.get("peak_bytes")),
+                _ratio(e, s, "peak_bytes"), f"{flops / s['median_s'] / 1e9:.1f}" if s.get("ok") else "–"]
+        if official:
+            ref = OFFICIAL_CPU_S.get(r["config"], {}).get(kind)
+            cpu_b2 = r["batch"] == 2 and not str(opts.device).startswith("cuda") and opts.amp == "none"
+            line.append(f"{ref:.2f} s / {s['median_s']:.2f} s = {ref / s['median_s']:.2f}x"
+                        if ref and cpu_b2 and s.get("ok") else "–")
+        body.append(line)
+    return _table(header, body)
+
+
+def _fusion_table(rows: list[dict]) -> str:
+    header = ["block", "pairs", "B", "pass", "explicit (min–max)", "separable (min–max)", "**speedup**",
+              "explicit peak mem", "explicit analytic", "separable peak mem", "mem ratio"]
+    body = [[r["block"], r["pairs"], r["batch"], r["pass"], _fmt_timing(r["explicit"]), _fmt_timing(r["separable"]),
+             f"**{_ratio(r['explicit'], r['separable'], 'median_s')}**", _fmt_bytes(r["explicit"].get("peak_bytes")),
+             _fmt_bytes(r["analytic_explicit_bytes"]), _fmt_bytes(r["separable"].get("peak_bytes")),
+             _ratio(r["explicit"], r["separable"], "peak_bytes")] for r in rows]
+    return _table(header, body)
+
+
+def _loader_table(rows: list[dict]) -> str:
+    header = ["dataset", "config", "B", "workers", "samples/s (min–max)", "batches/s", "setup s"]
+    body = []
+    for r in rows:
+        if r.get("ok"):
+            body.append([r["dataset"], r["config"], r["batch"], r["workers"],
+                         f"{r['samples_per_s']:.0f} ({r['min']:.0f}–{r['max']:.0f})", f"{r['batches_per_s']:.1f}",
+                         f"{r['setup_s']:.2f}"])
+        else:
+            body.append([r["dataset"], r["config"], "–", r["workers"], r.get("error"), "–", "–"])
+    return _table(header, body)
+
+
+def _flops_table(specs: list[str], pretrain_rows: list[dict], opts: BenchOptions) -> str:
+    measured = {r["config"]: r for r in pretrain_rows}
+    header = ["config", "B", "fwd GFLOP (separable)", "fwd GFLOP (explicit)", "train-step GFLOP (3 x fwd)",
+              "achieved GFLOP/s (section 1, separable)", "MFU"]
+    body = []
+    for spec in specs:
+        B = default_batch(spec, opts)
+        sep, exp = avmae_flops(model_config(spec), B, "separable"), avmae_flops(model_config(spec), B, "explicit")
+        r = measured.get(spec, {}).get("separable", {})
+        rate = sep["train"] / r["median_s"] if r.get("ok") else None
+        mfu = f"{rate / (opts.peak_tflops * 1e12):.1%}" if rate and opts.peak_tflops else "–"
+        body.append([spec, B, f"{sep['forward'] / 1e9:.2f}", f"{exp['forward'] / 1e9:.2f}", f"{sep['train'] / 1e9:.2f}",
+                     f"{rate / 1e9:.1f}" if rate else "–", mfu])
+    return _table(header, body)
+
+
+def _gpu_table(rows: list[dict]) -> str:
+    header = ["config", "variant", "B", "step (min–max)", "samples/s", "model TFLOP/s", "MFU", "first call",
+              "peak alloc"]
+    body = [[r["config"], r["variant"], r["batch"], _fmt_timing(r), f"{r['samples_per_s']:.0f}" if r["ok"] else "–",
+             f"{r['tflops']:.0f}" if r.get("tflops") else "–", f"{r['mfu']:.1%}" if r.get("mfu") else "–",
+             _fmt_s(r["first_s"]) if r["ok"] else "–", _fmt_bytes(r.get("peak_abs_bytes"))] for r in rows]
+    return _table(header, body)
+
+
+def format_report(results: dict, opts: BenchOptions) -> str:
+    """The markdown report of ``results`` (the dict ``main`` also writes as JSON)."""
+    out = ["# avlib benchmark", "", "## Machine", "",
+           _table(["item", "value"], [[k, v] for k, v in results["machine"].items()]), "",
+           "Ratios: speedup = explicit / separable time (> 1: the separable path is faster); mem ratio = "
+           "explicit / separable peak. Times: median (min–max) of the timed calls after warm-up.",
+           _mem_legend(opts), ""]
+    if "pretrain" in results:
+        extra = " + AdamW step" if opts.optimizer else ""
+        out += ["## 1. Pretraining step (AVMAE fwd+bwd" + extra + ", masked at the configured ratios)", "",
+                _model_table(results["pretrain"], "pretrain", opts), "",
+                "The release configs use the factorized block: its pair attention covers only the 8 x 8 "
+                "aggregation tokens, so the whole-model difference between the paths is small; "
+                "`name:dense` rows show the dense block in the same model. GFLOP/s uses the analytic "
+                "train-step FLOPs (section 5). Official §1.7: AVMAE fwd+bwd at batch 2, 2 threads, 2-core "
+                "Xeon, torch 2.14.1 (another CPU: indicative only).", ""]
+    if "inference" in results:
+        out += ["## 2. Inference (encoder forward, no masking, no_grad)", "",
+                _model_table(results["inference"], "inference", opts), ""]
+    if "fusion" in results:
+        dims = results["fusion"][0]["dims"] if results["fusion"] else PAPER_BLOCK
+        out += ["## 3. Fusion block micro-benchmark", "",
+                f"One block, width {dims['embed_dim']}, {dims['heads']} heads, attn ratio {dims['attn_ratio']}, "
+                f"mlp {dims['mlp_ratio']}, {dims['fusion'] + dims['aggr_image'] + dims['aggr_audio']} fusion tokens, "
+                f"{dims['n_image']} visual and {dims['n_audio']} audio tokens (unmasked). "
+                "fwd = no_grad forward; fwd+bwd = forward and backward of sum(output) into weights and tokens. "
+                "explicit analytic = pair tensor + K + V + logits + softmax weights in fp32 (the official "
+                "manual-softmax computation; x2 with gradients): the explicit path only runs when this fits in "
+                f"{opts.mem_fraction:.0%} of the free memory.", "",
+                _fusion_table(results["fusion"]), ""]
+    if "loader" in results:
+        out += ["## 4. Data loader", "", _loader_table(results["loader"]["rows"]), ""]
+        out += [f"- {n}" for n in results["loader"]["notes"]] + ([""] if results["loader"]["notes"] else [])
+    if "flops_configs" in results:
+        out += ["## 5. Model FLOPs" + (" and GPU throughput" if "gpu" in results else ""), "",
+                "Analytic matmul FLOPs (2 per multiply-add; `avmae_flops`): ViT block on n tokens "
+                "2n·D·3D + 4n²·D + 2n·D² + 4n·D·rD; fusion blocks per `fusion_block_flops`; decoders on "
+                "Nf + N tokens; train step = 3 x forward (model FLOPs, recompute not counted).", "",
+                _flops_table(results["flops_configs"], results.get("pretrain", []), opts), ""]
+        if "gpu" in results:
+            out += [_gpu_table(results["gpu"]), ""]
+        elif results.get("gpu_note"):
+            out += [results["gpu_note"], ""]
+    out.append("load average at end: " + results.get("load_end", "–"))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Command line
+# ----------------------------------------------------------------------------------------------
+SECTIONS = ("pretrain", "inference", "fusion", "loader", "gpu")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m avlib.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke + cpu configs, fusion blocks at batch 8 only, "
+                   "short loader runs, 1 warm-up and 3 repeats unless given")
+    p.add_argument("--configs", help="comma list of profile[:fusion_arch] (default: smoke,cpu,vggsound_release,"
+                   "as2m_release,vggsound_release:dense)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
+    p.add_argument("--batch", type=int, help="batch for every model (default: profile / 2 for ViT-B on CPU / 64 on GPU)")
+    p.add_argument("--repeats", type=int, help="timed calls per measurement (median reported; default 5)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default 2)")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="cap on the timed calls of one measurement")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: usable cores)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast for sections 1-3")
+    p.add_argument("--optimizer", action="store_true", help="include an AdamW step in the pretraining step")
+    p.add_argument("--compile", action="store_true", help="CUDA section 5: torch.compile and grad-checkpointing rows")
+    p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s for MFU (default: from the GPU name)")
+    p.add_argument("--micro-batches", help="fusion block batches (default 8,64; --quick 8)")
+    p.add_argument("--micro-size", choices=("paper", "smoke"), default="paper", help="smoke: tiny block (tests)")
+    p.add_argument("--loader-config", default="cpu", help="profile of the loader benchmark")
+    p.add_argument("--loader-batches", type=int, help="batches per loader pass (default 20; --quick 5)")
+    p.add_argument("--loader-workers", default="0,2", help="comma list of worker counts")
+    p.add_argument("--mem-fraction", type=float, default=0.5, help="explicit path runs if its analytic memory < "
+                   "this fraction of the free memory")
+    p.add_argument("--no-isolate", action="store_true", help="measure in-process (default on CPU: a subprocess each)")
+    p.add_argument("--json", help="also write every raw number here")
+    p.add_argument("--job", help=argparse.SUPPRESS)     # internal: one measurement in this (sub)process
+    return p
+
+
+def _csv(s: str, cast=str) -> list:
+    return [cast(x.strip()) for x in s.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, print the report, return the raw results (also ``--json``)."""
+    args = _parser().parse_args(argv)
+    if args.job:                                    # worker mode
+        print(RESULT_TAG + json.dumps(run_job(json.loads(args.job))), flush=True)
+        return {}
+    from avlib.utils import resolve_device
+    device = str(resolve_device(args.device))
+    cuda = device.startswith("cuda")
+    default_configs = "smoke,cpu" if args.quick else "smoke,cpu,vggsound_release,as2m_release,vggsound_release:dense"
+    specs = _csv(args.configs or default_configs)
+    sections = _csv(args.sections)
+    bad = set(sections) - set(SECTIONS)
+    if bad:
+        raise SystemExit(f"unknown sections {sorted(bad)}; choose from {SECTIONS}")
+    opts = BenchOptions(
+        device=device, threads=args.threads, warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
+        repeats=args.repeats or (3 if args.quick else 5), max_seconds=args.max_seconds, batch=args.batch,
+        optimizer=args.optimizer, amp=args.amp, compile=args.compile, isolate=False if args.no_isolate else None,
+        mem_fraction=args.mem_fraction, peak_tflops=args.peak_tflops, loader_config=args.loader_config,
+        loader_batches=args.loader_batches or (5 if args.quick else 20),
+        loader_workers=tuple(_csv(args.loader_workers, int)))
+    micro_batches = tuple(_csv(args.micro_batches, int)) if args.micro_batches else ((8,) if args.quick else (8, 64))
+
+    results: dict[str, Any] = {"machine": machine_info(opts), "options": asdict(opts), "configs": specs}
+    with torch_threads(opts.threads):
+        if "pretrain" in sections:
+            results["pretrain"] = bench_models("pretrain", specs, opts)
+        if "inference" in sections:
+            results["inference"] = bench_models("inference", specs, opts)
+        if "fusion" in sections:
+            dims = PAPER_BLOCK if args.micro_size == "paper" else SMOKE_BLOCK
+            results["fusion"] = bench_fusion_blocks(opts, micro_batches, dims)
+        if "loader" in sections:
+            rows, notes = bench_loader(opts)
+            results["loader"] = {"rows": rows, "notes": notes}
+        if "gpu" in sections:
+            results["flops_configs"] = specs
+            vit_b = [s for s in specs if s.partition(":")[0] in RELEASE_PROFILES and ":" not in s]
+            if cuda and vit_b:
+                results["gpu"] = bench_gpu(vit_b, opts)
+            elif not cuda:
+                results["gpu_note"] = ("No CUDA device: bf16 throughput, MFU, torch.compile and grad-checkpointing "
+                                       "rows skipped (run with --device cuda on a GPU machine).")
+    results["load_end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    report = format_report(results, opts)
+    print(report, flush=True)
+    results["report"] = report
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,852 @@
+"""Run the notebook sequence with papermill, in manifest order, and summarize the results.
+
+    python -m avlib.reproduce --profile cpu                      # everything (up-to-date notebooks skipped)
+    python -m avlib.reproduce --profile cpu --only 03            # re-run one notebook (upstream from state.json)
+    python -m avlib.reproduce --profile cpu --from 04_localization --force
+    python -m avlib.reproduce --profile cpu --dry-run            # validate parameters, print the plan, run nothing
+    python -m avlib.reproduce --check-notebooks                  # CI: committed notebooks are clean and paired
+
+What it does, per notebook of ``notebooks/manifest.yaml`` (the format is documented in that file):
+
+1. Before any kernel starts, every selected notebook's parameters are checked against its
+   ``parameters`` cell (``papermill.inspect_notebook``): an unknown name is an error naming the notebook
+   and the closest valid names (papermill itself only warns), and ``overrides`` go through
+   ``make_config`` so config typos fail here too.
+2. The kernel gets a reproducible environment (``KERNEL_ENV``; ``MPLBACKEND`` removed so the inline
+   backend is used) and runs with ``cwd=notebooks/``, as in JupyterLab.
+3. Parameters: ``profile, seed, device, out_dir, run_dir`` from the runner, the manifest's per-profile
+   values, and upstream outputs (e.g. ``pretrain_ckpt``, which 02 records in its ``metrics.json``).
+4. The executed copy goes to ``reports/<profile>/<name>.ipynb`` (papermill never writes into
+   ``notebooks/``); the notebook's ``metrics.json`` and ``figures/`` live in ``reports/<profile>/<name>/``.
+5. The first failure stops the run with the notebook, the cell and the exception; exit status 1.
+6. ``reports/<profile>/state.json`` records each notebook's parameters, outputs and a fingerprint
+   (notebook source + parameters + upstream fingerprints + ``avlib`` sources) so ``--only`` can re-use
+   upstream outputs and unchanged notebooks are skipped; ``summary.md`` / ``summary.json`` are rewritten
+   after every notebook.
+
+Notebook files: each notebook is committed as a pair, ``notebooks/NN_name.py`` (jupytext percent: the
+reviewed, diffable source) and ``notebooks/NN_name.ipynb`` (what students open in JupyterLab), both
+without outputs; ``[tool.jupytext] formats = "ipynb,py:percent"`` keeps them in sync on save.
+``verify_notebooks_clean`` (``--check-notebooks``) is the CI gate. A lone ``.py`` still runs (converted
+in memory), and the runner refuses a pair whose cells differ.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .paths import REPORTS, ROOT, RUNS
+
+__all__ = [
+    "MANIFEST", "KERNEL_ENV", "RUNNER_PARAMS", "ReproduceError", "NotebookFailed", "Step", "Manifest",
+    "load_manifest", "load_notebook", "notebook_parameters", "reproduce", "comparisons",
+    "render_summary", "verify_notebooks_clean", "main",
+]
+
+MANIFEST: Path = Path(os.environ.get("AVLIB_MANIFEST", ROOT / "notebooks" / "manifest.yaml"))
+
+# Set before the kernel starts: the kernel cannot set these for itself (too late once Python runs).
+KERNEL_ENV = {
+    "PYTHONHASHSEED": "0",                     # hash-randomized set/dict orders become reproducible
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",      # needed by torch.use_deterministic_algorithms on CUDA
+    "TQDM_MININTERVAL": "5",                   # at most one progress-bar refresh per 5 s in reports/*.ipynb
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",     # silences ipykernel's "frozen modules" debugger warning
+}
+KERNEL_ENV_UNSET = ("MPLBACKEND",)             # a user's MPLBACKEND=Agg would hide every inline figure
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]  # the kernel app's own log lines, not cell output
+
+# Parameters the runner always passes; every notebook's parameters cell must define them.
+RUNNER_PARAMS = ("profile", "seed", "device", "out_dir", "run_dir")
+# Keys nb.record adds to metrics.json next to the metrics.
+META_KEYS = ("profile", "seed", "git_sha", "config_hash", "notebook")
+
+
+class ReproduceError(RuntimeError):
+    """A problem found before or between notebooks (manifest, parameters, missing state): exit 2."""
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and the exception: exit 1."""
+
+    def __init__(self, message: str, *, notebook: str, cell_index: int | None = None):
+        super().__init__(message)
+        self.notebook = notebook
+        self.cell_index = cell_index
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifest
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One notebook of the sequence, as declared in the manifest."""
+
+    name: str                                   # "03_classification"
+    notebooks_dir: Path
+    title: str = ""
+    inputs: dict[str, tuple[str, str]] = field(default_factory=dict)   # param -> (producer notebook, key)
+    outputs: tuple[str, ...] = ()               # metrics.json keys that later notebooks consume
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)    # profile or "*" -> {param: value}
+    timeout: float | None = None                # per-cell execution timeout (seconds)
+
+    @property
+    def ipynb(self) -> Path:
+        return self.notebooks_dir / f"{self.name}.ipynb"
+
+    @property
+    def py(self) -> Path:
+        return self.notebooks_dir / f"{self.name}.py"
+
+    @property
+    def source(self) -> Path:
+        """The file the runner executes: the .ipynb, else the jupytext .py (converted in memory)."""
+        return self.ipynb if self.ipynb.exists() else self.py
+
+    def params_for(self, profile: str) -> dict[str, Any]:
+        return {**self.params.get("*", {}), **self.params.get(profile, {})}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    notebooks_dir: Path
+    steps: tuple[Step, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    def step(self, name: str) -> Step:
+        return self.steps[self.names.index(self.resolve(name))]
+
+    def resolve(self, name: str) -> str:
+        """Exact name or a unique prefix (``03`` -> ``03_classification``)."""
+        if name in self.names:
+            return name
+        hits = [n for n in self.names if n.startswith(name)]
+        if len(hits) == 1:
+            return hits[0]
+        close = hits or difflib.get_close_matches(name, self.names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ReproduceError(f"no notebook {name!r} in {self.path}.{hint} Notebooks: {', '.join(self.names)}")
+
+
+_STEP_KEYS = {"name", "title", "inputs", "outputs", "params", "timeout"}
+
+
+def load_manifest(path: str | os.PathLike | None = None, *, check_files: bool = True) -> Manifest:
+    """Read and validate the manifest (YAML or JSON); notebook paths are relative to its folder."""
+    import yaml
+
+    path = Path(path or os.environ.get("AVLIB_MANIFEST") or MANIFEST).resolve()
+    if not path.exists():
+        raise ReproduceError(f"manifest {path} not found (pass --manifest or set AVLIB_MANIFEST)")
+    raw = yaml.safe_load(path.read_text()) or {}       # YAML is a superset of JSON
+    if not isinstance(raw, dict) or not isinstance(raw.get("notebooks"), list):
+        raise ReproduceError(f"{path}: expected a mapping with a 'notebooks:' list")
+    nb_dir = (path.parent / raw.get("notebooks_dir", ".")).resolve()
+    from .config import PROFILES
+
+    steps: list[Step] = []
+    produced: dict[str, str] = {}                       # output key -> latest producer so far
+    for i, entry in enumerate(raw["notebooks"]):
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        where = f"{path.name}: notebooks[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ReproduceError(f"{where}: each entry needs a 'name'")
+        name = str(entry["name"])
+        bad = set(entry) - _STEP_KEYS
+        if bad:
+            raise ReproduceError(f"{where} ({name}): unknown field(s) {sorted(bad)}; allowed: {sorted(_STEP_KEYS)}")
+        if name in (s.name for s in steps):
+            raise ReproduceError(f"{where}: duplicate notebook {name!r}")
+        inputs = _parse_inputs(entry.get("inputs") or {}, produced, f"{where} ({name})")
+        params = entry.get("params") or {}
+        for prof, values in params.items():
+            if prof != "*" and prof not in PROFILES:
+                close = difflib.get_close_matches(prof, list(PROFILES), n=1)
+                raise ReproduceError(f"{where} ({name}): params for unknown profile {prof!r}"
+                                     + (f"; did you mean {close[0]!r}?" if close else f"; profiles: {sorted(PROFILES)}"))
+            taken = set(values or {}) & set(RUNNER_PARAMS)
+            if taken:
+                raise ReproduceError(f"{where} ({name}): {sorted(taken)} are set by the runner "
+                                     "(--profile/--seed/--device/--out/--runs), not by the manifest")
+        step = Step(name=name, notebooks_dir=nb_dir, title=str(entry.get("title", "")), inputs=inputs,
+                    outputs=tuple(entry.get("outputs") or ()),
+                    params={k: dict(v or {}) for k, v in params.items()},
+                    timeout=entry.get("timeout"))
+        if check_files and not (step.ipynb.exists() or step.py.exists()):
+            raise ReproduceError(f"{where}: neither {step.ipynb} nor {step.py} exists")
+        produced.update({key: name for key in step.outputs})
+        steps.append(step)
+    return Manifest(path=path, notebooks_dir=nb_dir, steps=tuple(steps))
+
+
+def _parse_inputs(spec, produced: Mapping[str, str], where: str) -> dict[str, tuple[str, str]]:
+    """``[pretrain_ckpt]`` or ``{pretrain_ckpt: "02_pretraining.pretrain_ckpt"}`` -> {param: (nb, key)}."""
+    items = {k: None for k in spec} if isinstance(spec, list) else dict(spec)
+    out = {}
+    for param, ref in items.items():
+        if ref is None:
+            if param not in produced:
+                raise ReproduceError(f"{where}: input {param!r} is not an output of any earlier notebook "
+                                     f"(outputs so far: {sorted(produced) or 'none'})")
+            out[param] = (produced[param], param)
+        else:
+            producer, _, key = str(ref).partition(".")
+            if producer not in set(produced.values()) or key not in produced or produced.get(key) != producer:
+                raise ReproduceError(f"{where}: input {param}: {ref!r} is not '<earlier notebook>.<output>' "
+                                     f"(known: {sorted(f'{v}.{k}' for k, v in produced.items())})")
+            out[param] = (producer, key)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebooks and their parameters
+# ----------------------------------------------------------------------------------------------
+def load_notebook(path: str | os.PathLike):
+    """A NotebookNode from ``.ipynb`` or a jupytext ``.py`` (percent format), with a kernelspec."""
+    import jupytext
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4) if path.suffix == ".ipynb" else jupytext.read(path)
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                          "language": "python"})
+    nb.metadata.setdefault("language_info", {"name": "python"})
+    return nb
+
+
+def notebook_parameters(nb) -> dict[str, dict]:
+    """``papermill.inspect_notebook`` for a path or an in-memory notebook: {name: {inferred_type_name,
+    default, help}}."""
+    import nbformat
+    import papermill as pm
+
+    if isinstance(nb, (str, os.PathLike)) and Path(nb).suffix == ".ipynb":
+        return pm.inspect_notebook(str(nb))
+    node = load_notebook(nb) if isinstance(nb, (str, os.PathLike)) else nb
+    with tempfile.TemporaryDirectory() as tmp:          # inspect_notebook wants a file
+        p = Path(tmp) / "nb.ipynb"
+        nbformat.write(node, p)
+        return pm.inspect_notebook(str(p))
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,),
+          "list": (list, tuple)}
+
+
+def _check_params(step: Step, nb, declared: Mapping[str, dict], params: Mapping[str, Any],
+                  origin: Mapping[str, str], profile: str) -> list[str]:
+    """Problems with ``params`` for ``step`` (unknown names, wrong literal types, bad overrides)."""
+    problems = []
+    cell = _parameters_cell(nb)
+    for key, value in params.items():
+        if key not in declared:
+            close = difflib.get_close_matches(key, list(declared), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            if cell is not None and re.search(rf"^{re.escape(key)}\s*[:=]", cell.source, re.M):
+                hint = ("; it is in the parameters cell but papermill cannot parse its line "
+                        "(a line may hold only one '=': no '=' in the help comment)")
+            problems.append(f"{step.name}: unknown parameter {key!r} (from {origin.get(key, 'manifest')}){hint} "
+                            f"Its parameters cell defines: {', '.join(declared) or 'nothing'}")
+            continue
+        typ = str(declared[key].get("inferred_type_name", "")).strip()
+        ok = _TYPES.get(typ)
+        if ok and value is not None and (not isinstance(value, ok) or (isinstance(value, bool) and typ != "bool")):
+            problems.append(f"{step.name}: parameter {key!r} is declared {typ} but gets {value!r} "
+                            f"({type(value).__name__}, from {origin.get(key, 'manifest')})")
+    if params.get("overrides"):
+        from .config import ConfigError, make_config
+        try:
+            make_config(profile, overrides=params["overrides"])
+        except (ConfigError, TypeError) as e:
+            problems.append(f"{step.name}: overrides {params['overrides']!r}: {e}")
+    return problems
+
+
+def _cells_signature(nb) -> list[tuple[str, str, tuple[str, ...]]]:
+    """What must agree between paired .py and .ipynb: cell types, sources, tags."""
+    return [(c.cell_type, c.source.strip(), tuple(sorted(c.get("metadata", {}).get("tags", []))))
+            for c in nb.cells]
+
+
+def _parameters_cell(nb):
+    return next((c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# CI check: committed notebooks are clean
+# ----------------------------------------------------------------------------------------------
+def verify_notebooks_clean(paths: Iterable[str | os.PathLike], *, require_pair: bool = True,
+                           required_params: Sequence[str] = RUNNER_PARAMS + ("overrides",)) -> list[str]:
+    """Check committed notebooks; returns a list of problems (empty = clean).
+
+    ``paths`` are notebooks (``.ipynb`` or ``.py``) or folders (every ``*.ipynb`` / ``*.py`` in them).
+    The convention checked: each notebook is committed twice, ``NN_name.py`` (jupytext percent, the
+    reviewable source) and ``NN_name.ipynb`` (what students open), with
+
+    - no outputs, no execution counts, no papermill run metadata, no ``injected-parameters`` cell,
+      no saved widget state in the ``.ipynb``;
+    - exactly one cell tagged ``parameters``, holding only ``name: type = literal  # help`` lines (one
+      ``=`` per line: papermill silently skips lines with more), and
+      defining ``required_params``;
+    - the ``.py`` and ``.ipynb`` in sync (same cell types, sources and tags), when ``require_pair``.
+    """
+    import ast
+
+    import jupytext
+    import nbformat
+
+    stems: set[Path] = set()
+    for p in map(Path, paths):
+        files = (sorted(p.glob("*.ipynb")) + sorted(p.glob("*.py"))) if p.is_dir() else [p]
+        stems.update(f.with_suffix("") for f in files
+                     if f.suffix in (".ipynb", ".py") and not f.name.startswith("_"))
+    problems: list[str] = []
+    for stem in sorted(stems):
+        ipynb, py = stem.with_suffix(".ipynb"), stem.with_suffix(".py")
+        has_ipynb, has_py = ipynb.exists(), py.exists()
+        if require_pair and not (has_ipynb and has_py):
+            missing, present = (py, ipynb) if has_ipynb else (ipynb, py)
+            problems.append(f"{missing}: missing; pair it with `jupytext --sync {present}`")
+        nbs = {}
+        try:
+            if has_ipynb:
+                nbs["ipynb"] = nbformat.read(ipynb, as_version=4)
+            if has_py:
+                nbs["py"] = jupytext.read(py)
+        except Exception as e:  # noqa: BLE001 - unreadable notebook is a finding, not a crash
+            problems.append(f"{stem}: cannot read ({type(e).__name__}: {e})")
+            continue
+        if "ipynb" in nbs:
+            problems += _ipynb_problems(ipynb, nbs["ipynb"])
+        main_nb, main_path = (nbs["py"], py) if "py" in nbs else (nbs["ipynb"], ipynb)
+        problems += _parameters_problems(main_path, main_nb, required_params, ast)
+        if len(nbs) == 2 and _cells_signature(nbs["py"]) != _cells_signature(nbs["ipynb"]):
+            a, b = _cells_signature(nbs["py"]), _cells_signature(nbs["ipynb"])
+            where = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            problems.append(f"{stem}.py and .ipynb differ (first at cell {where}; {len(a)} vs {len(b)} cells); "
+                            f"run `jupytext --sync {py}` (the newer file wins) and commit both")
+    return problems
+
+
+def _ipynb_problems(path: Path, nb) -> list[str]:
+    out = []
+    if "papermill" in nb.metadata:
+        out.append(f"{path}: has papermill run metadata (an executed copy? those belong in reports/)")
+    if "widgets" in nb.metadata:
+        out.append(f"{path}: has saved widget state (metadata.widgets); strip it")
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code":
+            continue
+        if c.get("outputs"):
+            out.append(f"{path}: cell {i} has outputs; strip them (nbstripout, or Edit > Clear Outputs)")
+        if c.get("execution_count") is not None:
+            out.append(f"{path}: cell {i} has execution_count {c.execution_count}; strip it")
+        if "papermill" in c.get("metadata", {}):
+            out.append(f"{path}: cell {i} has papermill metadata")
+        if "injected-parameters" in c.get("metadata", {}).get("tags", []):
+            out.append(f"{path}: cell {i} is a papermill 'injected-parameters' cell")
+    return out
+
+
+def _parameters_problems(path: Path, nb, required: Sequence[str], ast) -> list[str]:
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        return [f"{path}: expected exactly one cell tagged 'parameters', found {len(tagged)}"]
+    src = nb.cells[tagged[0]].source
+    out, names = [], []
+    try:
+        tree = ast.parse(src)
+    except SyntaxError as e:
+        return [f"{path}: parameters cell does not parse: {e}"]
+    lines = src.splitlines()
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if not isinstance(target, ast.Name) or node.value is None:
+            out.append(f"{path}: parameters cell line {node.lineno}: only `name: type = literal  # help` lines")
+            continue
+        names.append(target.id)
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:
+            out.append(f"{path}: parameter {target.id!r} is not a literal (derive it in the next cell; "
+                       "papermill's injected values would not reach it)")
+        if not isinstance(node, ast.AnnAssign):
+            out.append(f"{path}: parameter {target.id!r} has no type annotation")
+        line = lines[node.end_lineno - 1]
+        if "#" not in line.split("=", 1)[-1]:
+            out.append(f"{path}: parameter {target.id!r} has no trailing `# help` comment")
+        elif line.count("=") > 1:
+            out.append(f"{path}: parameter {target.id!r}: papermill skips lines with more than one '=' "
+                       "(reword the help comment)")
+    missing = [r for r in required if r not in names]
+    if missing:
+        out.append(f"{path}: parameters cell lacks {missing} (the runner always passes {list(required)})")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# State, fingerprints, environment
+# ----------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, path)                                # atomic: a crash never leaves half a file
+
+
+def _avlib_digest() -> str:
+    h = hashlib.sha256()
+    for p in sorted((ROOT / "avlib").rglob("*.py")):
+        h.update(str(p.relative_to(ROOT)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _fingerprint(nb, params: Mapping, upstream: Iterable[str], avlib_digest: str) -> str:
+    blob = json.dumps({"cells": _cells_signature(nb), "params": params, "upstream": sorted(upstream),
+                       "avlib": avlib_digest}, sort_keys=True, default=str)
+    if os.environ.get("FPDEBUG"): print("FPDEBUG", hashlib.sha256(json.dumps(_cells_signature(nb)).encode()).hexdigest()[:8], json.dumps(params, sort_keys=True, default=str)[:300], upstream, avlib_digest[:8])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _kernel_env():
+    """Set ``KERNEL_ENV`` (and make ``avlib`` importable) for kernels started inside the block."""
+    saved = dict(os.environ)
+    os.environ.update(KERNEL_ENV)
+    for k in KERNEL_ENV_UNSET:
+        os.environ.pop(k, None)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved.get("PYTHONPATH")]))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class _Prefixed:
+    """File-like that prefixes each line of a notebook's streamed output (papermill ``stdout_file``)."""
+
+    def __init__(self, stream, prefix: str):
+        self.stream, self.prefix, self._buf = stream, prefix, ""
+
+    def write(self, text: str) -> int:
+        self._buf += text.replace("\r\n", "\n").replace("\r", "\n")
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            if line.strip():
+                self.stream.write(f"{self.prefix}{line}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buf.strip():
+            self.stream.write(f"{self.prefix}{self._buf}\n")
+        self._buf = ""
+        self.stream.flush()
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Planned:
+    step: Step
+    nb: Any                                  # NotebookNode
+    params: dict[str, Any]                   # without upstream values (filled just before running)
+    forced: bool                             # run even when up to date (--force, or named by --only)
+
+
+def reproduce(profile: str, *, manifest: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+              runs: str | os.PathLike | None = None, only: Sequence[str] | None = None, start: str | None = None,
+              force: bool = False, timeout: float | None = None, seed: int = 0, device: str = "auto",
+              log_output: bool = True, dry_run: bool = False, stream=None) -> dict:
+    """Run the manifest's notebooks for ``profile``; returns the summary dict (also written to disk).
+
+    Raises ``ReproduceError`` for problems found before a notebook runs and ``NotebookFailed`` when a
+    notebook raises (the summary and state are written first).
+    """
+    import papermill as pm
+    from .config import PROFILES
+
+    stream = stream or sys.stdout
+    say = lambda msg: (stream.write(msg + "\n"), stream.flush())  # noqa: E731
+    if profile not in PROFILES:
+        close = difflib.get_close_matches(profile, list(PROFILES), n=1)
+        raise ReproduceError(f"unknown profile {profile!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                             + f" Profiles: {', '.join(PROFILES)}")
+    man = load_manifest(manifest)
+    out = Path(out or REPORTS / profile).resolve()
+    runs = Path(runs or RUNS / profile).resolve()
+    state_path = out / "state.json"
+    state = _read_json(state_path)
+    if state and state.get("profile") not in (None, profile):
+        raise ReproduceError(f"{state_path} belongs to profile {state.get('profile')!r}, not {profile!r}")
+    state.setdefault("profile", profile)
+    state.setdefault("notebooks", {})
+
+    # --- which notebooks run
+    if only and start:
+        raise ReproduceError("use --only or --from, not both")
+    names = man.names
+    if only:
+        chosen = {man.resolve(n) for n in only}
+    elif start:
+        chosen = set(names[names.index(man.resolve(start)):])
+    else:
+        chosen = set(names)
+    forced_names = chosen if (force or only) else set()
+
+    # --- validate everything before any kernel starts
+    plan: list[_Planned] = []
+    problems: list[str] = []
+    for step in man.steps:
+        if step.name not in chosen:
+            continue
+        if step.ipynb.exists() and step.py.exists():
+            a, b = load_notebook(step.ipynb), load_notebook(step.py)
+            if _cells_signature(a) != _cells_signature(b):
+                problems.append(f"{step.name}: {step.py.name} and {step.ipynb.name} differ; "
+                                f"run `jupytext --sync {step.py}` first")
+        try:
+            nb = load_notebook(step.source)
+            declared = notebook_parameters(nb)
+        except Exception as e:  # noqa: BLE001 - an unreadable notebook is one more problem to list
+            problems.append(f"{step.name}: cannot read {step.source}: {type(e).__name__}: {e}")
+            continue
+        params = {"profile": profile, "seed": seed, "device": device,
+                  "out_dir": str(out / step.name), "run_dir": str(runs / step.name), **step.params_for(profile)}
+        origin = {k: "the runner" for k in RUNNER_PARAMS}
+        for param, (producer, key) in step.inputs.items():
+            params[param] = ""                               # placeholder: the real value comes later
+            origin[param] = f"the manifest's inputs ({producer}.{key})"
+            if producer not in chosen:
+                rec = state["notebooks"].get(producer, {})
+                if rec.get("status") != "ok" or key not in rec.get("outputs", {}):
+                    problems.append(
+                        f"{step.name} needs {param!r} from {producer}, which has no successful run recorded in "
+                        f"{state_path}; run it first: python -m avlib.reproduce --profile {profile} "
+                        f"--only {producer} {step.name}")
+        problems += _check_params(step, nb, declared, params, origin, profile)
+        plan.append(_Planned(step, nb, params, forced=step.name in forced_names))
+    if problems:
+        raise ReproduceError("not starting; fix these first:\n  - " + "\n  - ".join(problems))
+
+    # --- run
+    digest = _avlib_digest()
+    t_start = time.time()
+    total = len(plan)
+    say(f"avlib.reproduce: profile={profile}, {total} notebook(s) -> {out}")
+    failure: NotebookFailed | None = None
+    for i, p in enumerate(plan, 1):
+        step, tag = p.step, f"[{i}/{total}] {p.step.name}"
+        params = dict(p.params)
+        upstream_fps = []
+        for param, (producer, key) in step.inputs.items():
+            rec = state["notebooks"].get(producer, {})
+            if dry_run and key not in rec.get("outputs", {}):
+                params[param] = f"<{producer}.{key}>"        # produced earlier in this (dry) run
+                continue
+            params[param] = rec["outputs"][key]
+            upstream_fps.append(rec.get("fingerprint", ""))
+        fp = _fingerprint(p.nb, params, upstream_fps, digest)
+        rec = state["notebooks"].get(step.name, {})
+        executed = out / f"{step.name}.ipynb"
+        up_to_date = (rec.get("status") == "ok" and rec.get("fingerprint") == fp and executed.exists()
+                      and (out / step.name / "metrics.json").exists())
+        if dry_run:
+            say(f"{tag}: would {'skip (up to date)' if up_to_date and not p.forced else 'run'} with "
+                + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+            continue
+        if up_to_date and not p.forced:
+            say(f"{tag}: up to date, skipped (--force to re-run)")
+            continue
+        say(f"{tag}: running ({_dt.datetime.now():%H:%M:%S})")
+        (out / step.name).mkdir(parents=True, exist_ok=True)
+        for stale in [out / step.name / "metrics.json", *(out / step.name / "figures").glob("*.png")]:
+            stale.unlink(missing_ok=True)                    # never summarize a previous run's results
+        t0 = time.time()
+        prefixed = _Prefixed(stream, f"    {step.name} | ")
+        try:
+            with _kernel_env():
+                done = pm.execute_notebook(
+                    p.nb, str(executed), parameters=params, cwd=str(man.notebooks_dir), kernel_name="python3",
+                    language="python", progress_bar=False, log_output=False, report_mode=False,
+                    stdout_file=prefixed if log_output else None, stderr_file=prefixed if log_output else None,
+                    execution_timeout=timeout or step.timeout, extra_arguments=KERNEL_ARGS)
+            prefixed.flush()
+            duration = float(done.metadata.get("papermill", {}).get("duration") or time.time() - t0)
+            metrics = _read_metrics(out / step.name)
+            missing = [k for k in step.outputs if k not in metrics]
+            if missing:
+                raise NotebookFailed(
+                    f"{step.name} finished but its metrics.json lacks the declared output(s) {missing}; record "
+                    f"them with nb.record(metrics, out_dir, {missing[0]}=...)", notebook=step.name)
+            if not metrics:
+                say(f"    (note: {step.name} wrote no metrics.json; end it with nb.record(metrics, out_dir))")
+            state["notebooks"][step.name] = {
+                "status": "ok", "fingerprint": fp, "params": params, "duration_s": round(duration, 2),
+                "outputs": {k: metrics[k] for k in step.outputs}, "executed": str(executed),
+                "out_dir": str(out / step.name), "finished_at": _dt.datetime.now().isoformat(timespec="seconds")}
+            say(f"{tag}: ok in {_fmt_time(duration)} (elapsed {_fmt_time(time.time() - t_start)})")
+        except Exception as e:  # noqa: BLE001 - any failure is reported the same way
+            prefixed.flush()
+            failure = e if isinstance(e, NotebookFailed) else _describe_failure(e, step, p.nb, executed, profile)
+            state["notebooks"][step.name] = {
+                "status": "failed", "fingerprint": fp, "params": params, "error": str(failure),
+                "duration_s": round(time.time() - t0, 2), "executed": str(executed), "out_dir": str(out / step.name),
+                "finished_at": _dt.datetime.now().isoformat(timespec="seconds")}
+        _write_json(state_path, state)
+        _write_summary(man, state, out, profile, wall_s=time.time() - t_start)   # readable mid-run too
+        if failure is not None:
+            say(f"{tag}: FAILED after {_fmt_time(time.time() - t0)}")
+            raise failure
+    if dry_run:
+        return {}
+    summary = _write_summary(man, state, out, profile, wall_s=time.time() - t_start)
+    say(f"done: {total} notebook(s) in {_fmt_time(time.time() - t_start)} wall time; summary: {out / 'summary.md'}")
+    return summary
+
+
+def _read_metrics(out_dir: Path) -> dict:
+    return _read_json(out_dir / "metrics.json")
+
+
+def _describe_failure(e: Exception, step: Step, nb, executed: Path, profile: str) -> NotebookFailed:
+    """Name the notebook, the cell (index + first line) and the exception line."""
+    from papermill.exceptions import PapermillExecutionError
+
+    src_nb = step.source.relative_to(step.notebooks_dir.parent) if step.source.is_relative_to(
+        step.notebooks_dir.parent) else step.source
+    if isinstance(e, PapermillExecutionError):
+        # papermill's index counts its injected-parameters cell; map it back to the source notebook
+        pcell = _parameters_cell(nb)
+        pidx = nb.cells.index(pcell) if pcell is not None else -1
+        index = e.cell_index - 1 if 0 <= pidx < e.cell_index else e.cell_index
+        source, exc = e.source, f"{e.ename}: {e.evalue}"
+        copy = "The executed copy, with the full traceback"
+    else:
+        index, source = _running_cell(executed, nb)
+        exc = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        copy = "The executed copy, up to that cell"
+    first = next((ln.strip() for ln in (source or "").splitlines() if ln.strip()), "<empty cell>")
+    first = first if len(first) <= 100 else first[:97] + "..."
+    where = f"cell {index} (counting from 0, markdown cells included)" if index is not None else "an unknown cell"
+    msg = (f"notebook {step.name} failed in {where} of {src_nb}:\n"
+           f"    {first}\n"
+           f"  {exc}\n"
+           f"{copy}: {executed}\n"
+           f"After fixing it: python -m avlib.reproduce --profile {profile} --from {step.name}")
+    return NotebookFailed(msg, notebook=step.name, cell_index=index)
+
+
+def _running_cell(executed: Path, nb) -> tuple[int | None, str]:
+    """For errors papermill does not attribute to a cell (timeouts, a dead kernel): the last cell that
+    started, as an index into the source notebook (papermill's injected cell skipped)."""
+    try:
+        import nbformat
+        done = nbformat.read(executed, as_version=4)
+    except Exception:  # noqa: BLE001 - no executed copy: nothing more to say
+        return None, ""
+    added = {"injected-parameters", "papermill-error-cell-tag"}          # cells papermill inserts
+    cells = [c for c in done.cells if not added & set(c.metadata.get("tags", []))]
+    started = [i for i, c in enumerate(cells) if c.metadata.get("papermill", {}).get("start_time")]
+    return (started[-1], cells[started[-1]].source) if started else (None, "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+# ----------------------------------------------------------------------------------------------
+def comparisons(metrics: Mapping[str, Any]) -> list[dict]:
+    """Rows ``{task, metric, init, value}`` for keys following ``<task>/<init>/<metric>``
+    (e.g. ``classification/pretrained/top1``); other keys are ignored."""
+    rows = []
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and _is_number(value):
+            rows.append({"task": parts[0], "init": parts[1], "metric": parts[2], "value": float(value)})
+    return rows
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "" if v is None else str(v).replace("|", "\\|")
+    return f"{v:d}" if isinstance(v, int) else f"{v:.4g}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(_fmt, row)) + " |" for row in rows]
+    return lines + [""]
+
+
+def _collect(man: Manifest, state: Mapping, out: Path) -> list[dict]:
+    records = []
+    for step in man.steps:
+        rec = state.get("notebooks", {}).get(step.name)
+        if rec is None:
+            continue
+        out_dir = Path(rec.get("out_dir", out / step.name))
+        metrics = _read_metrics(out_dir) if rec.get("status") == "ok" else {}
+        figures = sorted((out_dir / "figures").glob("*.png")) if (out_dir / "figures").is_dir() else []
+        records.append({"name": step.name, "title": step.title, "status": rec.get("status"),
+                        "duration_s": rec.get("duration_s"), "executed": rec.get("executed"),
+                        "out_dir": str(out_dir), "metrics": metrics, "figures": [str(f) for f in figures],
+                        "error": rec.get("error")})
+    return records
+
+
+def render_summary(records: Sequence[Mapping], profile: str, wall_s: float | None = None,
+                   base: Path | None = None) -> str:
+    """Markdown: a status table, pretrained-vs-scratch and other ``<task>/<init>/<metric>`` comparisons,
+    then each notebook's metrics and figures. Paths are written relative to ``base``."""
+    rel = (lambda p: os.path.relpath(p, base)) if base else str
+    lines = [f"# avlib reproduction: profile `{profile}`", ""]
+    when = _dt.datetime.now().isoformat(timespec="seconds")
+    lines += [f"Written {when}" + (f"; wall time {_fmt_time(wall_s)}" if wall_s is not None else "") + ".", ""]
+    lines += _table(["notebook", "status", "duration", "executed copy"],
+                    [(r["name"], r["status"] or "", _fmt_time(r["duration_s"]) if r.get("duration_s") else "",
+                      f"[{Path(r['executed']).name}]({rel(r['executed'])})" if r.get("executed") else "")
+                     for r in records])
+    for r in records:
+        if r.get("error"):
+            lines += [f"**{r['name']} failed:**", "", "```", r["error"], "```", ""]
+
+    rows = [dict(row, notebook=r["name"]) for r in records for row in comparisons(r["metrics"])]
+    groups: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["metric"]), {})[row["init"]] = row["value"]
+    paired = {k: v for k, v in groups.items() if {"pretrained", "scratch"} <= set(v)}
+    if paired:
+        lines += ["## Pretrained vs scratch", ""]
+        lines += _table(["task", "metric", "pretrained", "scratch", "Δ (pretrained − scratch)"],
+                        [(t, m, v["pretrained"], v["scratch"], f"{v['pretrained'] - v['scratch']:+.4g}")
+                         for (t, m), v in paired.items()])
+    others = {}
+    for (t, m), v in groups.items():
+        rest = {k: x for k, x in v.items() if (t, m) not in paired or k not in ("pretrained", "scratch")}
+        if rest:
+            others.setdefault(t, []).append((m, rest))
+    if others:
+        lines += ["## Other comparisons", ""]
+        for t, items in others.items():
+            inits = list(dict.fromkeys(k for _, v in items for k in v))
+            lines += [f"**{t}**", ""]
+            lines += _table(["metric", *inits], [(m, *[v.get(k) for k in inits]) for m, v in items])
+
+    lines += ["## Notebooks", ""]
+    for r in records:
+        lines += [f"### {r['name']}" + (f": {r['title']}" if r.get("title") else ""), ""]
+        m = r["metrics"]
+        meta = {k: m[k] for k in META_KEYS if k in m}
+        body = {k: v for k, v in m.items() if k not in META_KEYS}
+        if r.get("duration_s") is not None:
+            body["duration_s"] = r["duration_s"]            # papermill's wall time for the notebook
+        if meta:
+            lines += [", ".join(f"{k} `{v}`" for k, v in meta.items()), ""]
+        lines += _table(["key", "value"], body.items()) if body else ["(no metrics recorded)", ""]
+        for f in r["figures"]:
+            lines += [f"![{Path(f).stem}]({rel(f)})", ""]
+    return "\n".join(lines)
+
+
+def _write_summary(man: Manifest, state: Mapping, out: Path, profile: str, wall_s: float) -> dict:
+    records = _collect(man, state, out)
+    for r in records:
+        if r.get("duration_s") is not None and r["status"] == "ok":
+            r["metrics"] = {**r["metrics"], "duration_s": r["duration_s"]}
+    failed = next((r["name"] for r in records if r["status"] == "failed"), None)
+    summary = {"profile": profile, "status": "failed" if failed else "ok", "failed": failed,
+               "wall_s": round(wall_s, 2), "written_at": _dt.datetime.now().isoformat(timespec="seconds"),
+               "notebooks": records,
+               "comparisons": [dict(row, notebook=r["name"]) for r in records for row in comparisons(r["metrics"])]}
+    _write_json(out / "summary.json", summary)
+    (out / "summary.md").write_text(render_summary(records, profile, wall_s, base=out))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m avlib.reproduce", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="cpu", help="config profile (smoke | cpu | paper | ...); default cpu")
+    ap.add_argument("--out", help="reports folder for this run (default reports/<profile>)")
+    ap.add_argument("--runs", help="checkpoint folder for this run (default runs/<profile>)")
+    ap.add_argument("--manifest", help="manifest file (default notebooks/manifest.yaml or $AVLIB_MANIFEST)")
+    ap.add_argument("--only", nargs="+", metavar="NB", help="run just these notebooks (name or unique prefix); "
+                    "upstream outputs come from state.json of an earlier run")
+    ap.add_argument("--from", dest="start", metavar="NB", help="run this notebook and every later one")
+    ap.add_argument("--force", action="store_true", help="re-run notebooks even when up to date")
+    ap.add_argument("--timeout", type=float, help="per-cell execution timeout in seconds")
+    ap.add_argument("--seed", type=int, default=0, help="the seed parameter of every notebook (default 0)")
+    ap.add_argument("--device", default="auto", help="the device parameter of every notebook (default auto)")
+    ap.add_argument("--quiet", action="store_true", help="don't stream the notebooks' printed output")
+    ap.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    ap.add_argument("--check-notebooks", action="store_true",
+                    help="CI check: the manifest's notebooks are clean (no outputs), paired and parameterized")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.check_notebooks:
+            man = load_manifest(args.manifest, check_files=False)
+            listed = {s.name for s in man.steps}
+            extra = sorted({p.stem for p in man.notebooks_dir.glob("[0-9]*.ipynb")}
+                           | {p.stem for p in man.notebooks_dir.glob("[0-9]*.py")} - listed)
+            paths = [s.ipynb if s.ipynb.exists() else s.py for s in man.steps]
+            problems = [f"{s.name}: neither {s.ipynb.name} nor {s.py.name} exists" for s in man.steps
+                        if not (s.ipynb.exists() or s.py.exists())]
+            problems += [f"{n}: in {man.notebooks_dir} but not in the manifest" for n in extra]
+            problems += verify_notebooks_clean([p for p in paths if p.exists()])
+            for msg in problems:
+                print(msg, file=sys.stderr)
+            print(f"{len(man.steps)} notebooks checked: {'clean' if not problems else f'{len(problems)} problem(s)'}")
+            return 1 if problems else 0
+        reproduce(args.profile, manifest=args.manifest, out=args.out, runs=args.runs, only=args.only,
+                  start=args.start, force=args.force, timeout=args.timeout, seed=args.seed, device=args.device,
+                  log_output=not args.quiet, dry_run=args.dry_run)
+        return 0
+    except ReproduceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NotebookFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

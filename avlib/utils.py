@@ -1,0 +1,158 @@
+"""Seeding, device resolution and the few ``torch.distributed`` helpers the kit needs.
+
+    seed_everything(0)                      # python / numpy / torch seeds + deterministic kernels
+    device = resolve_device("auto")         # cuda (this rank's GPU) if available, else cpu
+    info = init_distributed()               # no-op unless launched by torchrun (RANK/WORLD_SIZE set)
+
+Determinism follows ``STYLE.md`` (section 2, row 16): seeds first, ``cudnn.benchmark = False``,
+``torch.use_deterministic_algorithms(True, warn_only=True)``; DataLoaders get a seeded ``generator``
+and ``worker_init_fn=seed_worker`` (``avlib.train.make_loader`` does both).
+
+Distributed: launch with ``torchrun --nproc_per_node=N -m your.module``; torchrun sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``. ``init_distributed`` picks NCCL on
+GPUs and gloo on CPU. Every helper below also works (as the trivial single-process case) when
+``torch.distributed`` was never initialized, so library code can call them unconditionally.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "seed_everything", "resolve_device", "seed_worker", "DistInfo", "init_distributed",
+    "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_mean", "barrier", "cleanup",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeding and devices
+# ----------------------------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = True) -> int:
+    """Seed python, numpy and torch (all devices); optionally ask for deterministic kernels.
+
+    Args:
+        seed: the seed (the same value is used for every library).
+        deterministic: ``cudnn.deterministic = True``, ``cudnn.benchmark = False`` and
+            ``torch.use_deterministic_algorithms(True, warn_only=True)`` (ops without a deterministic
+            implementation warn instead of failing). ``False`` turns all three off (benchmark on).
+    Returns:
+        ``seed``, so ``seed = seed_everything(cfg.seed)`` reads naturally.
+    """
+    if deterministic:
+        # cuBLAS needs this before its first use to be deterministic; it only helps if CUDA is not
+        # initialized yet (the runner sets it in the environment for that reason).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)                 # also seeds every CUDA device
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    return seed
+
+
+def seed_worker(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=seed_worker)``: seed numpy and python in each worker from the
+    torch seed the loader already gave it (``base_seed + worker_id``), so augmentations that use
+    ``np.random`` / ``random`` are reproducible and differ between workers."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> this rank's CUDA device if there is one (``cuda:LOCAL_RANK`` under torchrun),
+    else ``cpu``. Explicit names (``"cpu"``, ``"cuda"``, ``"cuda:1"``) are checked, not guessed."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    device = device.lower()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} but torch.cuda.is_available() is False; use 'cpu' or 'auto'")
+        if device == "cuda":   # plain "cuda": the GPU this process owns
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(backend: str | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment variables.
+
+    Without ``WORLD_SIZE`` (a plain ``python`` launch) or with ``WORLD_SIZE=1`` nothing is initialized
+    and ``DistInfo()`` (rank 0 of 1) is returned. Backend: ``nccl`` when CUDA is available (and the
+    process's GPU is set to ``LOCAL_RANK``), else ``gloo``. Calling it twice is harmless.
+    """
+    ws = int(os.environ.get("WORLD_SIZE", 1))
+    rk, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if ws <= 1:
+        return DistInfo()
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method="env://", rank=rk, world_size=ws)
+    return DistInfo(rank=rk, world_size=ws, local_rank=local, backend=dist.get_backend())
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): the one that writes checkpoints, logs and progress bars."""
+    return rank() == 0
+
+
+def all_reduce_mean(x):
+    """Mean over ranks of a tensor or a number (returned as the same kind). Identity when not
+    distributed. Tensors are reduced in place-free fashion (the input is not modified)."""
+    if not is_distributed():
+        return x
+    is_tensor = torch.is_tensor(x)
+    t = x.detach().clone() if is_tensor else torch.tensor(float(x), dtype=torch.float64)
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t = t / dist.get_world_size()
+    return t.to(x.device) if is_tensor else float(t.item())
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group (end of a torchrun script)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

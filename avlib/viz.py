@@ -1,0 +1,533 @@
+"""Figures for the notebooks and the paper. Every function takes data (tensors, arrays, dicts of
+metrics), never a live model, and returns a ``matplotlib.figure.Figure`` with labelled axes.
+
+Figures are built with ``Figure()`` rather than ``pyplot``: nothing is shown or kept behind your back,
+so a notebook cell ends with ``fig`` (displayed once) and widgets can redraw without piling up open
+figures. Save with ``nb.save_fig(fig, out_dir, name)``.
+
+Conventions (see ARCHITECTURE.md): images are ImageNet-normalized ``(3, H, W)``; spectrograms are
+log-mel ``(1, F, T)`` or ``(F, T)`` with frequency on rows (drawn low frequencies at the bottom);
+maps and masks are ``(H, W)`` or a coarser token grid (stretched over the image); token masks are
+``(N,)`` row-major over the patch grid with 1 = masked.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .image import IMAGENET_MEAN, IMAGENET_STD   # one home for the constants (STYLE pitfall 3)
+
+__all__ = ["to_numpy", "denormalize", "show_scene", "show_spectrogram", "show_masking", "show_reconstruction",
+           "plot_history", "show_attention", "localization_figure", "segmentation_figure",
+           "separation_figure", "compare_bars", "ablation_plot"]
+
+MAP_CMAP = "jet"          # localization heat maps (the supplement's figures use jet overlays)
+SPEC_CMAP = "magma"
+MASK_COLOR = (0.1, 0.9, 0.3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data helpers
+# ----------------------------------------------------------------------------------------------
+def to_numpy(x) -> np.ndarray:
+    """Tensor / array / list -> float numpy array on the CPU."""
+    if hasattr(x, "detach"):
+        x = x.detach().to("cpu").float().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def denormalize(image, normalized: bool = True) -> np.ndarray:
+    """``(3, H, W)`` or ``(H, W, 3)`` image -> ``(H, W, 3)`` RGB in [0, 1] (undoing ImageNet
+    normalization when ``normalized``)."""
+    x = to_numpy(image)
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    elif x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
+        x = np.moveaxis(x, 0, -1)                         # (3, H, W) -> (H, W, 3)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if normalized:
+        x = x * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)
+    return np.clip(x, 0.0, 1.0)
+
+
+def _mel(mel) -> np.ndarray:
+    x = to_numpy(mel)
+    while x.ndim > 2 and x.shape[0] == 1:
+        x = x[0]                                          # (1, F, T) -> (F, T)
+    if x.ndim != 2:
+        raise ValueError(f"spectrogram must be (F, T) or (1, F, T), got shape {x.shape}")
+    return x
+
+
+def _map(m) -> np.ndarray:
+    x = to_numpy(m)
+    while x.ndim > 2 and x.shape[0] == 1:
+        x = x[0]
+    return x
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def _figure(nrows: int, ncols: int, size: tuple[float, float], **kw):
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _image_ax(ax, title: str | None = None, ylabel: str | None = None):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if title:
+        ax.set_title(title)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+
+
+def _overlay_map(ax, rgb: np.ndarray, m, alpha: float = 0.5, normalize: bool = True, vmax: float = 1.0):
+    """Image with a heat map stretched over it (any resolution); returns the map's AxesImage."""
+    H, W = rgb.shape[:2]
+    ax.imshow(rgb)
+    m = _map(m)
+    im = ax.imshow(_minmax(m) if normalize else m, cmap=MAP_CMAP, alpha=alpha, vmin=0.0, vmax=vmax,
+                   extent=(0, W, H, 0), interpolation="bilinear")
+    return im
+
+
+def _overlay_mask(ax, rgb: np.ndarray, mask, color=MASK_COLOR, alpha: float = 0.55, threshold: float = 0.5):
+    H, W = rgb.shape[:2]
+    ax.imshow(rgb)
+    m = _map(mask) >= threshold
+    rgba = np.zeros(m.shape + (4,), np.float32)
+    rgba[m] = (*color, alpha)
+    ax.imshow(rgba, extent=(0, W, H, 0), interpolation="nearest")
+    if m.shape == (H, W) and m.any() and not m.all():   # outline (coarse token masks read fine without)
+        ax.contour(m.astype(float), levels=[0.5], colors=[color], linewidths=1.0)
+
+
+def _spec_extent(F: int, T: int, sample_rate: int | None, hop_length: int | None):
+    if sample_rate and hop_length:
+        return (0.0, T * hop_length / sample_rate, 0, F), "time (s)"
+    return (0, T, 0, F), "frame"
+
+
+def _spec_ax(ax, mel: np.ndarray, sample_rate=None, hop_length=None, vmin=None, vmax=None, title=None):
+    F, T = mel.shape
+    extent, xlabel = _spec_extent(F, T, sample_rate, hop_length)
+    im = ax.imshow(mel, origin="lower", aspect="auto", cmap=SPEC_CMAP, extent=extent, vmin=vmin, vmax=vmax,
+                   interpolation="nearest")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mel bin")
+    ax.grid(False)
+    if title:
+        ax.set_title(title)
+    return im
+
+
+def _patch_mask_image(mask, shape: tuple[int, int], patch_size: int) -> np.ndarray:
+    """(N,) row-major token mask over the patch grid of an (H, W) array -> (H, W) boolean pixel mask
+    (pixels beyond the last whole patch stay unmasked)."""
+    rows, cols = shape[0] // patch_size, shape[1] // patch_size
+    m = to_numpy(mask).reshape(rows, cols) > 0.5
+    px = np.kron(m, np.ones((patch_size, patch_size), dtype=bool)).astype(bool)
+    out = np.zeros(shape, dtype=bool)
+    out[: px.shape[0], : px.shape[1]] = px
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenes, spectrograms, masking
+# ----------------------------------------------------------------------------------------------
+def show_spectrogram(mel, sample_rate: int | None = None, hop_length: int | None = None, ax=None, *,
+                     title: str = "log-mel spectrogram", colorbar: bool = True) -> Figure:
+    """A log-mel spectrogram ``(F, T)``/``(1, F, T)``; the time axis is in seconds when
+    ``sample_rate`` and ``hop_length`` are given (else frames)."""
+    if ax is None:
+        fig, axes = _figure(1, 1, (6.0, 3.0))
+        ax = axes[0, 0]
+    fig = ax.figure
+    im = _spec_ax(ax, _mel(mel), sample_rate, hop_length, title=title)
+    if colorbar:
+        fig.colorbar(im, ax=ax, label="log10 mel power")
+    return fig
+
+
+def show_scene(image, mel, *, loc_map=None, seg_mask=None, box=None, title: str | None = None,
+               sample_rate: int | None = None, hop_length: int | None = None, normalized: bool = True) -> Figure:
+    """One audio-visual scene: the frame (with the sounding box), the ground truth where it sounds
+    (localization map and/or segmentation mask) and the spectrogram."""
+    rgb = denormalize(image, normalized)
+    has_gt = loc_map is not None or seg_mask is not None
+    fig = Figure(figsize=(4.0 * (2 + has_gt) + 1.5, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2 + has_gt, gridspec_kw={"width_ratios": [1] * (1 + has_gt) + [1.6]})
+    ax = axes[0]
+    ax.imshow(rgb)
+    _image_ax(ax, "frame")
+    if box is not None:
+        x0, y0, x1, y1 = to_numpy(box).tolist()
+        if x1 > x0 and y1 > y0:                           # all-zero box = nothing on screen sounds
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ec=MASK_COLOR))
+            ax.set_title("frame (box: sounding source)")
+    if has_gt:
+        ax = axes[1]
+        if loc_map is not None:
+            im = _overlay_map(ax, rgb, loc_map, normalize=False)
+            fig.colorbar(im, ax=ax, label="sounding (GT map)", shrink=0.8)
+        else:
+            ax.imshow(rgb)
+        if seg_mask is not None:
+            _overlay_mask(ax, rgb, seg_mask, alpha=0.0 if loc_map is not None else 0.55)
+        _image_ax(ax, "where it sounds (GT)")
+    im = _spec_ax(axes[-1], _mel(mel), sample_rate, hop_length, title="audio (log-mel)")
+    fig.colorbar(im, ax=axes[-1], label="log10 mel power")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def show_masking(image, mask_image, mel, mask_audio, patch_size: int, *, sample_rate: int | None = None,
+                 hop_length: int | None = None, normalized: bool = True) -> Figure:
+    """Masked modeling inputs: each modality next to what the encoder sees (masked patches greyed).
+    ``mask_image (Nv,)``, ``mask_audio (Na,)``: 1 = masked, row-major over the patch grids."""
+    rgb = denormalize(image, normalized)
+    spec = _mel(mel)
+    p = patch_size
+    m_img = _patch_mask_image(mask_image, rgb.shape[:2], p)
+    m_aud = _patch_mask_image(mask_audio, spec.shape, p)       # row 0 = lowest mel bins, drawn at the bottom
+    fig = Figure(figsize=(13.0, 6.0), layout="constrained")
+    axes = fig.subplots(2, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+    masked_rgb = rgb.copy()
+    masked_rgb[m_img] = 0.5
+    axes[0, 0].imshow(rgb)
+    _image_ax(axes[0, 0], "image", ylabel="input")
+    axes[1, 0].imshow(masked_rgb)
+    _image_ax(axes[1, 0], f"visible to the encoder ({m_img.mean():.0%} masked)", ylabel="masked")
+    vmin, vmax = float(spec.min()), float(spec.max())
+    im = _spec_ax(axes[0, 1], spec, sample_rate, hop_length, vmin, vmax, title="spectrogram")
+    fig.colorbar(im, ax=axes[0, 1], label="log10 mel power")
+    masked_spec = np.ma.masked_array(spec, mask=m_aud)
+    cmap = _grey_bad(SPEC_CMAP)
+    extent, xlabel = _spec_extent(*spec.shape, sample_rate, hop_length)
+    im2 = axes[1, 1].imshow(masked_spec, origin="lower", aspect="auto", cmap=cmap, extent=extent,
+                            vmin=vmin, vmax=vmax, interpolation="nearest")
+    axes[1, 1].set(xlabel=xlabel, ylabel="mel bin", title=f"visible to the encoder ({m_aud.mean():.0%} masked)")
+    axes[1, 1].grid(False)
+    fig.colorbar(im2, ax=axes[1, 1], label="log10 mel power")
+    return fig
+
+
+def _grey_bad(cmap_name: str):
+    import matplotlib
+
+    return matplotlib.colormaps[cmap_name].with_extremes(bad=(0.5, 0.5, 0.5))
+
+
+def show_reconstruction(original, masked, reconstruction, *, kind: str = "auto", mask=None,
+                        patch_size: int | None = None, sample_rate: int | None = None,
+                        hop_length: int | None = None, normalized: bool = True) -> Figure:
+    """Original | masked input | reconstruction, for an image ``(3, H, W)`` or a spectrogram
+    ``(1, F, T)``/``(F, T)`` (``kind`` = "image" | "audio" | "auto" from the channel count).
+    ``masked`` may be None when ``mask`` (token mask, 1 = masked) and ``patch_size`` are given."""
+    x = to_numpy(original)
+    if kind == "auto":
+        kind = "image" if (x.ndim == 3 and 3 in (x.shape[0], x.shape[-1])) else "audio"
+    titles = ("original", "masked input", "reconstruction")
+    if kind == "image":
+        panels = [denormalize(original, normalized), None, denormalize(reconstruction, normalized)]
+        if masked is not None:
+            panels[1] = denormalize(masked, normalized)
+        elif mask is not None and patch_size:
+            grey = panels[0].copy()
+            grey[_patch_mask_image(mask, grey.shape[:2], patch_size)] = 0.5
+            panels[1] = grey
+        panels = [(t, p) for t, p in zip(titles, panels) if p is not None]
+        fig, axes = _figure(1, len(panels), (3.6, 3.6))
+        for ax, (t, p) in zip(axes[0], panels):
+            ax.imshow(p)
+            _image_ax(ax, t)
+        axes[0, 0].set_ylabel("image")
+        return fig
+    if kind != "audio":
+        raise ValueError(f"kind must be 'image', 'audio' or 'auto', got {kind!r}")
+    spec = _mel(original)
+    panels = [spec, None, _mel(reconstruction)]
+    if masked is not None:
+        panels[1] = np.ma.masked_invalid(_mel(masked))
+    elif mask is not None and patch_size:
+        panels[1] = np.ma.masked_array(spec, mask=_patch_mask_image(mask, spec.shape, patch_size))
+    panels = [(t, p) for t, p in zip(titles, panels) if p is not None]
+    vmin, vmax = float(np.min(spec)), float(np.max(spec))   # one color scale for all three
+    fig, axes = _figure(1, len(panels), (4.2, 3.0))
+    cmap = _grey_bad(SPEC_CMAP)
+    for ax, (t, p) in zip(axes[0], panels):
+        F, T = p.shape
+        extent, xlabel = _spec_extent(F, T, sample_rate, hop_length)
+        im = ax.imshow(p, origin="lower", aspect="auto", cmap=cmap, extent=extent, vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
+        ax.set(title=t, xlabel=xlabel, ylabel="mel bin")
+        ax.grid(False)
+    fig.colorbar(im, ax=list(axes[0]), label="log10 mel power")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Training curves and attention
+# ----------------------------------------------------------------------------------------------
+def _history_records(h) -> list[dict] | None:
+    """Step dicts from one run: a list of dicts, an ``avlib.train.History`` / its dict / its
+    ``history.json`` path (``steps`` + ``evals``); None if ``h`` is none of these."""
+    import json
+    from pathlib import Path
+
+    if isinstance(h, (str, Path)):
+        h = json.loads(Path(h).read_text())
+    if hasattr(h, "steps") and hasattr(h, "evals"):
+        return list(h.steps) + list(h.evals)
+    if isinstance(h, Mapping) and "steps" in h:
+        return list(h["steps"]) + list(h.get("evals", []))
+    if isinstance(h, (list, tuple)) and all(isinstance(r, Mapping) for r in h):
+        return list(h)
+    return None
+
+
+def _history_frame(history, x: str):
+    import pandas as pd
+
+    if isinstance(history, pd.DataFrame):
+        df = history.copy()
+    elif (records := _history_records(history)) is not None:
+        df = pd.DataFrame(records)                         # rows may lack keys (evals every N steps)
+    elif isinstance(history, Mapping) and all(_history_records(v) is not None for v in history.values()):
+        df = pd.concat([pd.DataFrame(_history_records(v)).assign(run=k) for k, v in history.items()],
+                       ignore_index=True)                  # {run name: history} -> one curve per run
+    else:
+        df = pd.DataFrame(dict(history))                   # {"step": [...], "loss": [...]}
+    if x not in df.columns:
+        df[x] = df.groupby("run").cumcount() if "run" in df else np.arange(len(df))
+    return df
+
+
+def plot_history(history, keys: Sequence[str] | str | None = None, *, x: str = "step", logy: bool = False,
+                 title: str | None = None) -> Figure:
+    """Training curves, one panel per key. ``history``: a list of step dicts (``{"step": 10,
+    "loss": 0.7, ...}``; entries may lack keys, e.g. eval every N steps), an ``avlib.train.History``
+    or its ``history.json`` path (steps and evals), a dict of lists, a DataFrame, or
+    ``{run_name: any of those}`` to compare runs (one line per run)."""
+    df = _history_frame(history, x)
+    if isinstance(keys, str):
+        keys = [keys]
+    if keys is None:
+        skip = {x, "run", "epoch", "time", "lr", "samples_per_s"}
+        keys = [c for c in df.columns if c not in skip and np.issubdtype(df[c].dtype, np.number)] or ["loss"]
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise KeyError(f"history has no {missing}; it has {list(df.columns)}")
+    fig, axes = _figure(1, len(keys), (4.5, 3.2))
+    for ax, key in zip(axes[0], keys):
+        runs = df.groupby("run", sort=False) if "run" in df else [(None, df)]
+        for run, d in runs:
+            d = d[[x, key]].dropna()
+            ax.plot(d[x], d[key], marker="o" if len(d) < 30 else None, ms=3, label=run)
+        ax.set(xlabel=x, ylabel=key, title=key)
+        if logy:
+            ax.set_yscale("log")
+        if "run" in df:
+            ax.legend(title="run")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def show_attention(attn, *, heads: Sequence[int] | None = None, q_groups: Sequence[tuple[str, int]] | None = None,
+                   k_groups: Sequence[tuple[str, int]] | None = None, title: str = "attention",
+                   max_heads: int = 8) -> Figure:
+    """Attention weights ``(heads, Nq, Nk)`` (or ``(Nq, Nk)``), one heat map per head.
+    ``q_groups`` / ``k_groups`` name consecutive token ranges, e.g. ``[("fusion", 12), ("image", 64),
+    ("audio", 32)]``, drawn as separators and tick labels."""
+    a = to_numpy(attn)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"attn must be (heads, Nq, Nk) or (Nq, Nk), got shape {a.shape}")
+    heads = list(heads) if heads is not None else list(range(min(a.shape[0], max_heads)))
+    ncols = min(4, len(heads))
+    nrows = -(-len(heads) // ncols)
+    fig, axes = _figure(nrows, ncols, (3.4, 3.2))
+    vmax = float(a[heads].max()) or 1.0
+    for ax in axes.flat[len(heads):]:
+        ax.set_visible(False)
+    for ax, h in zip(axes.flat, heads):
+        im = ax.imshow(a[h], cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+        ax.set(title=f"head {h}", xlabel="key token", ylabel="query token")
+        ax.grid(False)
+        for groups, axis in ((k_groups, "x"), (q_groups, "y")):
+            if groups:
+                edges = np.cumsum([0] + [n for _, n in groups])
+                centers = (edges[:-1] + edges[1:]) / 2 - 0.5
+                for e in edges[1:-1]:
+                    (ax.axvline if axis == "x" else ax.axhline)(e - 0.5, color="white", lw=1)
+                getattr(ax, f"set_{axis}ticks")(centers, [g for g, _ in groups])
+    fig.colorbar(im, ax=list(axes.flat[:len(heads)]), label="attention weight", shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Paper-style figures (supplement Figures 1-3)
+# ----------------------------------------------------------------------------------------------
+def _methods(maps) -> dict[str, Any]:
+    return dict(maps) if isinstance(maps, Mapping) else {"prediction": maps}
+
+
+def localization_figure(images, pred_maps, gt_maps, titles: Sequence[str] | None = None, *,
+                        normalized: bool = True, alpha: float = 0.5) -> Figure:
+    """Rows of samples; columns image | GT | one overlay per method (supplement Figure 1 style).
+    ``images (N, 3, H, W)``; ``gt_maps (N, h, w)``; ``pred_maps``: ``(N, h, w)`` or ``{method: (N, h, w)}``
+    (e.g. ``{"scratch": a, "DeepAVFusion": b}``). Maps may be coarser than the image (stretched over it)
+    and are min-max scaled per sample for display."""
+    methods = _methods(pred_maps)
+    n = len(images)
+    cols = ["image", "ground truth", *methods]
+    fig, axes = _figure(n, len(cols), (2.6, 2.6))
+    for i in range(n):
+        rgb = denormalize(images[i], normalized)
+        axes[i, 0].imshow(rgb)
+        _overlay_map(axes[i, 1], rgb, gt_maps[i], alpha=alpha)
+        for j, maps in enumerate(methods.values()):
+            im = _overlay_map(axes[i, 2 + j], rgb, maps[i], alpha=alpha)
+        for j, ax in enumerate(axes[i]):
+            _image_ax(ax, cols[j] if i == 0 else None,
+                      (titles[i] if titles is not None else f"sample {i}") if j == 0 else None)
+    fig.colorbar(im, ax=list(axes[:, -1]), label="predicted sounding (min-max scaled)", shrink=0.6)
+    return fig
+
+
+def segmentation_figure(images, pred_masks, gt_masks, titles: Sequence[str] | None = None, *,
+                        threshold: float = 0.5, normalized: bool = True) -> Figure:
+    """Rows of samples; columns image | GT mask | each method's predicted mask, thresholded at
+    ``threshold`` (supplement Figure 2 style). ``pred_masks``: ``(N, H, W)`` probabilities or
+    ``{method: (N, H, W)}``."""
+    methods = _methods(pred_masks)
+    n = len(images)
+    cols = ["image", "ground truth", *(f"{m} (≥ {threshold:g})" for m in methods)]
+    fig, axes = _figure(n, len(cols), (2.6, 2.6))
+    for i in range(n):
+        rgb = denormalize(images[i], normalized)
+        axes[i, 0].imshow(rgb)
+        _overlay_mask(axes[i, 1], rgb, gt_masks[i])
+        for j, masks in enumerate(methods.values()):
+            _overlay_mask(axes[i, 2 + j], rgb, masks[i], threshold=threshold, color=(0.95, 0.3, 0.2))
+        for j, ax in enumerate(axes[i]):
+            _image_ax(ax, cols[j] if i == 0 else None,
+                      (titles[i] if titles is not None else f"sample {i}") if j == 0 else None)
+    return fig
+
+
+def separation_figure(mix_mel, gt_mels, pred_mels_by_method, *, source_names: Sequence[str] | None = None,
+                      sample_rate: int | None = None, hop_length: int | None = None) -> Figure:
+    """Mix-and-separate (supplement Figure 3 style): the mixture, then one row per source with its
+    ground truth and each method's separated spectrogram on a shared color scale.
+    ``mix_mel (F, T)``; ``gt_mels (K, F, T)``; ``pred_mels_by_method``: ``{method: (K, F, T)}``."""
+    mix = _mel(mix_mel)
+    gts = [_mel(g) for g in gt_mels]
+    methods = {k: [_mel(p) for p in v] for k, v in _methods(pred_mels_by_method).items()}
+    K = len(gts)
+    names = list(source_names) if source_names is not None else [f"source {k + 1}" for k in range(K)]
+    cols = ["mixture", "ground truth", *methods]
+    fig, axes = _figure(K, len(cols), (3.0, 2.4))
+    vmin = min(float(mix.min()), *(float(g.min()) for g in gts))
+    vmax = max(float(mix.max()), *(float(g.max()) for g in gts))
+    for k in range(K):
+        if k == 0:
+            im = _spec_ax(axes[0, 0], mix, sample_rate, hop_length, vmin, vmax, title="mixture")
+        else:
+            axes[k, 0].set_visible(False)
+        _spec_ax(axes[k, 1], gts[k], sample_rate, hop_length, vmin, vmax,
+                 title="ground truth" if k == 0 else None)
+        for j, (m, preds) in enumerate(methods.items()):
+            _spec_ax(axes[k, 2 + j], preds[k], sample_rate, hop_length, vmin, vmax, title=m if k == 0 else None)
+        for ax in axes[k, 1:]:
+            ax.set_ylabel("")
+        axes[k, 1].set_ylabel(f"{names[k]}\nmel bin")
+    fig.colorbar(im, ax=list(axes[:, -1]), label="log10 mel power", shrink=0.8)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Result plots
+# ----------------------------------------------------------------------------------------------
+def _tidy(results, label: str = "value"):
+    """dict {task: {init: x}}, wide DataFrame (index task, columns init) or tidy DataFrame
+    (task, init, value) -> tidy DataFrame."""
+    import pandas as pd
+
+    if isinstance(results, pd.DataFrame):
+        if {"task", "init", "value"} <= set(results.columns):
+            return results
+        wide = results
+    else:
+        wide = pd.DataFrame(results).T                    # rows: tasks, columns: inits
+    wide = wide.rename_axis("task").reset_index()
+    return wide.melt(id_vars="task", var_name="init", value_name="value").dropna(subset=["value"])
+
+
+def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs scratch") -> Figure:
+    """Pretrained vs scratch (or any initializations): one panel per task (and metric), each with its
+    own y scale since tasks report different metrics (top-1, cIoU, SDR in dB), values on the bars.
+    ``results``: ``{task: {"pretrained": x, "scratch": y}}``, a wide DataFrame (index task, columns
+    init) or a tidy one with ``task, init, value`` and optionally ``metric`` (e.g. the rows of
+    ``avlib.reproduce.comparisons``); ``ylabel`` names the metric when there is no ``metric`` column."""
+    import seaborn as sns
+
+    df = _tidy(results)
+    if "metric" not in df.columns:
+        df = df.assign(metric=ylabel)
+    first = [i for i in ("pretrained", "scratch") if i in set(df["init"])]
+    inits = first + [i for i in dict.fromkeys(df["init"]) if i not in first]
+    palette = dict(zip(inits, sns.color_palette(n_colors=len(inits))))
+    groups = list(df.groupby(["task", "metric"], sort=False))
+    fig, axes = _figure(1, len(groups), (max(2.4, 1.1 * len(inits) + 0.8), 3.4))
+    for ax, ((task, metric), d) in zip(axes[0], groups):
+        order = [i for i in inits if i in set(d["init"])]
+        sns.barplot(data=d, x="init", y="value", hue="init", order=order, hue_order=order, palette=palette,
+                    legend=False, ax=ax)
+        for container in ax.containers:
+            ax.bar_label(container, fmt="%.3g", fontsize=8, padding=2)
+        ax.set(title=task, xlabel="initialization", ylabel=metric)
+        ax.margins(y=0.15)                                 # room for the value labels
+    fig.suptitle(title)
+    return fig
+
+
+def ablation_plot(results, x: str, y: str, hue: str | None = None, *, kind: str = "auto",
+                  title: str | None = None, ax=None) -> Figure:
+    """An ablation: ``y`` against ``x`` (lines with markers when ``x`` is numeric, bars otherwise),
+    one series per ``hue``. ``results``: a DataFrame or a list of dicts (one per run)."""
+    import pandas as pd
+    import seaborn as sns
+
+    df = results if isinstance(results, pd.DataFrame) else pd.DataFrame(list(results))
+    missing = [c for c in (x, y, hue) if c is not None and c not in df.columns]
+    if missing:
+        raise KeyError(f"results have no column(s) {missing}; they have {list(df.columns)}")
+    if kind == "auto":
+        kind = "line" if pd.api.types.is_numeric_dtype(df[x]) else "bar"
+    if ax is None:
+        fig, axes = _figure(1, 1, (5.0, 3.6))
+        ax = axes[0, 0]
+    if kind == "line":
+        sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", ax=ax)
+    elif kind == "bar":
+        sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax)
+    else:
+        raise ValueError(f"kind must be 'auto', 'line' or 'bar', got {kind!r}")
+    ax.set(xlabel=x, ylabel=y, title=title or f"{y} vs {x}")
+    return ax.figure

@@ -1,0 +1,193 @@
+"""ipywidgets explorers for the notebooks. Each explorer only wires sliders to a plain function
+(``render_*``) that takes an index / slider values and returns a figure (or ``(fig, players)``), so
+papermill, tests and readers without widgets call the same code with fixed arguments:
+
+    fig, player = render_scene(dataset, 3)          # what scene_explorer(dataset) shows at index 3
+    scene_explorer(dataset)                         # the same, with a slider (JupyterLab)
+
+``ipywidgets`` is imported only when an explorer is built.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import viz
+from .nb import audio_player
+
+__all__ = ["render_scene", "render_overlay", "render_separation", "scene_explorer", "overlay_explorer",
+           "separation_explorer"]
+
+
+def _lookup(obj, *names: str):
+    """First attribute found along dotted ``names`` (e.g. ``"cfg.data.sample_rate"``), else None."""
+    for name in names:
+        cur = obj
+        for part in name.split("."):
+            cur = getattr(cur, part, None)
+            if cur is None:
+                break
+        if cur is not None:
+            return cur
+    return None
+
+
+def _rate(dataset, sample_rate):
+    sr = sample_rate or _lookup(dataset, "sample_rate", "cfg.sample_rate", "cfg.data.sample_rate")
+    if not sr:
+        raise ValueError("pass sample_rate= (the dataset has no sample_rate / cfg.sample_rate attribute)")
+    return int(sr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain functions
+# ----------------------------------------------------------------------------------------------
+def render_scene(dataset, index: int, *, sample_rate: int | None = None, hop_length: int | None = None):
+    """Scene ``index`` of a dataset of batch dicts (``image, audio, waveform`` and, when present,
+    ``loc_map, seg_mask, box, label``): ``(fig, Audio player)``."""
+    item = dataset[int(index)]
+    sr = _rate(dataset, sample_rate)
+    hop = hop_length or _lookup(dataset, "hop_length", "cfg.hop_length", "cfg.data.hop_length")
+    label = item.get("label")
+    label = int(label) if label is not None and np.ndim(label) == 0 else label
+    title = f"scene {index}" + (f": label {label}" if label is not None else "")
+    if label == -1:
+        title += " (nothing on screen sounds)"
+    fig = viz.show_scene(item["image"], item["audio"], loc_map=item.get("loc_map"), seg_mask=item.get("seg_mask"),
+                         box=item.get("box"), title=title, sample_rate=sr, hop_length=hop)
+    return fig, audio_player(item["waveform"], sr)
+
+
+def render_overlay(images, pred, gt, index: int, threshold: float | None = None, *, method: str | None = None,
+                   alpha: float = 0.5, normalized: bool = True) -> Figure:
+    """Sample ``index``: image | ground truth | predicted map | prediction ≥ ``threshold`` (when given).
+    ``pred``: ``(N, h, w)`` or ``{method: (N, h, w)}`` (pick one with ``method``). Maps may be coarser
+    than the image; the map panel is min-max scaled, the threshold applies to that scaled map."""
+    if isinstance(pred, Mapping):
+        method = method or next(iter(pred))
+        pred = pred[method]
+    rgb = viz.denormalize(images[index], normalized)
+    p = viz._minmax(viz._map(pred[index]))
+    ncols = 3 + (threshold is not None)
+    fig = Figure(figsize=(2.9 * ncols + 1.0, 3.0), layout="constrained")
+    axes = fig.subplots(1, ncols)
+    axes[0].imshow(rgb)
+    viz._image_ax(axes[0], "image", ylabel=f"sample {index}")
+    if _is_binary(gt[index]):                             # segmentation mask
+        viz._overlay_mask(axes[1], rgb, gt[index])
+    else:                                                 # localization map
+        viz._overlay_map(axes[1], rgb, gt[index], alpha=alpha)
+    viz._image_ax(axes[1], "ground truth")
+    im = viz._overlay_map(axes[2], rgb, p, alpha=alpha, normalize=False)
+    viz._image_ax(axes[2], method or "prediction")
+    fig.colorbar(im, ax=axes[2], label="predicted (min-max scaled)", shrink=0.8)
+    if threshold is not None:
+        viz._overlay_mask(axes[3], rgb, p, threshold=threshold, color=(0.95, 0.3, 0.2))
+        viz._image_ax(axes[3], f"≥ {threshold:.2f} ({(p >= threshold).mean():.0%} of the map)")
+    return fig
+
+
+def _is_binary(m) -> bool:
+    x = viz.to_numpy(m)
+    return bool(np.isin(x, (0.0, 1.0)).all())
+
+
+def _pick(x, index):
+    """``x[index]`` for batched inputs (``index`` given), else ``x`` itself."""
+    return x[index] if index is not None else x
+
+
+def render_separation(mix_wave, pred_waves, gt_waves, sample_rate: int, index: int | None = None, *,
+                      source_names=None):
+    """Listen to a mixture and its separation: ``(fig, {name: Audio})`` with the waveforms (GT and
+    prediction overlaid per source) and players for the mixture, each ground truth and each prediction.
+    Shapes: ``mix (S,)``, ``pred/gt (K, S)``, or batched ``(B, S)`` / ``(B, K, S)`` with ``index``."""
+    mix = viz.to_numpy(_pick(mix_wave, index)).reshape(-1)
+    preds = viz.to_numpy(_pick(pred_waves, index))
+    gts = viz.to_numpy(_pick(gt_waves, index))
+    K = len(gts)
+    names = list(source_names) if source_names is not None else [f"source {k + 1}" for k in range(K)]
+    t = np.arange(mix.shape[-1]) / sample_rate
+    fig = Figure(figsize=(9.0, 1.9 * (K + 1)), layout="constrained")
+    axes = fig.subplots(K + 1, 1, sharex=True, sharey=True)
+    axes[0].plot(t, mix, lw=0.6, color="0.3")
+    axes[0].set(title="mixture" + (f" (example {index})" if index is not None else ""), ylabel="amplitude")
+    for k in range(K):
+        axes[k + 1].plot(t, gts[k], lw=0.6, label="ground truth", color="tab:blue")
+        axes[k + 1].plot(t, preds[k], lw=0.6, label="separated", color="tab:orange", alpha=0.8)
+        axes[k + 1].set(title=names[k], ylabel="amplitude")
+        axes[k + 1].legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("time (s)")
+    players = {"mixture": audio_player(mix, sample_rate)}
+    for k in range(K):
+        players[f"{names[k]}: ground truth"] = audio_player(gts[k], sample_rate)
+        players[f"{names[k]}: separated"] = audio_player(preds[k], sample_rate)
+    return fig, players
+
+
+# ----------------------------------------------------------------------------------------------
+# Explorers (ipywidgets)
+# ----------------------------------------------------------------------------------------------
+def _show(*objs: Any) -> None:
+    from IPython.display import HTML, display
+
+    for obj in objs:
+        if isinstance(obj, Mapping):                       # {label: Audio}
+            for label, player in obj.items():
+                display(HTML(f"<b>{label}</b>"), player)
+        else:
+            display(obj)
+
+
+def _explorer(render, controls: Mapping[str, Any]):
+    import ipywidgets as w
+
+    out = w.interactive_output(lambda **kw: _show(*_as_tuple(render(**kw))), dict(controls))
+    return w.VBox([w.HBox(list(controls.values())), out])
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def scene_explorer(dataset, *, sample_rate: int | None = None, hop_length: int | None = None):
+    """Browse scenes: frame, ground truth, spectrogram and an audio player (``render_scene``)."""
+    import ipywidgets as w
+
+    index = w.IntSlider(value=0, min=0, max=len(dataset) - 1, description="scene", continuous_update=False)
+    return _explorer(lambda index: render_scene(dataset, index, sample_rate=sample_rate, hop_length=hop_length),
+                     {"index": index})
+
+
+def overlay_explorer(images, pred_maps, gt_maps, *, normalized: bool = True):
+    """Slide through localization / segmentation overlays with a threshold slider (``render_overlay``);
+    with ``pred_maps`` a dict ``{method: maps}``, a dropdown picks the method."""
+    import ipywidgets as w
+
+    controls = {"index": w.IntSlider(value=0, min=0, max=len(images) - 1, description="sample",
+                                     continuous_update=False),
+                "threshold": w.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="threshold",
+                                           continuous_update=False)}
+    if isinstance(pred_maps, Mapping):
+        controls["method"] = w.Dropdown(options=list(pred_maps), description="method")
+    return _explorer(lambda **kw: render_overlay(images, pred_maps, gt_maps, normalized=normalized, **kw),
+                     controls)
+
+
+def separation_explorer(mix_wave, pred_waves, gt_waves, sample_rate: int, *, source_names=None):
+    """Listen to mixture / separated / ground truth (``render_separation``); batched inputs
+    ``(B, S)``, ``(B, K, S)`` get an example slider."""
+    import ipywidgets as w
+
+    batched = viz.to_numpy(mix_wave).ndim == 2
+    if not batched:
+        fig, players = render_separation(mix_wave, pred_waves, gt_waves, sample_rate, source_names=source_names)
+        out = w.Output()
+        with out:
+            _show(fig, players)
+        return out
+    index = w.IntSlider(value=0, min=0, max=len(mix_wave) - 1, description="example", continuous_update=False)
+    return _explorer(lambda index: render_separation(mix_wave, pred_waves, gt_waves, sample_rate, index,
+                                                     source_names=source_names), {"index": index})

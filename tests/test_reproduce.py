@@ -1,0 +1,248 @@
+"""The papermill runner (avlib.reproduce) on throwaway notebooks written into tmp_path, and the CI
+check for committed notebooks. Kernel start-ups are slow, so the whole file starts four kernels:
+two for the module's main run (producer -> consumer), one for ``--only``, one for a failing notebook.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from avlib import reproduce as rp
+
+HEADER = '''\
+# %% [markdown]
+# # {title}
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # config profile
+seed: int = 0  # random seed
+device: str = "auto"  # torch device
+out_dir: str = ""  # metrics.json and figures/ ("" means reports/<profile>/<notebook>/)
+run_dir: str = ""  # checkpoints ("" means runs/<profile>/<notebook>/)
+overrides: dict = {{}}  # config overrides, e.g. {{"model.depth": 2}}
+'''
+
+PRODUCER = HEADER.format(title="A: makes a checkpoint") + '''
+# %%
+import os
+from matplotlib.figure import Figure
+from avlib import nb
+paths = nb.paths_for("a_make", profile, out_dir, run_dir)
+
+# %%
+ckpt = paths.run_dir / "ckpt.txt"
+ckpt.write_text(f"trained with seed {seed}")
+fig = Figure()
+fig.subplots().plot([0, 1], [1, 0])
+nb.save_fig(fig, paths.out_dir, "curve")
+import matplotlib
+nb.record({"classification/pretrained/top1": 0.75, "classification/scratch/top1": 0.5,
+           "localization/scratch/ciou": 0.2, "env/hashseed": os.environ.get("PYTHONHASHSEED", ""),
+           "env/cwd": os.getcwd(), "env/backend": matplotlib.get_backend()},
+          paths.out_dir, profile=profile, seed=seed, pretrain_ckpt=str(ckpt))
+'''
+
+CONSUMER = HEADER.format(title="B: uses it") + '''pretrain_ckpt: str = ""  # checkpoint recorded by a_make
+
+# %%
+from pathlib import Path
+from avlib import nb
+paths = nb.paths_for("b_use", profile, out_dir, run_dir)
+print("loading", Path(pretrain_ckpt).name)
+nb.record({"ckpt_text": Path(pretrain_ckpt).read_text()}, paths.out_dir, pretrain_ckpt=pretrain_ckpt)
+'''
+
+FAILING = HEADER.format(title="F: breaks") + '''
+# %%
+x = 1 / 0  # the bug
+print("never")
+'''
+
+
+def write_pair(folder: Path, name: str, text: str, ipynb: bool = True) -> None:
+    (folder / f"{name}.py").write_text(text)
+    if ipynb:                                   # the committed pair: same cells, no outputs
+        nbformat.write(jupytext.reads(text, fmt="py:percent"), folder / f"{name}.ipynb")
+
+
+def write_manifest(folder: Path, notebooks: list) -> Path:
+    path = folder / "manifest.yaml"
+    path.write_text(json.dumps({"notebooks": notebooks}, indent=1))     # JSON is valid YAML
+    return path
+
+
+AB = [{"name": "a_make", "title": "producer", "outputs": ["pretrain_ckpt"]},
+      {"name": "b_use", "inputs": ["pretrain_ckpt"]}]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Notebook a_make (.py + .ipynb) -> b_use (.py only, converted in memory), run once."""
+    root = tmp_path_factory.mktemp("proj")
+    nbs = root / "notebooks"
+    nbs.mkdir()
+    write_pair(nbs, "a_make", PRODUCER)
+    write_pair(nbs, "b_use", CONSUMER, ipynb=False)
+    manifest = write_manifest(nbs, AB)
+    args = ["--profile", "smoke", "--manifest", str(manifest), "--out", str(root / "reports"),
+            "--runs", str(root / "runs")]
+    code = rp.main(args)
+    return {"root": root, "nbs": nbs, "out": root / "reports", "args": args, "code": code}
+
+
+def metrics(out: Path, name: str) -> dict:
+    return json.loads((out / name / "metrics.json").read_text())
+
+
+def test_runs_in_order_and_passes_upstream_outputs(project):
+    out = project["out"]
+    assert project["code"] == 0
+    assert (out / "a_make.ipynb").exists() and (out / "b_use.ipynb").exists()      # executed copies
+    a, b = metrics(out, "a_make"), metrics(out, "b_use")
+    ckpt = project["root"] / "runs" / "a_make" / "ckpt.txt"
+    assert a["pretrain_ckpt"] == str(ckpt)
+    assert b["pretrain_ckpt"] == str(ckpt) and b["ckpt_text"] == "trained with seed 0"
+    injected = nbformat.read(out / "b_use.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in injected.cells)
+    # the environment the runner promises the kernel
+    assert a["env/hashseed"] == "0"
+    assert a["env/cwd"] == str(project["nbs"])
+    assert "inline" in a["env/backend"]
+    state = json.loads((out / "state.json").read_text())
+    assert [state["notebooks"][n]["status"] for n in ("a_make", "b_use")] == ["ok", "ok"]
+
+
+def test_summary_has_tables_comparisons_and_figures(project):
+    out = project["out"]
+    md = (out / "summary.md").read_text()
+    assert "## Pretrained vs scratch" in md
+    assert "| classification | top1 | 0.75 | 0.5 | +0.25 |" in md
+    assert "**localization**" in md                                           # scratch-only: other table
+    assert "### a_make: producer" in md and "![curve](a_make/figures/curve.png)" in md
+    assert "| ckpt_text | trained with seed 0 |" in md and "duration_s" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["wall_s"] > 0
+    assert {r["name"] for r in summary["notebooks"]} == {"a_make", "b_use"}
+    assert summary["notebooks"][0]["metrics"]["duration_s"] > 0                 # papermill's duration added
+    assert {(r["task"], r["init"]) for r in summary["comparisons"]} >= {("classification", "pretrained")}
+
+
+def test_rerun_skips_up_to_date_notebooks(project, capsys, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("a kernel was started"))
+    assert rp.main(project["args"]) == 0
+    assert capsys.readouterr().out.count("up to date, skipped") == 2
+
+
+def test_only_reruns_one_notebook_from_recorded_state(project, capsys):
+    out = project["out"]
+    before = (out / "a_make.ipynb").stat().st_mtime_ns
+    assert rp.main(project["args"] + ["--only", "b"]) == 0                     # unique prefix of b_use
+    printed = capsys.readouterr().out
+    assert "[1/1] b_use: running" in printed and "b_use | loading ckpt.txt" in printed   # streamed output
+    assert (out / "a_make.ipynb").stat().st_mtime_ns == before                 # upstream not re-run
+    assert metrics(out, "b_use")["ckpt_text"] == "trained with seed 0"
+
+
+def test_only_without_recorded_upstream_is_a_clear_error(project, tmp_path, capsys):
+    args = project["args"][:-4] + ["--out", str(tmp_path / "fresh"), "--runs", str(tmp_path / "r"), "--only", "b_use"]
+    assert rp.main(args) == 2
+    err = capsys.readouterr().err
+    assert "b_use needs 'pretrain_ckpt' from a_make, which has no successful run recorded" in err
+    assert "--only a_make b_use" in err
+
+
+def test_unknown_parameter_rejected_before_any_kernel(project, tmp_path, capsys, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("a kernel was started"))
+    bad = [dict(AB[0], params={"*": {"sed": 1}}),
+           dict(AB[1], params={"smoke": {"overrides": {"model.detph": 2}}})]
+    manifest = write_manifest(project["nbs"], bad)
+    try:
+        assert rp.main(["--profile", "smoke", "--manifest", str(manifest), "--out", str(tmp_path)]) == 2
+    finally:
+        write_manifest(project["nbs"], AB)
+    err = capsys.readouterr().err
+    assert "a_make: unknown parameter 'sed'" in err and "did you mean 'seed'" in err
+    assert "b_use: overrides" in err and "model.depth" in err                 # make_config's suggestion
+    assert not list(tmp_path.glob("*.ipynb"))
+
+
+def test_failure_stops_at_first_failing_cell(tmp_path, capsys):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    write_pair(nbs, "f_break", FAILING)
+    write_pair(nbs, "a_make", PRODUCER)
+    manifest = write_manifest(nbs, [{"name": "f_break"}, {"name": "a_make"}])
+    out = tmp_path / "reports"
+    code = rp.main(["--profile", "smoke", "--manifest", str(manifest), "--out", str(out), "--runs",
+                    str(tmp_path / "runs"), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "notebook f_break failed in cell 2 (counting from 0, markdown cells included) of notebooks/f_break.ipynb" in err
+    assert "x = 1 / 0  # the bug" in err and "ZeroDivisionError: division by zero" in err
+    assert not (out / "a_make.ipynb").exists()                                # stopped at the first failure
+    assert (out / "f_break.ipynb").exists()                                   # failed copy kept, with traceback
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed"] == "f_break"
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifest and CI checks (no kernels)
+# ----------------------------------------------------------------------------------------------
+def test_manifest_rejects_undeclared_inputs(tmp_path):
+    path = write_manifest(tmp_path, [{"name": "b_use", "inputs": ["pretrain_ckpt"]}])
+    with pytest.raises(rp.ReproduceError, match="not an output of any earlier notebook"):
+        rp.load_manifest(path, check_files=False)
+    path = write_manifest(tmp_path, [{"name": "a", "params": {"cpux": {}}}])
+    with pytest.raises(rp.ReproduceError, match="did you mean 'cpu'"):
+        rp.load_manifest(path, check_files=False)
+
+
+def test_repository_manifest_declares_the_sequence():
+    man = rp.load_manifest(rp.ROOT / "notebooks" / "manifest.yaml", check_files=False)
+    assert man.names == ["00_data", "01_model", "02_pretraining", "03_classification", "04_localization",
+                         "05_segmentation", "06_separation", "07_ablations", "08_report"]
+    assert man.step("02").outputs == ("pretrain_ckpt",)
+    for name in man.names[3:8]:
+        assert man.step(name).inputs == {"pretrain_ckpt": ("02_pretraining", "pretrain_ckpt")}
+
+
+def test_verify_notebooks_clean(project, tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    write_pair(nbs, "00_ok", PRODUCER)
+    assert rp.verify_notebooks_clean([nbs]) == []
+    # an executed copy committed by mistake: outputs, counts, papermill metadata, injected cell
+    (nbs / "01_run.ipynb").write_bytes((project["out"] / "a_make.ipynb").read_bytes())
+    (nbs / "01_run.py").write_text(PRODUCER)
+    # a .py edited without syncing its .ipynb, and a derived value in the parameters cell
+    write_pair(nbs, "02_stale", PRODUCER)
+    (nbs / "02_stale.py").write_text(PRODUCER.replace("run_dir: str = \"\"", "run_dir: str = out_dir + '/r'"))
+    # a lone .py, no parameters tag
+    (nbs / "03_lonely.py").write_text("# %%\nx = 1\n")
+    problems = "\n".join(rp.verify_notebooks_clean([nbs]))
+    assert "01_run.ipynb: cell" in problems and "has outputs" in problems and "execution_count" in problems
+    assert "papermill run metadata" in problems and "'injected-parameters' cell" in problems
+    assert "02_stale.py and .ipynb differ (first at cell 1" in problems
+    assert "parameter 'run_dir' is not a literal" in problems
+    assert "03_lonely.ipynb: missing" in problems and "found 0" in problems
+    assert "00_ok" not in problems
+
+
+def test_comparisons_and_render_summary_are_generic():
+    rows = rp.comparisons({"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "loss": 1.0, "a/b": 2.0})
+    assert rows == [{"task": "sep", "init": "pretrained", "metric": "sdr", "value": 5.0},
+                    {"task": "sep", "init": "scratch", "metric": "sdr", "value": 3.5}]
+    md = rp.render_summary([{"name": "06", "status": "ok", "duration_s": 61.0, "executed": "06.ipynb",
+                             "metrics": {"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "profile": "cpu"},
+                             "figures": []}], "cpu", wall_s=62)
+    assert "| sep | sdr | 5 | 3.5 | +1.5 |" in md and "| 06 | ok | 1:01 |" in md
+    assert "profile `cpu`" in textwrap.dedent(md)
