@@ -24,16 +24,20 @@ faster), "mem ratio" = explicit peak / separable peak. For the released configs 
 second ratio compares with the official code's CPU timings (DEEPAVFUSION.md §1.7, a different CPU:
 indicative only).
 
-Peak memory, what it measures:
-  * CPU: the rise of the process's resident set (RSS) above its steady state during the timed calls.
-    Before them gradients are dropped, ``gc`` runs and ``malloc_trim(0)`` hands cached free heap pages back
-    to the OS, then the kernel's RSS high-water mark is reset (``/proc/self/clear_refs``) and read back
-    (``VmHWM``) afterwards. So it counts what a step allocates and touches (activations, gradients,
-    temporaries, optimizer state on the first step) and not weights, inputs or the torch runtime. On CPU
-    every model measurement runs in a fresh subprocess (``--no-isolate`` to run in-process), so configs
-    do not share allocator or thread-pool state.
-  * CUDA: ``torch.cuda.max_memory_allocated`` during the timed calls (absolute: weights, gradients and
-    optimizer state included; the allocator's cache is not counted).
+Timing: the explicit and separable paths of a row are built in one process and called round-robin
+(explicit, separable, explicit, ...) after ``--warmup`` calls each, so both see the same background load;
+medians of up to ``--repeats`` calls (``--max-seconds`` caps slow paths) with min–max, and the per-round
+ratio range. ``torch.set_num_threads(--threads)`` (default: the usable cores) in every measurement.
+
+Peak memory (sections 1-3): one more warm call per path, gradients dropped first, measured as
+  * CPU: the rise of the process's resident set (RSS) above its steady state: ``gc`` and
+    ``malloc_trim(0)`` hand cached free heap pages back to the OS (so their re-use counts again), the
+    kernel's RSS high-water mark is reset (``/proc/self/clear_refs``) and read back (``VmHWM``) after
+    the call. It counts what a step allocates and touches (activations, gradients, temporaries) and
+    not weights, inputs or the torch runtime. On CPU each row runs in a fresh subprocess
+    (``--no-isolate``: in-process), so rows share no allocator or thread-pool state;
+  * CUDA: ``torch.cuda.max_memory_allocated`` above the memory allocated at the start (the allocator's
+    cache not counted). Section 5's GPU rows report the absolute peak (weights, gradients, optimizer).
 """
 from __future__ import annotations
 
@@ -116,36 +120,45 @@ class Timing:
         return len(self.times)
 
 
+def _timed_call(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def measure_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 2, repeats: int = 5, *,
+                        sync: Callable[[], None] | None = None, max_seconds: float | None = None) -> dict[str, Timing]:
+    """Like ``measure`` for several functions, called round-robin (a, b, a, b, ...), so that both sides
+    of a comparison see the same background load: on a shared machine the load changes over seconds,
+    and timing one path after the other would fold that drift into their ratio."""
+    sync = sync or (lambda: None)
+    first: dict[str, float] = {}
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            t = _timed_call(fn, sync)
+            first.setdefault(name, t)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            times[name].append(_timed_call(fn, sync))
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    return {name: Timing(times=t, first_s=first.get(name, t[0])) for name, t in times.items()}
+
+
 def measure(fn: Callable[[], Any], warmup: int = 2, repeats: int = 5, *, sync: Callable[[], None] | None = None,
-            max_seconds: float | None = None, timed_region: Any = None) -> Timing:
-    """Call ``fn`` ``warmup`` times untimed, then time up to ``repeats`` calls.
+            max_seconds: float | None = None) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then time up to ``repeats`` calls (median, min, max in ``Timing``).
 
     Args:
         sync: called before every clock read (``torch.cuda.synchronize`` on GPU: kernels are asynchronous).
         max_seconds: stop the timed calls once they have used this much wall time (at least one call
             is always timed): a slow reference path gets fewer repeats instead of hours.
-        timed_region: a context manager entered around the timed calls only (``PeakMemory``).
     """
-    sync = sync or (lambda: None)
-    first = None
-    for _ in range(warmup):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        first = time.perf_counter() - t0 if first is None else first
-    times: list[float] = []
-    with timed_region if timed_region is not None else contextlib.nullcontext():
-        start = time.perf_counter()
-        for _ in range(max(1, repeats)):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                break
-    return Timing(times=times, first_s=first if first is not None else times[0])
+    return measure_interleaved({"fn": fn}, warmup, repeats, sync=sync, max_seconds=max_seconds)["fn"]
 
 
 def _proc_status_kib(key: str) -> int | None:
@@ -460,53 +473,66 @@ def _autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
-def _timed(job: dict, step: Callable[[], None], reset: Callable[[], None] | None = None) -> dict:
-    """Warm up, then time ``step`` with the peak memory of the timed calls."""
+@dataclass
+class Step:
+    """One path to time: ``run()`` is the timed call, ``reset()`` drops gradients (memory baseline)."""
+    run: Callable[[], None]
+    reset: Callable[[], None] = lambda: None
+    params: int = 0
+
+
+def _time_modes(job: dict, make_step: Callable[[dict, str], Step]) -> dict:
+    """Build one ``Step`` per mode in ``job["modes"]`` (all in this process), time them interleaved, then
+    measure each one's peak memory on one more call. Returns ``{mode: result}``."""
     device = torch.device(job["device"])
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    mem = PeakMemory(device, before=reset)
-    t = measure(step, job["warmup"], job["repeats"], sync=sync, max_seconds=job["max_seconds"], timed_region=mem)
-    return {"ok": True, "times": t.times, "median_s": t.median, "min_s": t.min, "max_s": t.max, "n": t.n,
-            "first_s": t.first_s, "samples_per_s": job.get("batch", 0) / t.median, "peak_bytes": mem.peak_bytes,
-            "peak_abs_bytes": mem.absolute_bytes, "mem_method": mem.method, "threads": torch.get_num_threads()}
+    steps = {mode: make_step(job, mode) for mode in job["modes"]}
+    timings = measure_interleaved({m: s.run for m, s in steps.items()}, job["warmup"], job["repeats"], sync=sync,
+                                  max_seconds=job["max_seconds"])
+    out = {}
+    for mode, step in steps.items():
+        with PeakMemory(device, before=step.reset) as mem:
+            step.run()
+        t = timings[mode]
+        out[mode] = {"ok": True, "times": t.times, "median_s": t.median, "min_s": t.min, "max_s": t.max, "n": t.n,
+                     "first_s": t.first_s, "samples_per_s": job["batch"] / t.median, "peak_bytes": mem.peak_bytes,
+                     "peak_abs_bytes": mem.absolute_bytes, "mem_method": mem.method, "params": step.params,
+                     "threads": torch.get_num_threads()}
+    return out
 
 
-def _job_model(job: dict) -> dict:
+def _model_step(job: dict, mode: str) -> Step:
     """``pretrain``: AVMAE forward + backward (+ AdamW); ``inference``: encoder forward, no_grad, no masking."""
     from avlib.model import build_avmae, build_encoder
-    cfg = model_config(job["config"], job["mode"], job.get("grad_ckpt", False))
+    cfg = model_config(job["config"], mode, job.get("grad_ckpt", False))
     device, B = torch.device(job["device"]), job["batch"]
-    torch.manual_seed(job.get("seed", 0))
-    image = torch.randn(B, 3, *cfg.image_size, device=device)
-    audio = torch.randn(B, 1, *cfg.audio_size, device=device)
+    g = torch.Generator().manual_seed(job.get("seed", 0))            # same inputs for every mode
+    image = torch.randn(B, 3, *cfg.image_size, generator=g).to(device)
+    audio = torch.randn(B, 1, *cfg.audio_size, generator=g).to(device)
     amp = _autocast(device, job.get("amp", "none"))
-    if job["kind"] == "pretrain":
-        model = build_avmae(cfg).to(device).train()
-        noise_v = torch.rand(B, math.prod(cfg.image_grid), device=device)   # one fixed mask, as replayable
-        noise_a = torch.rand(B, math.prod(cfg.audio_grid), device=device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-4) if job.get("optimizer") else None
-        fwd = torch.compile(model) if job.get("compile") else model
-
-        def step():
-            model.zero_grad(set_to_none=True)
-            with amp:
-                loss = fwd(image, audio, noise_v, noise_a).loss
-            loss.backward()
-            if opt is not None:
-                opt.step()
-        reset = lambda: model.zero_grad(set_to_none=True)   # noqa: E731  (baseline without gradients)
-    else:
+    if job["kind"] == "inference":
         model = build_encoder(cfg).to(device).eval()
         fwd = torch.compile(model) if job.get("compile") else model
 
-        def step():
+        def infer():
             with torch.no_grad(), amp:
                 fwd(image, audio)
-        reset = None
-    out = _timed(job, step, reset)
-    out["params"] = sum(p.numel() for p in model.parameters())
-    return out
+        return Step(infer, params=sum(p.numel() for p in model.parameters()))
+
+    model = build_avmae(cfg).to(device).train()
+    noise_v = torch.rand(B, math.prod(cfg.image_grid), generator=g).to(device)   # one fixed mask per mode
+    noise_a = torch.rand(B, math.prod(cfg.audio_grid), generator=g).to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4) if job.get("optimizer") else None
+    fwd = torch.compile(model) if job.get("compile") else model
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        with amp:
+            loss = fwd(image, audio, noise_v, noise_a).loss
+        loss.backward()
+        if opt is not None:
+            opt.step()
+    return Step(train_step, lambda: model.zero_grad(set_to_none=True), sum(p.numel() for p in model.parameters()))
 
 
 def fusion_block_config(dims: dict, block: str, mode: str) -> ModelConfig:
@@ -517,33 +543,31 @@ def fusion_block_config(dims: dict, block: str, mode: str) -> ModelConfig:
                    num_aggr_audio_tokens=dims["aggr_audio"], pair_attention=mode)
 
 
-def _job_fusion(job: dict) -> dict:
+def _fusion_step(job: dict, mode: str) -> Step:
     """One fusion block: forward (no_grad) or forward + backward of sum(output) into weights and tokens."""
     from avlib.model import FUSION_BLOCKS
-    dims, device, B = job["dims"], torch.device(job["device"]), job["batch"]
-    cfg = fusion_block_config(dims, job["block"], job["mode"])
-    torch.manual_seed(job.get("seed", 0))
+    dims, device, B, grad = job["dims"], torch.device(job["device"]), job["batch"], job["backward"]
+    cfg = fusion_block_config(dims, job["block"], mode)
+    torch.manual_seed(job.get("seed", 0))                              # same weights and tokens for every mode
     block = FUSION_BLOCKS[job["block"]](cfg).to(device)
-    grad = job["backward"]
-    xf = torch.randn(B, cfg.num_fusion_total, cfg.embed_dim, device=device, requires_grad=grad)
-    xv = torch.randn(B, dims["n_image"], cfg.embed_dim, device=device, requires_grad=grad)
-    xa = torch.randn(B, dims["n_audio"], cfg.embed_dim, device=device, requires_grad=grad)
+    xf, xv, xa = (torch.randn(B, n, cfg.embed_dim, device=device, requires_grad=grad)
+                  for n in (cfg.num_fusion_total, dims["n_image"], dims["n_audio"]))
     amp = _autocast(device, job.get("amp", "none"))
 
     def reset():
         block.zero_grad(set_to_none=True)
         xf.grad = xv.grad = xa.grad = None
 
-    def step():
-        if grad:
-            reset()
-            with amp:
-                y, _ = block(xf, xv, xa)
-            y.float().sum().backward()
-        else:
+    def run():
+        if not grad:
             with torch.no_grad(), amp:
                 block(xf, xv, xa)
-    return _timed(job, step, reset)
+            return
+        reset()
+        with amp:
+            y, _ = block(xf, xv, xa)
+        y.float().sum().backward()
+    return Step(run, reset, sum(p.numel() for p in block.parameters()))
 
 
 def _job_loader(job: dict) -> dict:
@@ -565,7 +589,8 @@ def _job_loader(job: dict) -> dict:
             "num_batches": runs[0]["num_batches"]}
 
 
-_JOBS = {"pretrain": _job_model, "inference": _job_model, "fusion": _job_fusion, "loader": _job_loader}
+_JOBS = {"pretrain": lambda job: _time_modes(job, _model_step), "inference": lambda job: _time_modes(job, _model_step),
+         "fusion": lambda job: _time_modes(job, _fusion_step), "loader": _job_loader}
 
 
 def run_job(job: dict) -> dict:
@@ -626,12 +651,36 @@ def _skip(need: int, budget: int) -> dict:
             "error": f"skipped (needs {need / GiB:.1f} GiB, budget {budget / GiB:.1f} GiB)"}
 
 
-def _guarded(job: dict, need: int, opts: BenchOptions) -> dict:
-    """Dispatch unless the analytic need exceeds ``mem_fraction`` of the free memory."""
+def run_modes(job: dict, explicit_need: int, opts: BenchOptions) -> dict[str, dict]:
+    """Time ``job`` for each mode in ``job["modes"]`` (default: explicit and separable, interleaved in
+    one process). The explicit path is left out, as "skipped (needs X GiB)", when its analytic memory
+    ``explicit_need`` exceeds ``opts.mem_fraction`` of the free memory. Returns ``{mode: result}``."""
+    modes = list(job.get("modes", MODES))
     budget = int(opts.mem_fraction * _free_bytes(opts.device))
-    res = _skip(need, budget) if need > budget else dispatch(job, opts.isolate)
-    res["analytic_bytes"] = need
-    return res
+    out: dict[str, dict] = {}
+    if "explicit" in modes and explicit_need > budget:
+        modes.remove("explicit")
+        out["explicit"] = _skip(explicit_need, budget)
+    if modes:
+        res = dispatch({**job, "modes": modes}, opts.isolate)
+        for mode in modes:
+            out[mode] = res[mode] if res.get("ok") is not False else res   # a failed job fails every mode
+    for mode in out:
+        out[mode]["analytic_bytes"] = explicit_need if mode == "explicit" else None
+    return out
+
+
+def _pair_stats(row: dict) -> None:
+    """Per-round explicit / separable ratios of an interleaved pair (how much the speedup wobbles)."""
+    e, s = row["explicit"], row["separable"]
+    if e.get("ok") and s.get("ok"):
+        row["round_speedups"] = [a / b for a, b in zip(e["times"], s["times"])]
+
+
+def _log_row(prefix: str, row: dict) -> None:
+    for mode in MODES:
+        res = row[mode]
+        _log(f"{prefix} {mode:9s} " + (_fmt_s(res["median_s"]) if res.get("ok") else res["error"]))
 
 
 def bench_models(kind: str, specs: list[str], opts: BenchOptions) -> list[dict]:
@@ -639,17 +688,13 @@ def bench_models(kind: str, specs: list[str], opts: BenchOptions) -> list[dict]:
     rows = []
     for spec in specs:
         B = default_batch(spec, opts)
-        row = {"config": spec, "batch": B, "fusion_arch": model_config(spec).fusion_arch}
-        for mode in MODES:
-            cfg = model_config(spec, mode)
-            need = model_explicit_bytes(cfg, B, train=kind == "pretrain") if mode == "explicit" else 0
-            job = _base_job(opts, kind, config=spec, mode=mode, batch=B, optimizer=opts.optimizer)
-            res = row[mode] = _guarded(job, need, opts)
-            _log(f"{kind:9s} {spec:24s} B={B:<3d} {mode:9s} " + (f"{res['median_s']:.4f} s" if res["ok"]
-                                                                     else res["error"]))
-        row["flops_train" if kind == "pretrain" else "flops_fwd"] = (
-            avmae_flops(model_config(spec), B)["train"] if kind == "pretrain"
-            else encoder_flops(model_config(spec), B))
+        cfg = model_config(spec)
+        need = model_explicit_bytes(replace(cfg, pair_attention="explicit"), B, train=kind == "pretrain")
+        job = _base_job(opts, kind, config=spec, batch=B, optimizer=opts.optimizer)
+        row = {"config": spec, "batch": B, "fusion_arch": cfg.fusion_arch, **run_modes(job, need, opts),
+               "flops": avmae_flops(cfg, B)["train"] if kind == "pretrain" else encoder_flops(cfg, B)}
+        _pair_stats(row)
+        _log_row(f"{kind:9s} {spec:24s} B={B:<3d}", row)
         rows.append(row)
     return rows
 
@@ -660,19 +705,16 @@ def bench_fusion_blocks(opts: BenchOptions, batches: tuple[int, ...] = (8, 64), 
     dims = dict(dims or PAPER_BLOCK)
     rows = []
     for block in blocks:
-        cfg = fusion_block_config(dims, block, "explicit")
-        shapes = _pair_shapes(cfg, dims["n_image"], dims["n_audio"])
+        shapes = _pair_shapes(fusion_block_config(dims, block, "explicit"), dims["n_image"], dims["n_audio"])
         for B in batches:
             for backward in (False, True):
+                need = explicit_pair_bytes(B, **shapes, backward=backward)
+                job = _base_job(opts, "fusion", block=block, batch=B, backward=backward, dims=dims)
                 row = {"block": block, "batch": B, "pass": "fwd+bwd" if backward else "fwd", "dims": dims,
-                       "pairs": shapes["n1"] * shapes["n2"]}
-                for mode in MODES:
-                    need = explicit_pair_bytes(B, **shapes, backward=backward) if mode == "explicit" else 0
-                    job = _base_job(opts, "fusion", block=block, mode=mode, batch=B, backward=backward, dims=dims)
-                    res = row[mode] = _guarded(job, need, opts)
-                    _log(f"fusion    {block:10s} B={B:<3d} {row['pass']:7s} {mode:9s} "
-                         + (f"{res['median_s'] * 1e3:.1f} ms" if res["ok"] else res["error"]))
-                row["analytic_explicit_bytes"] = explicit_pair_bytes(B, **shapes, backward=backward)
+                       "pairs": shapes["n1"] * shapes["n2"], "analytic_explicit_bytes": need,
+                       **run_modes(job, need, opts)}
+                _pair_stats(row)
+                _log_row(f"fusion    {block:10s} B={B:<3d} {row['pass']:7s}", row)
                 rows.append(row)
     return rows
 
@@ -694,8 +736,8 @@ def bench_loader(opts: BenchOptions) -> tuple[list[dict], list[str]]:
     root = _find_data_root()
     for dataset in ("avdigits", "synthetic"):
         for workers in opts.loader_workers:
-            job = _base_job(opts, "loader", config=opts.loader_config, dataset=dataset, workers=workers,
-                            batches=opts.loader_batches, root=root, repeats=min(opts.repeats, 3))
+            job = {**_base_job(opts, "loader", config=opts.loader_config, dataset=dataset, workers=workers,
+                               batches=opts.loader_batches, root=root), "repeats": min(opts.repeats, 3)}
             res = dispatch(job, opts.isolate)
             if res.get("data_missing"):
                 notes.append(f"AV-Digits skipped: {res['error']} (set AVLIB_DATA_ROOT or run "
@@ -711,26 +753,27 @@ def bench_loader(opts: BenchOptions) -> tuple[list[dict], list[str]]:
 
 def bench_gpu(specs: list[str], opts: BenchOptions) -> list[dict]:
     """Section 5 on CUDA: pretraining of each ViT-B config at batch 64 (or --batch) in fp32 and bf16
-    autocast (separable and explicit), plus torch.compile / grad checkpointing rows with ``compile``."""
+    autocast (separable and explicit), plus torch.compile / grad checkpointing rows with ``compile``.
+    One mode per measurement, so the peak memory is the absolute peak of that variant alone."""
     variants = [("fp32", "separable", {}), ("bf16", "separable", {}), ("bf16", "explicit", {})]
     if opts.compile:
         variants += [("bf16", "separable", {"compile": True}), ("bf16", "separable", {"grad_ckpt": True})]
+    peak, _ = gpu_peak_tflops(torch.cuda.get_device_name(torch.device(opts.device)), opts.peak_tflops)
     rows = []
     for spec in specs:
         B = opts.batch or 64
-        peak, _ = gpu_peak_tflops(torch.cuda.get_device_name(torch.device(opts.device)), opts.peak_tflops)
         flops = avmae_flops(model_config(spec), B)["train"]
         for amp, mode, extra in variants:
-            job = _base_job(opts, "pretrain", config=spec, mode=mode, batch=B, optimizer=opts.optimizer, **extra)
-            job["amp"] = "bf16" if amp == "bf16" else "none"
-            need = model_explicit_bytes(model_config(spec, mode), B, train=True) if mode == "explicit" else 0
-            res = _guarded(job, need, opts)
-            name = "+".join([amp, mode] + [k for k in extra])
-            row = {"config": spec, "variant": name, "batch": B, "flops_train": flops, **res}
-            if res["ok"]:
+            job = {**_base_job(opts, "pretrain", config=spec, batch=B, optimizer=opts.optimizer, modes=[mode],
+                               **extra), "amp": "bf16" if amp == "bf16" else "none"}
+            need = model_explicit_bytes(model_config(spec, "explicit"), B, train=True) if mode == "explicit" else 0
+            res = run_modes(job, need, opts)[mode]
+            row = {"config": spec, "variant": "+".join([amp, mode, *extra]), "batch": B, "flops": flops, **res}
+            if res.get("ok"):
                 row["tflops"] = flops / res["median_s"] / 1e12
                 row["mfu"] = row["tflops"] / peak if peak else None
-            _log(f"gpu       {spec:24s} {name:24s} " + (f"{res['median_s']:.4f} s" if res["ok"] else res["error"]))
+            _log(f"gpu       {spec:24s} {row['variant']:24s} " + (_fmt_s(res["median_s"]) if res.get("ok")
+                                                                     else res["error"]))
             rows.append(row)
     return rows
 
@@ -761,6 +804,13 @@ def _ratio(a: dict, b: dict, key: str) -> str:
     return "–"
 
 
+def _speedup(row: dict) -> str:
+    """**median ratio** (per-round min–max when the two paths were interleaved over several rounds)."""
+    ratio = _ratio(row["explicit"], row["separable"], "median_s")
+    rounds = row.get("round_speedups") or []
+    return f"**{ratio}**" + (f" ({min(rounds):.2f}–{max(rounds):.2f})" if len(rounds) > 1 else "")
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -768,27 +818,35 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _mem_legend(opts: BenchOptions) -> str:
-    if str(opts.device).startswith("cuda"):
-        return "peak mem = torch.cuda.max_memory_allocated during the timed calls (absolute)."
-    return ("peak mem = rise of the process RSS above its steady state (weights, inputs, runtime resident; "
-            "gradients dropped) during the timed calls; see the module docstring.")
+    what = ("torch.cuda.max_memory_allocated above the allocated memory at the start"
+            if str(opts.device).startswith("cuda") else "the process RSS high-water mark above its steady RSS")
+    return (f"peak mem (sections 1-3) = {what}, over one warm call with gradients dropped beforehand: what a "
+            "step allocates (activations, gradients, temporaries), not weights, inputs or the runtime.")
+
+
+def _busy_warning(load: float, opts: BenchOptions) -> str | None:
+    if str(opts.device).startswith("cuda") or load < 0.5:
+        return None
+    return (f"**Busy machine** (1-min load {load:.2f} on {_usable_cores()} usable cores): other processes share "
+            f"the CPU, so OpenMP's {opts.threads} threads stall at barriers and single timings can be several x "
+            "slow. Each explicit / separable pair is interleaved in one process, so their ratio is fairer than "
+            "either absolute time; the per-round speedup range shows the wobble. `--threads 1` is steadier.")
 
 
 def _model_table(rows: list[dict], kind: str, opts: BenchOptions) -> str:
     official = (kind == "pretrain" and not opts.optimizer) or kind == "inference"
     header = ["config", "fusion", "B", "explicit (min–max)", "separable (min–max)", "explicit samples/s",
-              "separable samples/s", "**speedup**", "explicit peak mem", "separable peak mem", "mem ratio",
-              "GFLOP/s (separable)"]
+              "separable samples/s", "**speedup** (per-round range)", "explicit peak mem", "separable peak mem",
+              "mem ratio"]
     if official:
         header.append("official §1.7 / separable")
     body = []
     for r in rows:
         e, s = r["explicit"], r["separable"]
-        flops = r.get("flops_train", r.get("flops_fwd"))
         line = [r["config"], r["fusion_arch"], r["batch"], _fmt_timing(e), _fmt_timing(s),
                 f"{e['samples_per_s']:.1f}" if e.get("ok") else "–", f"{s['samples_per_s']:.1f}" if s.get("ok") else "–",
-                f"**{_ratio(e, s, 'median_s')}**", _fmt_bytes(e.get("peak_bytes")), _fmt_bytes(s.get("peak_bytes")),
-                _ratio(e, s, "peak_bytes"), f"{flops / s['median_s'] / 1e9:.1f}" if s.get("ok") else "–"]
+                _speedup(r), _fmt_bytes(e.get("peak_bytes")), _fmt_bytes(s.get("peak_bytes")),
+                _ratio(e, s, "peak_bytes")]
         if official:
             ref = OFFICIAL_CPU_S.get(r["config"], {}).get(kind)
             cpu_b2 = r["batch"] == 2 and not str(opts.device).startswith("cuda") and opts.amp == "none"
@@ -799,10 +857,11 @@ def _model_table(rows: list[dict], kind: str, opts: BenchOptions) -> str:
 
 
 def _fusion_table(rows: list[dict]) -> str:
-    header = ["block", "pairs", "B", "pass", "explicit (min–max)", "separable (min–max)", "**speedup**",
+    header = ["block", "pairs", "B", "pass", "explicit (min–max)", "separable (min–max)",
+              "**speedup** (per-round range)",
               "explicit peak mem", "explicit analytic", "separable peak mem", "mem ratio"]
     body = [[r["block"], r["pairs"], r["batch"], r["pass"], _fmt_timing(r["explicit"]), _fmt_timing(r["separable"]),
-             f"**{_ratio(r['explicit'], r['separable'], 'median_s')}**", _fmt_bytes(r["explicit"].get("peak_bytes")),
+             _speedup(r), _fmt_bytes(r["explicit"].get("peak_bytes")),
              _fmt_bytes(r["analytic_explicit_bytes"]), _fmt_bytes(r["separable"].get("peak_bytes")),
              _ratio(r["explicit"], r["separable"], "peak_bytes")] for r in rows]
     return _table(header, body)
@@ -853,14 +912,15 @@ def format_report(results: dict, opts: BenchOptions) -> str:
            "Ratios: speedup = explicit / separable time (> 1: the separable path is faster); mem ratio = "
            "explicit / separable peak. Times: median (min–max) of the timed calls after warm-up.",
            _mem_legend(opts), ""]
+    busy = _busy_warning(max(results.get("load_start", 0.0), os.getloadavg()[0]), opts)
+    out += [busy, ""] if busy else []
     if "pretrain" in results:
         extra = " + AdamW step" if opts.optimizer else ""
         out += ["## 1. Pretraining step (AVMAE fwd+bwd" + extra + ", masked at the configured ratios)", "",
                 _model_table(results["pretrain"], "pretrain", opts), "",
                 "The release configs use the factorized block: its pair attention covers only the 8 x 8 "
                 "aggregation tokens, so the whole-model difference between the paths is small; "
-                "`name:dense` rows show the dense block in the same model. GFLOP/s uses the analytic "
-                "train-step FLOPs (section 5). Official §1.7: AVMAE fwd+bwd at batch 2, 2 threads, 2-core "
+                "`name:dense` rows show the dense block in the same model. Official §1.7: AVMAE fwd+bwd at batch 2, 2 threads, 2-core "
                 "Xeon, torch 2.14.1 (another CPU: indicative only).", ""]
     if "inference" in results:
         out += ["## 2. Inference (encoder forward, no masking, no_grad)", "",
@@ -958,7 +1018,8 @@ def main(argv: list[str] | None = None) -> dict:
         loader_workers=tuple(_csv(args.loader_workers, int)))
     micro_batches = tuple(_csv(args.micro_batches, int)) if args.micro_batches else ((8,) if args.quick else (8, 64))
 
-    results: dict[str, Any] = {"machine": machine_info(opts), "options": asdict(opts), "configs": specs}
+    results: dict[str, Any] = {"machine": machine_info(opts), "options": asdict(opts), "configs": specs,
+                               "load_start": os.getloadavg()[0]}
     with torch_threads(opts.threads):
         if "pretrain" in sections:
             results["pretrain"] = bench_models("pretrain", specs, opts)

@@ -5,7 +5,7 @@
     paths = nb.paths_for("03_classification", profile, out_dir, run_dir)
     cfg = make_config(profile, overrides=nb.parse_overrides(overrides), seed=seed)
     nb.check_shape(out.image, ("B", "Nv", cfg.model.embed_dim))    # d2l-style executable shape check
-    nb.show_source(avlib.model.AVMAE.random_masking)              # teach the package's code, don't copy it
+    nb.show_source(avlib.model.random_masking)                    # teach the package's code, don't copy it
     nb.save_fig(fig, paths.out_dir, "masking"); fig
     nb.record({"classification/pretrained/top1": acc}, paths.out_dir, cfg=cfg)
 """

@@ -426,7 +426,6 @@ def _avlib_digest() -> str:
 def _fingerprint(nb, params: Mapping, upstream: Iterable[str], avlib_digest: str) -> str:
     blob = json.dumps({"cells": _cells_signature(nb), "params": params, "upstream": sorted(upstream),
                        "avlib": avlib_digest}, sort_keys=True, default=str)
-    if os.environ.get("FPDEBUG"): print("FPDEBUG", hashlib.sha256(json.dumps(_cells_signature(nb)).encode()).hexdigest()[:8], json.dumps(params, sort_keys=True, default=str)[:300], upstream, avlib_digest[:8])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -42,7 +42,7 @@ from .train import History, fit
 from .utils import resolve_device, seed_everything
 
 __all__ = ["TASKS", "INITS", "RunResult", "pretrain", "build_task_model", "run_task", "compare_inits",
-           "evaluate", "predict_examples", "ablation", "knn_probe", "MAIN_METRIC"]
+           "evaluate", "predict_examples", "ablation", "knn_probe", "feature_subsets", "MAIN_METRIC"]
 
 TASKS = ("linprobe", "finetune", "localization", "segmentation", "separation")
 INITS = ("pretrained", "scratch")
@@ -273,7 +273,9 @@ def run_task(task: str, cfg: Config, run_dir: str | Path, *, init: str = "pretra
     seed_everything(cfg.seed)
     t0 = time.time()
     tcfg = _task_cfg(cfg, task)
-    train_loader, test_loader = make_loaders(cfg, task)
+    # BSS-eval costs ~0.1 s per mixture: separation may score a fixed subset of the test mixtures
+    test_size = cfg.separation.eval_mixtures if task == "separation" else None
+    train_loader, test_loader = make_loaders(cfg, task, test_size=test_size)
     num_classes = getattr(train_loader.dataset, "num_classes", 10)
     model = build_task_model(task, cfg, init, checkpoint, num_classes=num_classes)
     history = fit(model, train_loader, tcfg.train, loss_fn=_loss_fn(task),
@@ -289,6 +291,58 @@ def compare_inits(task: str, cfg: Config, run_root: str | Path, *, checkpoint: s
     """The same protocol from the pre-trained encoder and from scratch (``run_root/<init>/``)."""
     return {init: run_task(task, cfg, Path(run_root) / init, init=init, checkpoint=checkpoint, device=device)
             for init in inits}
+
+
+@torch.no_grad()
+def _feature_table(encoder: DeepAVFusion, loader, device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Mean-pooled (not normalized) audio / visual / fusion features of every item, and the labels."""
+    encoder.eval().to(device)
+    feats: dict[str, list[torch.Tensor]] = {"audio": [], "visual": [], "fusion": []}
+    labels = []
+    for b in loader:
+        out = encoder(b["image"].to(device), b["audio"].to(device))
+        for k, v in (("audio", out.audio), ("visual", out.image), ("fusion", out.fusion)):
+            feats[k].append(v.mean(1).cpu())
+        labels.append(b["label"])
+    y = torch.cat(labels)
+    keep = y >= 0
+    return {k: torch.cat(v)[keep] for k, v in feats.items()}, y[keep]
+
+
+def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained",
+                    checkpoint: str | Path | None = None, subsets=None, device: str = "auto") -> list[dict]:
+    """Linear probes on every non-empty subset of the pooled {audio, visual, fusion} features [supp A.1].
+
+    The frozen encoder runs once over the train and test splits; each subset then trains a linear
+    layer on the cached features with the same ``fit`` loop and the ``linprobe`` recipe. Returns one
+    row per subset: ``{"features": "audio+visual", "top1": ...}``.
+    """
+    from itertools import combinations
+    from torch.utils.data import TensorDataset, DataLoader
+    run_dir = Path(run_dir)
+    device = resolve_device(device)
+    seed_everything(cfg.seed)
+    names = ("audio", "visual", "fusion")
+    subsets = subsets or [c for r in (1, 2, 3) for c in combinations(names, r)]
+    encoder = _encoder(cfg, init, checkpoint)
+    train_loader, test_loader = make_loaders(cfg, "linprobe")
+    xtr, ytr = _feature_table(encoder, train_loader, device)
+    xte, yte = _feature_table(encoder, test_loader, device)
+    tcfg = cfg.linprobe.train
+    rows = []
+    for subset in subsets:
+        cat = lambda x: torch.cat([x[k] for k in subset], dim=1)          # (N, D * len(subset))
+        head = nn.Sequential(nn.BatchNorm1d(cat(xtr).shape[1], affine=False), nn.Linear(cat(xtr).shape[1], 10))
+        g = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(TensorDataset(cat(xtr), ytr), batch_size=tcfg.batch_size, shuffle=True, generator=g)
+        fit(head, loader, replace(tcfg, freeze_encoder=False), run_dir=run_dir / "+".join(subset),
+            loss_fn=lambda m, b: (F.cross_entropy(m(b[0]), b[1]), {}), device=device,
+            desc=f"probe {'+'.join(subset)}")
+        head.eval()
+        with torch.no_grad():
+            acc = top1(head(cat(xte).to(device)).cpu(), yte)
+        rows.append({"features": "+".join(subset), "init": init, "top1": acc})
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------

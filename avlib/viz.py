@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -92,25 +91,38 @@ def _image_ax(ax, title: str | None = None, ylabel: str | None = None):
         ax.set_ylabel(ylabel)
 
 
-def _overlay_map(ax, rgb: np.ndarray, m, alpha: float = 0.5, normalize: bool = True, vmax: float = 1.0):
-    """Image with a heat map stretched over it (any resolution); returns the map's AxesImage."""
+def _show_rgb(ax, rgb: np.ndarray):
+    """Draw an (H, W, 3) image on pixel-edge coordinates: pixel (i, j) covers [j, j+1] x [i, i+1], so
+    boxes in pixels and overlays of any resolution (drawn on the same extent) line up exactly."""
     H, W = rgb.shape[:2]
-    ax.imshow(rgb)
+    return ax.imshow(rgb, extent=(0, W, H, 0), interpolation="nearest")
+
+
+def _overlay_map(ax, rgb: np.ndarray, m, alpha: float = 0.5, normalize: bool = True, vmax: float = 1.0,
+                 base: bool = True):
+    """Image (when ``base``) with a heat map stretched over it (any resolution); returns the map's
+    AxesImage for a colorbar."""
+    H, W = rgb.shape[:2]
+    if base:
+        _show_rgb(ax, rgb)
     m = _map(m)
-    im = ax.imshow(_minmax(m) if normalize else m, cmap=MAP_CMAP, alpha=alpha, vmin=0.0, vmax=vmax,
-                   extent=(0, W, H, 0), interpolation="bilinear")
-    return im
+    return ax.imshow(_minmax(m) if normalize else m, cmap=MAP_CMAP, alpha=alpha, vmin=0.0, vmax=vmax,
+                     extent=(0, W, H, 0), interpolation="bilinear")
 
 
-def _overlay_mask(ax, rgb: np.ndarray, mask, color=MASK_COLOR, alpha: float = 0.55, threshold: float = 0.5):
+def _overlay_mask(ax, rgb: np.ndarray, mask, color=MASK_COLOR, alpha: float = 0.55, threshold: float = 0.5,
+                  base: bool = True):
+    """Image (when ``base``) with a binary mask (``mask >= threshold``) filled and outlined."""
     H, W = rgb.shape[:2]
-    ax.imshow(rgb)
+    if base:
+        _show_rgb(ax, rgb)
     m = _map(mask) >= threshold
     rgba = np.zeros(m.shape + (4,), np.float32)
     rgba[m] = (*color, alpha)
     ax.imshow(rgba, extent=(0, W, H, 0), interpolation="nearest")
     if m.shape == (H, W) and m.any() and not m.all():   # outline (coarse token masks read fine without)
-        ax.contour(m.astype(float), levels=[0.5], colors=[color], linewidths=1.0)
+        ax.contour(np.arange(W) + 0.5, np.arange(H) + 0.5, m.astype(float), levels=[0.5], colors=[color],
+                   linewidths=1.0)
 
 
 def _spec_extent(F: int, T: int, sample_rate: int | None, hop_length: int | None):
@@ -169,7 +181,7 @@ def show_scene(image, mel, *, loc_map=None, seg_mask=None, box=None, title: str 
     fig = Figure(figsize=(4.0 * (2 + has_gt) + 1.5, 3.6), layout="constrained")
     axes = fig.subplots(1, 2 + has_gt, gridspec_kw={"width_ratios": [1] * (1 + has_gt) + [1.6]})
     ax = axes[0]
-    ax.imshow(rgb)
+    _show_rgb(ax, rgb)
     _image_ax(ax, "frame")
     if box is not None:
         x0, y0, x1, y1 = to_numpy(box).tolist()
@@ -178,13 +190,12 @@ def show_scene(image, mel, *, loc_map=None, seg_mask=None, box=None, title: str 
             ax.set_title("frame (box: sounding source)")
     if has_gt:
         ax = axes[1]
+        _show_rgb(ax, rgb)
         if loc_map is not None:
-            im = _overlay_map(ax, rgb, loc_map, normalize=False)
+            im = _overlay_map(ax, rgb, loc_map, normalize=False, base=False)
             fig.colorbar(im, ax=ax, label="sounding (GT map)", shrink=0.8)
-        else:
-            ax.imshow(rgb)
-        if seg_mask is not None:
-            _overlay_mask(ax, rgb, seg_mask, alpha=0.0 if loc_map is not None else 0.55)
+        if seg_mask is not None:                          # with a map: outline only
+            _overlay_mask(ax, rgb, seg_mask, alpha=0.0 if loc_map is not None else 0.55, base=False)
         _image_ax(ax, "where it sounds (GT)")
     im = _spec_ax(axes[-1], _mel(mel), sample_rate, hop_length, title="audio (log-mel)")
     fig.colorbar(im, ax=axes[-1], label="log10 mel power")
@@ -399,7 +410,7 @@ def localization_figure(images, pred_maps, gt_maps, titles: Sequence[str] | None
     fig, axes = _figure(n, len(cols), (2.6, 2.6))
     for i in range(n):
         rgb = denormalize(images[i], normalized)
-        axes[i, 0].imshow(rgb)
+        _show_rgb(axes[i, 0], rgb)
         _overlay_map(axes[i, 1], rgb, gt_maps[i], alpha=alpha)
         for j, maps in enumerate(methods.values()):
             im = _overlay_map(axes[i, 2 + j], rgb, maps[i], alpha=alpha)
@@ -421,7 +432,7 @@ def segmentation_figure(images, pred_masks, gt_masks, titles: Sequence[str] | No
     fig, axes = _figure(n, len(cols), (2.6, 2.6))
     for i in range(n):
         rgb = denormalize(images[i], normalized)
-        axes[i, 0].imshow(rgb)
+        _show_rgb(axes[i, 0], rgb)
         _overlay_mask(axes[i, 1], rgb, gt_masks[i])
         for j, masks in enumerate(methods.values()):
             _overlay_mask(axes[i, 2 + j], rgb, masks[i], threshold=threshold, color=(0.95, 0.3, 0.2))

@@ -73,7 +73,7 @@ def render_overlay(images, pred, gt, index: int, threshold: float | None = None,
     ncols = 3 + (threshold is not None)
     fig = Figure(figsize=(2.9 * ncols + 1.0, 3.0), layout="constrained")
     axes = fig.subplots(1, ncols)
-    axes[0].imshow(rgb)
+    viz._show_rgb(axes[0], rgb)
     viz._image_ax(axes[0], "image", ylabel=f"sample {index}")
     if _is_binary(gt[index]):                             # segmentation mask
         viz._overlay_mask(axes[1], rgb, gt[index])

@@ -5,7 +5,6 @@ two for the module's main run (producer -> consumer), one for ``--only``, one fo
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import jupytext
@@ -91,7 +90,9 @@ def project(tmp_path_factory):
     manifest = write_manifest(nbs, AB)
     args = ["--profile", "smoke", "--manifest", str(manifest), "--out", str(root / "reports"),
             "--runs", str(root / "runs")]
-    code = rp.main(args)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rp, "_avlib_digest", lambda: "fixed")   # edits to avlib mid-session would re-run all
+        code = rp.main(args)
     return {"root": root, "nbs": nbs, "out": root / "reports", "args": args, "code": code}
 
 
@@ -136,8 +137,15 @@ def test_rerun_skips_up_to_date_notebooks(project, capsys, monkeypatch):
     import papermill
 
     monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("a kernel was started"))
+    monkeypatch.setattr(rp, "_avlib_digest", lambda: "fixed")
     assert rp.main(project["args"]) == 0
     assert capsys.readouterr().out.count("up to date, skipped") == 2
+    monkeypatch.setattr(rp, "_avlib_digest", lambda: "avlib changed")              # stale: would run again
+    assert rp.main(project["args"] + ["--dry-run"]) == 0
+    assert capsys.readouterr().out.count("would run") == 2
+    assert rp.main(project["args"] + ["--dry-run", "--from", "b_use"]) == 0       # upstream from state.json
+    printed = capsys.readouterr().out
+    assert "1 notebook(s)" in printed and "[1/1] b_use: would run" in printed and "a_make/ckpt.txt" in printed
 
 
 def test_only_reruns_one_notebook_from_recorded_state(project, capsys):
@@ -245,4 +253,4 @@ def test_comparisons_and_render_summary_are_generic():
                              "metrics": {"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "profile": "cpu"},
                              "figures": []}], "cpu", wall_s=62)
     assert "| sep | sdr | 5 | 3.5 | +1.5 |" in md and "| 06 | ok | 1:01 |" in md
-    assert "profile `cpu`" in textwrap.dedent(md)
+    assert md.startswith("# avlib reproduction: profile `cpu`")
