@@ -54,7 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -191,7 +191,7 @@ class PeakMemory:
     def __enter__(self):
         if self.before is not None:
             self.before()
-        gc.collect()
+        gc.collect(1)                                   # young cycles only: a full collect costs ~0.3 s
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -522,7 +522,8 @@ def _model_step(job: dict, mode: str) -> Step:
     model = build_avmae(cfg).to(device).train()
     noise_v = torch.rand(B, math.prod(cfg.image_grid), generator=g).to(device)   # one fixed mask per mode
     noise_a = torch.rand(B, math.prod(cfg.audio_grid), generator=g).to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4) if job.get("optimizer") else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4) if job.get("optimizer") else None
     fwd = torch.compile(model) if job.get("compile") else model
 
     def train_step():
@@ -601,8 +602,8 @@ def run_job(job: dict) -> dict:
     except (RuntimeError, ValueError, MemoryError) as e:    # torch OOM is a RuntimeError
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     finally:
-        gc.collect()
         if torch.cuda.is_available():
+            gc.collect()
             torch.cuda.empty_cache()
 
 
@@ -664,7 +665,7 @@ def run_modes(job: dict, explicit_need: int, opts: BenchOptions) -> dict[str, di
     if modes:
         res = dispatch({**job, "modes": modes}, opts.isolate)
         for mode in modes:
-            out[mode] = res[mode] if res.get("ok") is not False else res   # a failed job fails every mode
+            out[mode] = res[mode] if res.get("ok") is not False else dict(res)   # a failed job fails every mode
     for mode in out:
         out[mode]["analytic_bytes"] = explicit_need if mode == "explicit" else None
     return out
@@ -732,23 +733,26 @@ def _find_data_root() -> str | None:
 def bench_loader(opts: BenchOptions) -> tuple[list[dict], list[str]]:
     """Section 4: AV-Digits loader throughput at ``opts.loader_config`` for each worker count; the
     synthetic scenes (same composer and audio front end, drawn content) when the recordings are missing."""
-    rows, notes = [], []
     root = _find_data_root()
+    notes = ["One warm-up batch (worker start-up) untimed per pass; median over passes."]
     for dataset in ("avdigits", "synthetic"):
+        rows = []
         for workers in opts.loader_workers:
             job = {**_base_job(opts, "loader", config=opts.loader_config, dataset=dataset, workers=workers,
                                batches=opts.loader_batches, root=root), "repeats": min(opts.repeats, 3)}
             res = dispatch(job, opts.isolate)
             if res.get("data_missing"):
                 notes.append(f"AV-Digits skipped: {res['error']} (set AVLIB_DATA_ROOT or run "
-                             f"`python -m avlib.data.download`); the synthetic scenes stand in.")
+                             "`python -m avlib.data.download`); the synthetic scenes stand in.")
                 break
             rows.append({"dataset": dataset, "config": opts.loader_config, "workers": workers, **res})
             _log(f"loader    {dataset:10s} workers={workers} " + (f"{res['samples_per_s']:.0f} samples/s"
                                                                    if res["ok"] else res["error"]))
-        if rows:                          # real data measured: no stand-in needed
-            break
-    return rows, notes
+        if rows:
+            if dataset == "avdigits":
+                notes.append(f"AV-Digits read from {root or 'the default data root (avlib.paths.data_root)'}.")
+            return rows, notes
+    return [], notes
 
 
 def bench_gpu(specs: list[str], opts: BenchOptions) -> list[dict]:
@@ -795,7 +799,9 @@ def _fmt_timing(res: dict) -> str:
 def _fmt_bytes(b: float | None) -> str:
     if b is None:
         return "–"
-    return f"{b / GiB:.2f} GiB" if b >= GiB else f"{b / MiB:.0f} MiB"
+    if b >= GiB:
+        return f"{b / GiB:.2f} GiB"
+    return f"{b / MiB:.0f} MiB" if b >= 10 * MiB else f"{b / MiB:.2f} MiB"
 
 
 def _ratio(a: dict, b: dict, key: str) -> str:
@@ -844,7 +850,8 @@ def _model_table(rows: list[dict], kind: str, opts: BenchOptions) -> str:
     for r in rows:
         e, s = r["explicit"], r["separable"]
         line = [r["config"], r["fusion_arch"], r["batch"], _fmt_timing(e), _fmt_timing(s),
-                f"{e['samples_per_s']:.1f}" if e.get("ok") else "–", f"{s['samples_per_s']:.1f}" if s.get("ok") else "–",
+                f"{e['samples_per_s']:.1f}" if e.get("ok") else "–",
+                f"{s['samples_per_s']:.1f}" if s.get("ok") else "–",
                 _speedup(r), _fmt_bytes(e.get("peak_bytes")), _fmt_bytes(s.get("peak_bytes")),
                 _ratio(e, s, "peak_bytes")]
         if official:
@@ -920,8 +927,8 @@ def format_report(results: dict, opts: BenchOptions) -> str:
                 _model_table(results["pretrain"], "pretrain", opts), "",
                 "The release configs use the factorized block: its pair attention covers only the 8 x 8 "
                 "aggregation tokens, so the whole-model difference between the paths is small; "
-                "`name:dense` rows show the dense block in the same model. Official §1.7: AVMAE fwd+bwd at batch 2, 2 threads, 2-core "
-                "Xeon, torch 2.14.1 (another CPU: indicative only).", ""]
+                "`name:dense` rows show the dense block in the same model. Official §1.7: AVMAE fwd+bwd at "
+                "batch 2, 2 threads, 2-core Xeon, torch 2.14.1 (another CPU: indicative only).", ""]
     if "inference" in results:
         out += ["## 2. Inference (encoder forward, no masking, no_grad)", "",
                 _model_table(results["inference"], "inference", opts), ""]
@@ -956,7 +963,7 @@ def format_report(results: dict, opts: BenchOptions) -> str:
 # ----------------------------------------------------------------------------------------------
 # 7. Command line
 # ----------------------------------------------------------------------------------------------
-SECTIONS = ("pretrain", "inference", "fusion", "loader", "gpu")
+SECTIONS = ("pretrain", "inference", "fusion", "loader", "flops")   # flops: section 5 (+ GPU rows on CUDA)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -967,7 +974,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", help="comma list of profile[:fusion_arch] (default: smoke,cpu,vggsound_release,"
                    "as2m_release,vggsound_release:dense)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
-    p.add_argument("--batch", type=int, help="batch for every model (default: profile / 2 for ViT-B on CPU / 64 on GPU)")
+    p.add_argument("--batch", type=int,
+                   help="batch for every model (default: the profile's; ViT-B configs 2 on CPU, 64 on GPU)")
     p.add_argument("--repeats", type=int, help="timed calls per measurement (median reported; default 5)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default 2)")
     p.add_argument("--max-seconds", type=float, default=60.0, help="cap on the timed calls of one measurement")
@@ -1010,7 +1018,8 @@ def main(argv: list[str] | None = None) -> dict:
     if bad:
         raise SystemExit(f"unknown sections {sorted(bad)}; choose from {SECTIONS}")
     opts = BenchOptions(
-        device=device, threads=args.threads, warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
+        device=device, threads=args.threads,
+        warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
         repeats=args.repeats or (3 if args.quick else 5), max_seconds=args.max_seconds, batch=args.batch,
         optimizer=args.optimizer, amp=args.amp, compile=args.compile, isolate=False if args.no_isolate else None,
         mem_fraction=args.mem_fraction, peak_tflops=args.peak_tflops, loader_config=args.loader_config,
@@ -1031,7 +1040,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "loader" in sections:
             rows, notes = bench_loader(opts)
             results["loader"] = {"rows": rows, "notes": notes}
-        if "gpu" in sections:
+        if "flops" in sections:
             results["flops_configs"] = specs
             vit_b = [s for s in specs if s.partition(":")[0] in RELEASE_PROFILES and ":" not in s]
             if cuda and vit_b:

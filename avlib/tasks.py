@@ -39,7 +39,7 @@ from .metrics import (AVSBenchEvaluator, DeepAVFusionSegEvaluator, LocalizationE
                       multi_head_top1, top1)
 from .model import AVMAE, DeepAVFusion, build_avmae, build_encoder
 from .train import History, fit
-from .utils import resolve_device, seed_everything
+from .utils import barrier, is_main_process, resolve_device, seed_everything
 
 __all__ = ["TASKS", "INITS", "RunResult", "pretrain", "build_task_model", "run_task", "compare_inits",
            "evaluate", "predict_examples", "ablation", "knn_probe", "feature_subsets", "MAIN_METRIC"]
@@ -142,9 +142,11 @@ def pretrain(cfg: Config, run_dir: str | Path, *, device: str = "auto", resume: 
 
     history = fit(model, train_loader, cfg.pretrain, loss_fn=_avmae_loss, eval_fn=eval_fn, run_dir=run_dir,
                   device=device, desc="pretrain", resume=resume)
-    ckpt = save_checkpoint(run_dir / PRETRAIN_CKPT, {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": config_to_dict(cfg), "epoch": cfg.pretrain.epochs})
+    ckpt = run_dir / PRETRAIN_CKPT
+    if is_main_process():                   # under torchrun only rank 0 writes
+        save_checkpoint(ckpt, {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                               "config": config_to_dict(cfg), "epoch": cfg.pretrain.epochs})
+    barrier()
     metrics = dict(history.last_eval or {})
     return RunResult("pretrain", "scratch", metrics, history, model, run_dir, ckpt, time.time() - t0)
 

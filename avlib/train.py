@@ -34,7 +34,6 @@ nanoGPT ``train.py`` (the log line, ``asdict(cfg)`` in checkpoints); STYLE.md se
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -56,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .utils import barrier, is_distributed, is_main_process, rank, resolve_device, seed_worker, world_size
 
@@ -436,41 +436,6 @@ def _gather(obj) -> list:
 # ----------------------------------------------------------------------------------------------
 # Checkpoint files
 # ----------------------------------------------------------------------------------------------
-def _save_atomic(path: str | os.PathLike, state: Mapping) -> None:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace`` (atomic on POSIX and
-    Windows): readers see the old file or the new one, never a partial file. A failure removes the
-    temporary file and leaves any previous checkpoint untouched.
-
-    Private fallback while ``avlib.checkpoint`` (``save_checkpoint``/``load_checkpoint``) is absent."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _load(path: str | os.PathLike) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _checkpoint_io() -> tuple[Callable, Callable]:
-    """``(save, load)``: ``avlib.checkpoint``'s functions when that module exists, else the private
-    fallbacks above (same contract: atomic save, ``weights_only=True`` load)."""
-    try:
-        ck = importlib.import_module(f"{__package__}.checkpoint")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.checkpoint":
-            raise
-        return _save_atomic, _load
-    return ck.save_checkpoint, ck.load_checkpoint
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -664,7 +629,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, hist_path = run_dir / CHECKPOINT_NAME, run_dir / HISTORY_NAME
-    save_ckpt, load_ckpt = _checkpoint_io()
+    save_ckpt, load_ckpt = save_checkpoint, load_checkpoint
     callbacks = list(callbacks or [])
 
     raw = _unwrap(model)

@@ -60,6 +60,7 @@ def seed_worker(worker_id: int) -> None:
     """``DataLoader(worker_init_fn=seed_worker)``: seed numpy and python in each worker from the
     torch seed the loader already gave it (``base_seed + worker_id``), so augmentations that use
     ``np.random`` / ``random`` are reproducible and differ between workers."""
+    torch.set_num_threads(1)               # workers must not oversubscribe a small CPU
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)

@@ -351,7 +351,7 @@ def test_checkpoint_contents(tmp_path):
 
 
 def test_atomic_checkpoint_save(tmp_path, monkeypatch):
-    save, load = T._checkpoint_io()
+    from avlib.checkpoint import load_checkpoint as load, save_checkpoint as save
     path = tmp_path / "ck.pt"
     save(path, {"w": torch.arange(3)})
 

@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from avlib.audio import AudioFrontEnd, random_gain
 from avlib.image import IMAGENET_MEAN, IMAGENET_STD
+from avlib.train import make_loader
+from avlib.utils import seed_worker
 
 __all__ = ["NUM_CLASSES", "TASKS", "SceneDataset", "MixtureDataset", "make_loaders", "make_dataset",
            "loader_throughput", "DigitContent", "ShapeContent", "SHAPE_NAMES", "seed_worker"]
@@ -480,16 +482,6 @@ class MixtureDataset(Dataset):
 # ----------------------------------------------------------------------------------------------
 # Loaders
 # ----------------------------------------------------------------------------------------------
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one torch thread per worker (2-core laptops), seeded numpy/random.
-    Items do not depend on it (they are functions of their index), only stray global RNG use does."""
-    import random
-    torch.set_num_threads(1)
-    s = torch.initial_seed() % 2 ** 32
-    np.random.seed(s)
-    random.seed(s)
-
-
 def _train_cfg(cfg, task: str):
     return {"pretrain": cfg.pretrain, "classification": cfg.finetune.train, "linprobe": cfg.linprobe.train,
             "finetune": cfg.finetune.train, "localization": cfg.localization.train,
@@ -526,14 +518,14 @@ def make_loaders(cfg, task: str = "pretrain", *, root=None, batch_size: int | No
     bs = int(batch_size or _train_cfg(cfg, key).batch_size)
     nw = int(cfg.data.num_workers if num_workers is None else num_workers)
     pin = bool(cfg.data.pin_memory if pin_memory is None else pin_memory) and torch.cuda.is_available()
-    g = torch.Generator().manual_seed(int(cfg.seed if seed is None else seed))
     train_ds = make_dataset(cfg, "train", key, root=root, size=train_size)
     test_ds = make_dataset(cfg, "test", key, root=root, size=test_size)
-    common = dict(num_workers=nw, pin_memory=pin, worker_init_fn=seed_worker if nw > 0 else None)
-    if nw > 0:
-        common["prefetch_factor"] = 4
-    train = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) >= bs, generator=g, **common)
-    test = DataLoader(test_ds, batch_size=bs, shuffle=False, drop_last=False, **common)
+    # training: the kit's one loader (a DistributedSampler under torchrun, reshuffled every epoch by fit)
+    train = make_loader(train_ds, bs, shuffle=True, seed=int(cfg.seed if seed is None else seed),
+                        drop_last=len(train_ds) >= bs, num_workers=nw, pin_memory=pin)
+    # evaluation: every item, in order, on every process
+    test = DataLoader(test_ds, batch_size=bs, shuffle=False, drop_last=False, num_workers=nw, pin_memory=pin,
+                      worker_init_fn=seed_worker if nw > 0 else None)
     return train, test
 
 

@@ -1,0 +1,245 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Sound source localization: which part of the frame is making the sound?
+#
+# **Paper:** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
+# Interactions through Masked Modeling*, CVPR 2024 (arXiv:2312.01017), supplement **A.2** (protocol) and
+# **Figure 1** (qualitative maps). Metric definitions: `shared/reference/PEERS_AND_METRICS.md` §B1.
+# How the official code handles this task: `shared/reference/DEEPAVFUSION.md` §3.4.
+#
+# **What you will learn**
+# 1. How a localization map is read directly off the encoder: the cosine similarity between the *global*
+#    audio representation and each *local* visual token.
+# 2. How the supplement's supervised transfer protocol trains it (per-pixel BCE, Adam, lr 1e-4).
+# 3. What **cIoU**, **AUC** and **cIoU mean** measure. The median threshold caps cIoU at twice the object's
+#    area, which means that on AV-Digits only a perfect map can pass the 0.5 test.
+# 4. Whether masked audio-visual pre-training (notebook 02) helps compared with a randomly initialized
+#    encoder, in numbers and in a Figure 1 style comparison.
+#
+# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 3 min (two trainings of
+# 5 epochs on 3,000 scenes) · `paper` needs GPUs and the Flickr-SoundNet / VGG-SS data.
+#
+# **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion
+# checkpoint of the same size). Leave it empty to pre-train here first; the result is cached in `run_dir`.
+
+# %%
+from avlib import nb
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # smoke | cpu | paper (see avlib.config.PROFILES)
+seed: int = 0  # seeds python, numpy and torch (also the config seed)
+device: str = "auto"  # auto | cpu | cuda | mps
+out_dir: str = ""  # metrics.json and figures; empty means reports/<profile>/04_localization/
+run_dir: str = ""  # checkpoints and histories; empty means runs/<profile>/04_localization/
+pretrain_ckpt: str = ""  # avmae.pt from 02 (ours or an official one); empty means pre-train here first
+recipe: str = "supplement"  # supplement (seed supplement A.2) | official (the released code's recipes)
+overrides: dict = {}  # config overrides, e.g. {"localization.train.epochs": 10}
+
+# %%
+import torch
+
+from avlib import heads, metrics, tasks, viz, widgets
+from avlib.config import make_config
+
+device = nb.setup(seed, device)
+cfg = make_config(profile, recipe=recipe, overrides=nb.parse_overrides(overrides), seed=seed)
+paths = nb.paths_for("04_localization", profile, out_dir, run_dir)
+cfg.localization, cfg.model.image_grid
+
+# %% [markdown]
+# The checkpoint comes from 02. When you run this notebook on its own with `pretrain_ckpt` empty, it is
+# pre-trained here with the same profile; `tasks.pretrain` resumes from `run_dir/pretrain`, so this is
+# paid only once.
+
+# %%
+ckpt = pretrain_ckpt or tasks.pretrain(cfg, paths.run_dir / "pretrain", device=device).checkpoint
+ckpt
+
+# %% [markdown]
+# ## 1. A localization map is a similarity map
+#
+# DeepAVFusion has no dedicated localization module. Supplement A.2 defines the prediction map $\hat y$ as
+# "the cosine similarity between the global audio representation and the local visual representations":
+#
+# $$\hat y_{ij} = \cos\big(\bar a,\; v_{ij}\big), \qquad \bar a = \tfrac{1}{N_a}\textstyle\sum_n a_n,$$
+#
+# where $a_n$ are the encoder's audio tokens (after its final norm) and $v_{ij}$ is the visual token of
+# patch $(i, j)$. The map lives on the patch grid (`cfg.model.image_grid`), so it is coarse: 2×2 at
+# `smoke` and 8×8 at `cpu`. Both streams come out of the *fused* encoder, so every visual token has already
+# exchanged information with the audio through the fusion tokens (notebook 01).
+#
+# `AVLocalizer` adds only two scalars: logits $= s\cdot\hat y + b$, upsampled to the image size. The official
+# repository has no localization code (DEEPAVFUSION.md §3.4), so this head is the kit's reading of A.2; its
+# docstring explains the initial values of $s$ and $b$.
+
+# %%
+nb.show_source(heads.AVLocalizer._similarity)
+
+# %% [markdown]
+# ## 2. Training: per-pixel BCE to the ground-truth map
+#
+# The *full* model (encoder and the two scalars) is trained to minimize the average per-pixel binary cross
+# entropy between $\sigma(s\hat y + b)$ and the ground-truth map $y$ (supplement A.2: Adam, lr $10^{-4}$, 30
+# epochs, batch 128 on Flickr-SoundNet; the small profiles keep Adam but use fewer epochs and a larger lr,
+# see `config.py`). On AV-Digits, `loc_map` is 1 on the grid cell whose digit is speaking.
+#
+# The same protocol is run twice (`tasks.compare_inits`): once from the pre-trained encoder and once from
+# a random one (`scratch`). Finished runs are cached in `run_dir/<init>/`, so re-running the cell is free.
+# Delete that folder after you change `pretrain_ckpt`, because a finished run is not retrained.
+
+# %%
+runs = tasks.compare_inits("localization", cfg, paths.run_dir, checkpoint=ckpt, device=device)
+{init: r.metrics for init, r in runs.items()}
+
+# %%
+fig = viz.plot_history({init: r.history for init, r in runs.items()}, keys=["loss"],
+                       title="localization: per-pixel BCE while training")
+nb.save_fig(fig, paths.out_dir, "training_loss")
+fig
+
+# %% [markdown]
+# ## 3. The metrics: cIoU, AUC, cIoU mean
+#
+# The kit follows the Senocak/LVS protocol as implemented by EZ-VSL (`avlib.metrics.ciou_per_sample`). For
+# each test image:
+#
+# 1. upsample the similarity map to the image size and min-max normalize it to $[0, 1]$;
+# 2. **binarize at the image's own median**: $B = [\hat y \ge \text{median}]$, so at least half the image is
+#    always predicted "sounding";
+# 3. with a (possibly soft) ground truth $G$,
+#    $$\text{cIoU} = \frac{\sum B\,G}{\sum G + \sum B\,[G = 0]}.$$
+#    The soft $G$ weights the intersection. On Flickr-SoundNet a pixel inside one annotator's box counts 0.5
+#    and a pixel inside the boxes of two or more annotators counts 1 (the "consensus"). The "union" is the GT
+#    mass plus the false positives on background.
+#
+# What the tables report:
+#
+# - **cIoU** = the *success rate*: the fraction of test images with cIoU ≥ 0.5 (`ciou`, EZ-VSL's
+#   `finalize_AP50`). It is not a mean, even though tables write "cIoU".
+# - **AUC** = the area under the success-rate curve $t \mapsto \text{mean}(\text{cIoU}_i \ge t)$ over the 21
+#   thresholds $t = 0, 0.05, \dots, 1$ (trapezoid rule).
+# - **cIoU mean** = the plain average (`ciou_mean`). It is printed by the reference code but rarely reported.
+#
+# **Why the median threshold favours large objects.** $B$ covers at least half of the image. If the object
+# takes a fraction $a < \tfrac12$ of the image, the best possible $B$ contains the whole object plus
+# $\tfrac12 - a$ of background. Then
+# $\text{cIoU} \le a / (a + \tfrac12 - a) = 2a$. A small object can never reach 0.5, while an object that
+# fills half the frame can reach 1. On AV-Digits (2×2 grid) the sounding cell is exactly a quarter of the
+# image, so **the maximum cIoU is exactly 0.5**. An image passes the cIoU ≥ 0.5 test only when the top half
+# of its map contains the *entire* cell. The AUC can then be at most about 0.5 + 0.025.
+#
+# We check this ceiling on test images with an *oracle* map: the ground truth plus a tiny ramp, so
+# that the median splits the pixels cleanly. Using the binary ground truth itself shows a second trap:
+# three quarters of its pixels are 0, so the median is 0, every pixel passes $\ge$, $B$ covers the whole
+# image and the "perfect" map scores only $a = 0.25$.
+
+# %%
+examples = {init: tasks.predict_examples("localization", r.model, cfg, n=6, device=device)
+            for init, r in runs.items()}
+gt = examples["pretrained"]["gt"]                          # (n, H, W), 1 on the sounding cell
+ramp = torch.linspace(0, 1e-3, gt[0].numel()).reshape(gt.shape[1:])   # breaks ties, keeps the ranking
+oracle = metrics.localization_metrics(metrics.ciou_batch(gt + ramp, gt))
+binary_gt = metrics.localization_metrics(metrics.ciou_batch(gt, gt))
+{"object area": gt.mean().item(), "oracle (ranked GT)": oracle, "binary GT as prediction": binary_gt}
+
+# %% [markdown]
+# ## 4. Pretrained vs scratch
+#
+# The test-set numbers of both encoders after the same training. Read them against the ceiling above: a
+# `ciou` of 0.8 means that 80% of the test maps rank the *whole* sounding cell above the median.
+
+# %%
+bars = {label: {init: r.metrics[key] for init, r in runs.items()}
+        for key, label in [("ciou", "cIoU (success @0.5)"), ("auc", "AUC"), ("ciou_mean", "cIoU mean")]}
+fig = viz.compare_bars(bars, ylabel="score", title="localization: pretrained vs scratch")
+nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
+fig
+
+# %% [markdown]
+# ## 5. Qualitative comparison (supplement Figure 1)
+#
+# Figure 1 of the supplement compares DeepAVFusion's maps with SLAVC and Mix-and-Localize. Here we compare the
+# same encoder with and without pre-training on the first test scenes. Each overlay is the predicted sounding
+# probability, min-max scaled per image. Good maps light up the speaking digit's cell and nothing else.
+
+# %%
+titles = [f"digit {int(d)} speaks" for d in examples["pretrained"]["label"]]
+fig = viz.localization_figure(examples["pretrained"]["image"],
+                              {"scratch": examples["scratch"]["pred"],
+                               "DeepAVFusion (pretrained)": examples["pretrained"]["pred"]},
+                              gt, titles=titles)
+nb.save_fig(fig, paths.out_dir, "figure1_localization")
+fig
+
+# %% [markdown]
+# ### Explore
+#
+# Browse the samples and move the threshold to see which pixels an absolute threshold would keep (the
+# metric itself uses each image's median). The explorer needs JupyterLab with ipywidgets; the plain
+# `render_overlay` call below it shows the same view for sample 0 in executed copies.
+
+# %%
+preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
+widgets.overlay_explorer(examples["pretrained"]["image"], preds, gt)
+
+# %%
+widgets.render_overlay(examples["pretrained"]["image"], preds, gt, 0, threshold=0.5)
+
+# %% [markdown]
+# ## 6. Results
+#
+# Every metric of both initializations, under the `localization/<init>/<metric>` keys. The runner builds
+# its pretrained-vs-scratch table from these. `localization_ceiling/*` is the oracle map's score on the
+# example images.
+
+# %%
+results = {"localization": {init: r.metrics for init, r in runs.items()},
+           "localization_ceiling": {"ciou_mean": oracle["ciou_mean"], "auc": oracle["auc"]},
+           "seconds": {f"localization_{init}": r.seconds for init, r in runs.items()}}
+nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
+
+# %% [markdown]
+# ## Summary
+#
+# - A localization map costs nothing extra: it is the cosine similarity between the mean audio token and
+#   each visual token of the fused encoder. Training adds only a scale and a bias, plus fine-tuning of the
+#   encoder with per-pixel BCE.
+# - "cIoU" in papers is a success rate at 0.5 with a per-image *median* threshold. It is capped at twice the
+#   object's area, so it rewards large objects and, on AV-Digits, counts only maps whose top half contains
+#   the whole cell. Always read it next to AUC and the mean cIoU.
+# - Pre-training gives the fine-tuned encoder a head start. Compare the two bars and Figure 1 above. With
+#   the small profiles the gap depends on how long 02 pre-trained.
+#
+# ## Exercises
+#
+# 1. Freeze the encoder (`overrides={"localization.train.freeze_encoder": True}`): how much of the
+#    localization ability is already in the pre-trained features, with only $s$ and $b$ trained?
+# 2. Make the objects smaller with `{"data.grid": 3}` (each cell is a ninth of the image). Predict the cIoU
+#    ceiling from the $2a$ bound before you run it, then check it with the oracle cell.
+# 3. Add scenes where two digits speak (`{"data.p_two_sources": 0.5}`). What happens to the ceiling when
+#    $a = 0.5$?
+# 4. `metrics.ciou_per_sample` also accepts an absolute `threshold=0.5` (SLAVC without
+#    `--relative_prediction`). Score the examples with it: which convention ranks the two encoders differently?
+#
+# ## References
+#
+# - Mo & Morgado, CVPR 2024, supplement A.2 and Figure 1; `shared/reference/SEED_SUPPLEMENT.md`.
+# - Senocak et al., *Learning to Localize Sound Source in Visual Scenes*, CVPR 2018 (cIoU, Flickr-SoundNet).
+# - Mo & Morgado, *Localizing Visual Sounds the Easy Way* (EZ-VSL), ECCV 2022, and *A Closer Look at
+#   Weakly-Supervised Audio-Visual Source Localization* (SLAVC), NeurIPS 2022: the evaluation code followed
+#   here (`PEERS_AND_METRICS.md` §B1).
+# - `avlib.heads.AVLocalizer`, `avlib.metrics.ciou_per_sample`, `avlib.metrics.localization_metrics`.
