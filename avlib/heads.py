@@ -250,7 +250,8 @@ class AVClassifier(_EncoderTaskModel):
     ``head="linear"`` [supp A.1]: mean-pool the audio tokens (all time-frequency patches), the visual
     tokens (all spatial patches) and the fusion tokens (post final norms) into three global ``(B, D)``
     vectors, concatenate the chosen ``features`` (always in the order audio, visual, fusion) and apply
-    one ``nn.Linear(len(features) * D, num_classes)`` (key ``head``). The main paper uses
+    a parameter-free ``BatchNorm1d`` (key ``norm``) and one ``nn.Linear(len(features) * D, num_classes)``
+    (key ``head``). The main paper uses
     ``("audio", "visual")``.
 
     ``head="official"`` [code §3.2]: per stream ``BatchNorm1d(D, affine=False, eps=1e-6)`` then one
@@ -271,6 +272,10 @@ class AVClassifier(_EncoderTaskModel):
         self.head_type = head
         d = self.embed_dim
         if head == "linear":
+            # a parameter-free BatchNorm standardizes the pooled features (the MAE / official linear-probe
+            # convention, input_norm=True); at evaluation it is a fixed affine map, so the classifier
+            # stays linear in the features
+            self.norm = nn.BatchNorm1d(len(self.features) * d, affine=False, eps=1e-6)
             self.head = nn.Linear(len(self.features) * d, self.num_classes)
             nn.init.xavier_uniform_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -296,7 +301,7 @@ class AVClassifier(_EncoderTaskModel):
         (per-head top-1 as in the official eval)."""
         g = self.pooled(image, audio)
         if self.head_type == "linear":
-            return {"all": self.head(torch.cat([g[f] for f in self.features], dim=1))}
+            return {"all": self.head(self.norm(torch.cat([g[f] for f in self.features], dim=1)))}
         logits = {}
         for f in self.features:
             s = _OFFICIAL_STREAM[f]

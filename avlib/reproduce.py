@@ -824,8 +824,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check_notebooks:
             man = load_manifest(args.manifest, check_files=False)
             listed = {s.name for s in man.steps}
-            extra = sorted({p.stem for p in man.notebooks_dir.glob("[0-9]*.ipynb")}
-                           | {p.stem for p in man.notebooks_dir.glob("[0-9]*.py")} - listed)
+            extra = sorted(({p.stem for p in man.notebooks_dir.glob("[0-9]*.ipynb")}
+                            | {p.stem for p in man.notebooks_dir.glob("[0-9]*.py")}) - listed)
             paths = [s.ipynb if s.ipynb.exists() else s.py for s in man.steps]
             problems = [f"{s.name}: neither {s.ipynb.name} nor {s.py.name} exists" for s in man.steps
                         if not (s.ipynb.exists() or s.py.exists())]

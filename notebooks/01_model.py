@@ -35,8 +35,8 @@
 # 4. See why "dense" pair attention is exactly two ordinary cross-attentions (a linear-cost
 #    shortcut), and what that means for the paper's dense-vs-factorized ablation.
 #
-# **Expected runtime** (2-core laptop, no GPU): smoke ≈ 40 s · cpu ≈ 1 min · paper ≈ 3 min (two ViT-B-sized dense encoders
-# are built for the exactness check). The timing cell always uses one paper-sized fusion block.
+# **Expected runtime** (2-core machine, no GPU): smoke ≈ 15 s · cpu ≈ 20 s · paper ≈ 2 min (ViT-B-sized
+# encoders are built for the exactness check). The timing cell always uses one paper-sized fusion block.
 
 # %%
 from dataclasses import replace
@@ -70,13 +70,16 @@ m
 
 # %% [markdown]
 # We build the full masked-modeling model (`AVMAE`: encoder plus the two decoders of notebook 02) with a
-# fixed seed, and take its encoder. The inputs are a few test scenes from notebook 00.
+# fixed seed, and take its encoder. The inputs are a few test scenes from notebook 00. At the paper
+# profile, whose dataset is VGGSound, they are AV-Digits scenes at the paper's sizes (224 px, 3 s at
+# 16 kHz).
 
 # %%
 torch.manual_seed(seed)
 avmae = build_avmae(m).to(device).eval()
 enc: DeepAVFusion = avmae.encoder
-batch = next(iter(make_loaders(cfg, "pretrain", batch_size=num_scenes)[1]))
+scene_cfg = cfg if cfg.data.dataset in ("avdigits", "synthetic") else replace(cfg, data=replace(cfg.data, dataset="avdigits"))
+batch = next(iter(make_loaders(scene_cfg, "pretrain", batch_size=num_scenes, num_workers=0)[1]))
 image, audio = batch["image"].to(device), batch["audio"].to(device)
 B, D, p = image.shape[0], m.embed_dim, m.patch_size
 print(f"image {tuple(image.shape)} | audio {tuple(audio.shape)} | embed_dim D={D} | patch {p}x{p}")
@@ -137,6 +140,7 @@ with torch.no_grad():
 nb.check_shape(out_masked.image, ("B", Kv, D), "encoder output (image, masked)")
 nb.check_shape(out_masked.audio, ("B", Ka, D), "encoder output (audio, masked)")
 nb.check_shape(out_masked.fusion, ("B", m.num_fusion_total, D), "encoder output (fusion)")
+print(f"the encoder ran on {Kv} image + {Ka} audio tokens (+ {m.num_fusion_total} fusion tokens) instead of {Nv} + {Na}")
 
 # %% [markdown]
 # ## 3. The fusion tokens
@@ -191,6 +195,7 @@ with torch.no_grad():
 nb.check_shape(yv, ("B", Nf + Nv, D), "image block output")
 xv1, xa1 = yv[:, Nf:], ya[:, Nf:]                                             # fusion positions discarded
 nb.check_shape(xv1, ("B", Nv, D), "image tokens after layer 0")
+print(f"image block 0 ran on {Nf} fusion + {Nv} image tokens; the {Nf} fusion outputs are dropped")
 
 # %% [markdown]
 # ### 4.2 The factorized fusion block, step by step
@@ -209,6 +214,7 @@ with torch.no_grad():
 nb.check_shape(v_aggr, ("B", nva, D), "V̄'")
 nb.check_shape(w_aggr_v, ("B", m.fusion_num_heads, nva, Nv), "aggregation weights (image)")
 nb.check_shape(a_aggr, ("B", naa, D), "Ā'")
+print(f"{nva} visual-aggregation tokens read {Nv} image tokens; {naa} audio-aggregation tokens read {Na} audio tokens")
 
 # %% [markdown]
 # The `nv × na` pair tokens are concatenations $[\bar V'_i \| \bar A'_j]$ of width $2D$, visual first and
@@ -256,8 +262,9 @@ display(nb.show_source(FactorizedFusionBlock.mix), nb.show_source(DeepAVFusion.f
 # `image.blocks.l` / `audio.blocks.l` for the ViT self-attention over `[fusion ; patches]`, and
 # `fusion_blocks.l.{attn_v, attn_a, pair}` for the fusion block.
 #
-# This encoder is **freshly initialized**, so the maps are close to uniform. That is the baseline to
-# compare with after pre-training (notebook 02) and in the localization maps of notebook 04.
+# This encoder is **freshly initialized**, so the maps have no relation to the scene yet: the
+# weights come from random projections of the inputs. That is the baseline to compare with after
+# pre-training (notebook 02) and in the localization maps of notebook 04.
 
 # %%
 with torch.no_grad():
@@ -309,10 +316,11 @@ table["matches official"] = [all(counts[n][k] == v for k, v in official[n].items
 table.style.format({c: "{:,.0f}" for c in ("encoder", "fusion blocks", "decoders", "AVMAE", "official AVMAE")}, na_rep="")
 
 # %% [markdown]
-# The fusion blocks are a large share of the ViT-B encoder: 140 M of 311 M. Most of it is the two
-# `D → D` aggregation cross-attentions and the `2D → D` pair value map in each of the 12 blocks. The small
-# profiles keep every structural piece (all layers fused, all three token groups, both decoders) and only
-# shrink the sizes.
+# The fusion blocks are a large share of the ViT-B encoder: 140 M of 311 M. In units of $D^2$, each
+# of the 12 blocks has about 8 in its MLP (ratio 4; the VGGSound release uses ratio 1, hence its 98 M),
+# 8 in the two aggregation cross-attentions ($4D^2$ each), and 3.75 in the pair attention
+# (q 0.25, k 0.5, v 2, proj 1). The small profiles keep every structural piece (all layers fused, all
+# three token groups, both decoders) and only shrink the sizes.
 
 # %%
 with torch.device("meta"):
@@ -366,7 +374,8 @@ for arch in ("dense", "factorized"):
     diffs[arch] = {"max |diff| outputs": max((getattr(o_sep, s) - getattr(o_exp, s)).abs().max().item() for s in ("image", "audio", "fusion")),
                    "max |diff| pair weights": (o_sep.attn["fusion_blocks.0.pair"] - o_exp.attn["fusion_blocks.0.pair"]).abs().max().item(),
                    "pairs per fusion block": o_exp.attn["fusion_blocks.0.pair"][0, 0, 0].numel()}
-pd.DataFrame(diffs).T
+pd.DataFrame(diffs).T.astype({"pairs per fusion block": int}).style.format(
+    {"max |diff| outputs": "{:.1e}", "max |diff| pair weights": "{:.1e}"})
 
 # %% [markdown]
 # The differences are at float32 rounding level (~1e-7 relative). The two modes are the same function,
@@ -401,6 +410,11 @@ if timing_repeats > 0:
           f"separable {timing['separable'] * 1e3:.0f} ms (medians of {timing_repeats})")
 
 # %% [markdown]
+# Wall-clock times depend on the machine and its load: on a busy 2-core machine they can vary
+# tenfold, so the FLOP ratio is the machine-independent number. At batch 1 most of the separable
+# block's time goes to the rest of the block (projections, MLP, norms). Its pair attention is now a
+# small part of the cost.
+#
 # **What this means for the paper's dense-vs-factorized ablation.** The paper motivates the factorized
 # block by cost: attending to all $N_v N_a$ patch pairs "can become computationally intractable as the
 # number of local representations increases." That is true of the *explicit* evaluation, which is

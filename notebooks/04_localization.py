@@ -47,10 +47,12 @@ out_dir: str = ""  # metrics.json and figures; empty means reports/<profile>/04_
 run_dir: str = ""  # checkpoints and histories; empty means runs/<profile>/04_localization/
 pretrain_ckpt: str = ""  # avmae.pt from 02 (ours or an official one); empty means pre-train here first
 recipe: str = "supplement"  # supplement (seed supplement A.2) | official (the released code's recipes)
+explorers: bool = True  # show the ipywidgets explorers (papermill may hang on them, so the runner passes False)
 overrides: dict = {}  # config overrides, e.g. {"localization.train.epochs": 10}
 
 # %%
 import torch
+from IPython.display import display
 
 from avlib import heads, metrics, tasks, viz, widgets
 from avlib.config import make_config
@@ -159,13 +161,15 @@ binary_gt = metrics.localization_metrics(metrics.ciou_batch(gt, gt))
 # %% [markdown]
 # ## 4. Pretrained vs scratch
 #
-# The test-set numbers of both encoders after the same training. Read them against the ceiling above: a
-# `ciou` of 0.8 means that 80% of the test maps rank the *whole* sounding cell above the median.
+# The test-set numbers of both encoders after the same training, with the oracle's ceiling as a dashed
+# line. A `ciou` of 0.8 would mean that 80% of the test maps rank the *whole* sounding cell above the median.
 
 # %%
 bars = {label: {init: r.metrics[key] for init, r in runs.items()}
         for key, label in [("ciou", "cIoU (success @0.5)"), ("auc", "AUC"), ("ciou_mean", "cIoU mean")]}
-fig = viz.compare_bars(bars, ylabel="score", title="localization: pretrained vs scratch")
+fig = viz.compare_bars(bars, ylabel="score", title="localization: pretrained vs scratch (dashed: oracle ceiling)")
+for ax, key in zip(fig.axes, ["ciou", "auc", "ciou_mean"]):
+    ax.axhline(oracle[key], ls="--", color="0.3")
 nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
 fig
 
@@ -189,12 +193,14 @@ fig
 # ### Explore
 #
 # Browse the samples and move the threshold to see which pixels an absolute threshold would keep (the
-# metric itself uses each image's median). The explorer needs JupyterLab with ipywidgets; the plain
-# `render_overlay` call below it shows the same view for sample 0 in executed copies.
+# metric itself uses each image's median). The explorer needs JupyterLab with ipywidgets. Batch runs pass
+# `explorers=False`, because papermill can hang on widget output; the plain `render_overlay` call below
+# shows the same view for sample 0 in executed copies.
 
 # %%
 preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
-widgets.overlay_explorer(examples["pretrained"]["image"], preds, gt)
+if explorers:                                 # JupyterLab; the runner passes explorers=False
+    display(widgets.overlay_explorer(examples["pretrained"]["image"], preds, gt))
 
 # %%
 widgets.render_overlay(examples["pretrained"]["image"], preds, gt, 0, threshold=0.5)
@@ -208,7 +214,7 @@ widgets.render_overlay(examples["pretrained"]["image"], preds, gt, 0, threshold=
 
 # %%
 results = {"localization": {init: r.metrics for init, r in runs.items()},
-           "localization_ceiling": {"ciou_mean": oracle["ciou_mean"], "auc": oracle["auc"]},
+           "localization_ceiling": {k: oracle[k] for k in ("ciou", "ciou_mean", "auc")},
            "seconds": {f"localization_{init}": r.seconds for init, r in runs.items()}}
 nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 

@@ -47,11 +47,13 @@ out_dir: str = ""  # metrics.json and figures; empty means reports/<profile>/05_
 run_dir: str = ""  # checkpoints and histories; empty means runs/<profile>/05_segmentation/
 pretrain_ckpt: str = ""  # avmae.pt from 02 (ours or an official one); empty means pre-train here first
 recipe: str = "supplement"  # supplement (seed supplement A.2) | official (AdamW, official U-Net head)
+explorers: bool = True  # show the ipywidgets explorers (papermill may hang on them, so the runner passes False)
 overrides: dict = {}  # config overrides, e.g. {"segmentation.head": "official_unet"}
 
 # %%
 import pandas as pd
 import torch
+from IPython.display import display
 
 from avlib import heads, metrics, tasks, viz, widgets
 from avlib.config import make_config
@@ -122,8 +124,9 @@ fig
 # **AVSBench protocol** (`avsbench_*`, OpenNLPLab's `utility.py`; the standard for AVSBench tables):
 #
 # - *mIoU (Jaccard)*: binarize $p > 0.5$, take IoU $= \sum p g / \sum \max(p, g)$ per frame, average over the
-#   frames of an evaluation batch, then average the batch means. **Empty-GT frames** (nothing sounds) score
-#   the fraction of correctly empty pixels instead of $0/0$.
+#   frames of an evaluation batch, then average the batch means. Here an evaluation batch is one test-loader
+#   batch (`cfg.segmentation.train.batch_size` frames). **Empty-GT frames** (nothing sounds) score the
+#   fraction of correctly empty pixels instead of $0/0$.
 # - *F-score*: $F_\beta = \frac{(1+\beta^2)PR}{\beta^2 P + R}$ with $\beta^2 = 0.3$, which weights precision
 #   more than recall. It is computed at 255 thresholds. The F curves of a batch's frames are *averaged*, the
 #   **maximum over thresholds** of that average is the batch's score, and batches are averaged. So one
@@ -146,8 +149,9 @@ fig
 
 # %%
 empty_gt, predicted_empty = torch.zeros(1, 8, 8), torch.full((1, 8, 8), -10.0)   # GT, logits
-{"avsbench_miou": metrics.avsbench_miou(predicted_empty, empty_gt),
- "davf": metrics.davf_segmentation(predicted_empty, empty_gt)}
+davf = metrics.davf_segmentation(predicted_empty, empty_gt)
+{"avsbench_miou": metrics.avsbench_miou(predicted_empty, empty_gt), "davf_miou": davf["davf_miou"],
+ "davf frames skipped": davf["n_skipped"]}
 
 # %% [markdown]
 # The batch dependence of AVSBench's F, on the first test frames of the pretrained model: the same
@@ -192,12 +196,14 @@ fig
 # ### Explore
 #
 # Browse the samples and move the threshold. The IoU and F-score operating points (0.5 and the best
-# threshold) are often far apart. The explorer needs JupyterLab with ipywidgets; the plain `render_overlay`
-# call shows sample 0 in executed copies.
+# threshold) are often far apart. The explorer needs JupyterLab with ipywidgets. Batch runs pass
+# `explorers=False`, because papermill can hang on widget output; the plain `render_overlay` call below
+# shows sample 0 in executed copies.
 
 # %%
 preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
-widgets.overlay_explorer(examples["pretrained"]["image"], preds, g)
+if explorers:                                 # JupyterLab; the runner passes explorers=False
+    display(widgets.overlay_explorer(examples["pretrained"]["image"], preds, g))
 
 # %%
 widgets.render_overlay(examples["pretrained"]["image"], preds, g, 0, threshold=0.5)

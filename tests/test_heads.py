@@ -205,7 +205,7 @@ def test_classifier_every_feature_subset(features, head):
         # the linear head sees exactly the concatenated pooled features (canonical order)
         model.eval()
         g = model.pooled(image, audio)
-        ref = model.head(torch.cat([g[f] for f in FEATURES if f in features], 1))
+        ref = model.head(model.norm(torch.cat([g[f] for f in FEATURES if f in features], 1)))
         assert torch.allclose(model(image, audio), ref, atol=1e-6)
     else:
         assert set(heads) == set(features) | {"all"}

@@ -1,0 +1,282 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Masked audio-visual pre-training
+#
+# **Paper.** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
+# Interactions through Masked Modeling*, CVPR 2024 ([arXiv:2312.01017](https://arxiv.org/abs/2312.01017)), Sec. 3.
+# Official recipe: `../shared/reference/DEEPAVFUSION.md` §1.5 (decoders and loss) and §3.1 (schedule).
+#
+# An early-fusion encoder has many more interactions to learn than two separate encoders. The paper's
+# answer is to train it without labels by **masked reconstruction of both modalities**, as MAE and
+# AudioMAE do for one modality. Most patches of the image and the spectrogram are hidden, and the model
+# must fill them in from what is left of *both* inputs.
+#
+# **Learning goals**
+# 1. Know the AVMAE objective: what is masked, what the two decoders see (including the fusion tokens),
+#    and the normalized-pixel loss on masked patches only.
+# 2. Pre-train the model of notebook 01 on AV-Digits and read the loss curves.
+# 3. Read the official pre-training monitor, the 1-nearest-neighbour probe of the image, audio and
+#    fusion tokens.
+# 4. Look at reconstructions of masked images and spectrograms.
+#
+# **Expected runtime** (2-core machine, no GPU): smoke ≈ 15 s · cpu ≈ 2.5 min on an idle machine (10 epochs
+# of 3000 scenes = 460 steps at batch 64, ~240 scenes/s; measured 35 min when other jobs competed for the
+# two cores) · paper: not a notebook job (ViT-B on VGGSound, 200 epochs on 8 GPUs; see section 7).
+# A finished run in `run_dir` is **reused**, so re-running this notebook takes seconds.
+
+# %%
+import torch
+from IPython.display import display
+
+from avlib import nb, tasks, viz
+from avlib.config import make_config
+from avlib.data.scenes import NUM_CLASSES, make_loaders
+from avlib.model import AVMAE, build_avmae
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # smoke | cpu | paper
+seed: int = 0  # weight init, data order, masks
+device: str = "auto"  # auto | cpu | cuda
+out_dir: str = ""  # metrics and figures; empty means reports/<profile>/02_pretraining/
+run_dir: str = ""  # checkpoints and history.json; empty means runs/<profile>/02_pretraining/
+overrides: dict = {}  # config overrides as dotted keys, e.g. {"pretrain.epochs": 2}
+eval_every: int = 2  # epochs between evaluations (test losses and 1-NN probe); 0 means only at the end
+
+# %%
+device = nb.setup(seed, device)
+cfg = make_config(profile, overrides={"pretrain.eval_every": eval_every, **nb.parse_overrides(overrides)}, seed=seed)
+paths = nb.paths_for("02_pretraining", profile, out_dir, run_dir)
+m, p = cfg.model, cfg.model.patch_size
+print(f"mask ratios: image {m.image_mask_ratio}, audio {m.audio_mask_ratio} | decoders: width {m.decoder_embed_dim}, "
+      f"depth {m.decoder_depth} | norm_pix_loss {m.norm_pix_loss} | run_dir {paths.run_dir}")
+cfg.pretrain
+
+# %% [markdown]
+# ## 1. The objective (AVMAE)
+#
+# One pre-training step (official `models/avmae.py::AVMAE`, DEEPAVFUSION.md §1.5):
+#
+# 1. **Mask** each modality independently and per sample. 75 % of the image tokens and 80 % of the
+#    audio tokens are removed (`random_masking`, notebook 01). The fusion tokens are never masked.
+# 2. **Encode** only the kept tokens with the DeepAVFusion encoder. The fusion tokens mix the two
+#    modalities at every layer.
+# 3. **Decode** each modality with its own small ViT. The kept tokens are embedded, a learned mask
+#    token fills each removed position, everything is un-shuffled back to patch order and gets a
+#    (trainable) position embedding. The **normalized fusion tokens**, passed through the same
+#    decoder embedding, are *prepended*. The decoder therefore sees what the encoder learned about
+#    the *other* modality, and its fusion positions are dropped before the prediction head.
+# 4. **Score** the masked patches only. The target is each patch standardized by its own mean and
+#    (unbiased) std (`norm_pix_loss`), the error is the MSE over the patch's values, averaged over masked
+#    patches, and the total loss is **image + audio** (weights 1:1).
+#
+# Because the targets are standardized, a decoder that predicts zeros scores about 1 on every patch
+# with some structure. A constant patch scores 0 (silence in a spectrogram is constant at the -7
+# floor, and its standardized target is all zeros). "About 1, less where there is silence" is the
+# number to beat.
+
+# %%
+display(nb.show_source(AVMAE.forward_decoder), nb.show_source(AVMAE.forward_loss))
+
+# %% [markdown]
+# Before training, one forward pass of a freshly initialized model on a few test scenes (the masks come
+# from a seeded generator):
+
+# %%
+batch = next(iter(make_loaders(cfg, "pretrain", batch_size=4)[1]))
+image, audio = batch["image"].to(device), batch["audio"].to(device)
+torch.manual_seed(seed)
+avmae0 = build_avmae(m).to(device).eval()
+with torch.no_grad():
+    out0 = avmae0(image, audio, generator=torch.Generator().manual_seed(seed))
+Nv, Na = m.image_grid[0] * m.image_grid[1], m.audio_grid[0] * m.audio_grid[1]
+nb.check_shape(out0.pred_image, ("B", Nv, p * p * 3), "image predictions (every patch)")
+nb.check_shape(out0.pred_audio, ("B", Na, p * p), "audio predictions")
+print(f"loss at init: {out0.loss:.3f} = image {out0.loss_image:.3f} + audio {out0.loss_audio:.3f} | "
+      f"masked: image {out0.mask_image.mean():.0%}, audio {out0.mask_audio.mean():.0%}")
+
+# %% [markdown]
+# ## 2. Pre-train
+#
+# `tasks.pretrain` wires the AVMAE loss to the kit's single training loop (`avlib.train.fit`), which follows the
+# official recipe: AdamW (β = 0.9, 0.95, weight decay 0.05, none on norms and biases), linear warm-up,
+# then a cosine schedule, all per step. Every `eval_every` epochs it evaluates two things on the test split:
+# * the masked-reconstruction losses with **fixed** masks, so successive evaluations are comparable;
+# * the official 1-NN probe (section 4).
+#
+# The loop writes `run_dir/checkpoint_last.pt` after every epoch and resumes from it. A **finished**
+# run is simply loaded, so re-running the notebook does not retrain. The result, `avmae.pt`, uses the
+# official checkpoint layout, and notebooks 03-07 start from it.
+
+# %%
+pre = tasks.pretrain(cfg, paths.run_dir, device=device)
+meta = pre.history.meta
+print(f"{meta['total_steps']} steps ({meta['steps_per_epoch']} per epoch) at batch {meta['eff_batch']}, lr {meta['lr']:.1e} | "
+      f"this call took {pre.seconds:.0f} s | checkpoint {pre.checkpoint}")
+
+# %% [markdown]
+# ## 3. Loss curves
+#
+# The training losses (averaged over the steps since the previous log line) and the test losses (fixed
+# masks) for each modality. The two curves should agree, since the test scenes are new compositions of
+# held-out recordings and images. At the `cpu` profile the audio loss falls much further (from ~1.0 to
+# ~0.3) than the image loss (from ~1.15 to ~0.7). A plausible reason is that a spoken digit is a few
+# smooth harmonic bands that continue across patch borders, while a masked image patch holds part of a
+# digit stroke that no visible patch reveals. The model learns the average "blob" (section 5).
+
+# %%
+val = [{"step": e["step"], "loss": e["val_loss"], "loss_image": e["val_loss_image"], "loss_audio": e["val_loss_audio"]}
+       for e in pre.history.evals]
+fig = viz.plot_history({"train": pre.history.steps, "test (fixed masks)": val}, ["loss", "loss_image", "loss_audio"],
+                       title="masked-reconstruction loss (image + audio)")
+nb.save_fig(fig, paths.out_dir, "loss_curves")
+fig
+
+# %% [markdown]
+# ## 4. The 1-NN probe: do the pooled tokens group the scenes by class?
+#
+# The official code monitors pre-training with a leave-one-out 1-nearest-neighbour classifier
+# (`util/knn_probe.py`, DEEPAVFUSION.md §3.1). Each test scene is represented by its mean-pooled,
+# L2-normalized image tokens, audio tokens and fusion tokens. A scene is classified by the label of its
+# most cosine-similar other scene, and "all" sums the three similarity matrices. No labels are used
+# for training. Chance is 1/10.
+#
+# In AV-Digits the label is the **sounding** digit. The image alone cannot say which of its digits
+# speaks, so image tokens should stay near chance. On VGGSound the official README shows the probe
+# rising during pre-training, to about 37 % for fusion tokens, 22 % for audio and 9.5 % for image
+# tokens after ~62k steps (309 classes, chance 0.3 %).
+#
+# As a reference point we also probe the **untrained** encoder (step 0 in the plot). Random
+# projections of a spectrogram already group similar sounds.
+
+# %%
+_, test_loader = make_loaders(cfg, "pretrain")
+nn_init = tasks.knn_probe(avmae0.encoder, test_loader, device)
+print("1-NN accuracy (%) of the untrained encoder:", {k: round(v, 1) for k, v in nn_init.items()})
+
+# %%
+nn_key = "1-NN accuracy (%)"
+acc = {k: [{"step": 0, nn_key: nn_init[f"nn_{k}"]}] + [{"step": e["step"], nn_key: e[f"nn_{k}"]} for e in pre.history.evals]
+       for k in ("image", "audio", "fusion", "all")}
+fig = viz.plot_history(acc, nn_key, title="1-NN probe on the test scenes (leave-one-out; step 0 = untrained)")
+fig.axes[0].axhline(100 / NUM_CLASSES, color="grey", ls="--", lw=1)
+fig.axes[0].legend(title="tokens", loc="center left", bbox_to_anchor=(1.02, 0.5))
+nb.save_fig(fig, paths.out_dir, "knn_probe")
+fig
+
+# %% [markdown]
+# **Reading the probe.** Compare your run with the untrained point. On AV-Digits at the `cpu` profile
+# the picture is mixed. The fusion probe first rises well above its untrained level (about 26 % → 45 %
+# after 2 epochs). Then it falls, and the audio probe falls too, from the ~45 % that random features
+# already reach to below 30 %. Meanwhile the reconstruction losses keep improving, and the image probe
+# stays at chance. This is not a bug. Masked reconstruction rewards whatever helps fill in patches:
+# where in the clip the word sits, the speaker's voice, the digits' colours and positions. Cosine
+# distance between *mean-pooled* tokens weighs all of that, and the digit's identity is only a small
+# part of it. MAE features are known to need a trained read-out: MAE's linear probe lags its
+# fine-tuning. The probe is a cheap monitor, not the evaluation. Notebook 03 asks the real question with
+# a trained linear probe and fine-tuning, against the same encoder trained from scratch (exercise 4).
+#
+# ## 5. Reconstructions
+#
+# The pre-trained model on the same test scenes with a seeded mask. Each panel shows the original,
+# what the encoder saw (masked patches in grey), and the input with its masked patches replaced by the
+# predictions. With `norm_pix_loss` the model predicts *standardized* patches. For display, each
+# prediction is mapped back with its target patch's own mean and std (the usual MAE visualization),
+# so the overall brightness of a patch comes from the target, and the structure inside it comes from
+# the model.
+
+# %%
+model = pre.model.to(device).eval()
+with torch.no_grad():
+    out = model(image, audio, generator=torch.Generator().manual_seed(seed))
+    rec_image, rec_audio = model.reconstruct(image, audio, out)
+nb.check_shape(rec_image, tuple(image.shape), "reconstructed images")
+nb.check_shape(rec_audio, tuple(audio.shape), "reconstructed spectrograms")
+print(f"test loss on these {image.shape[0]} scenes: image {out.loss_image:.3f}, audio {out.loss_audio:.3f} "
+      f"(at init: {out0.loss_image:.3f}, {out0.loss_audio:.3f})")
+
+# %%
+for i in range(2):
+    fig_v = viz.show_reconstruction(image[i], None, rec_image[i], kind="image", mask=out.mask_image[i], patch_size=p)
+    fig_a = viz.show_reconstruction(audio[i], None, rec_audio[i], kind="audio", mask=out.mask_audio[i], patch_size=p,
+                                    sample_rate=cfg.data.sample_rate, hop_length=cfg.data.hop_length)
+    nb.save_fig(fig_v, paths.out_dir, f"reconstruction_image_{i}")
+    nb.save_fig(fig_a, paths.out_dir, f"reconstruction_audio_{i}")
+    display(fig_v, fig_a)
+
+# %% [markdown]
+# ## 6. Results
+#
+# The final losses and 1-NN accuracies, plus the checkpoint path. The checkpoint is this notebook's
+# declared **output** (`notebooks/manifest.yaml`): the runner passes it to notebooks 03-07 as their
+# `pretrain_ckpt` parameter.
+
+# %%
+last = pre.history.last_eval or {}
+metrics = {f"pretrain/{k}": v for k, v in last.items() if k not in ("epoch", "step")}
+metrics.update({"pretrain/train_loss": pre.history.steps[-1]["loss"] if pre.history.steps else None,
+                "pretrain/steps": meta["total_steps"], "pretrain/epochs": cfg.pretrain.epochs,
+                "pretrain/init_loss": out0.loss.item()})
+nb.record(metrics, paths.out_dir, cfg=cfg, pretrain_ckpt=str(pre.checkpoint))
+
+# %% [markdown]
+# ## 7. The paper profile on GPUs
+#
+# `profile="paper"` is the official setting: two ViT-B/16 encoders, VGGSound, 200 epochs (40 warm-up),
+# batch 64 per GPU × 8 GPUs, base lr 1.5e-4 (lr = 1.5e-4 × 512 / 256), fp16 autocast, and the
+# pretrained-ViT lr ramp (DEEPAVFUSION.md §3.1). That is days of multi-GPU time, so it is not
+# something to run inside a kernel. Run the same `tasks.pretrain` from the command line instead, one
+# process per GPU:
+#
+#     torchrun --nproc_per_node 8 -m avlib.pretrain --profile paper --run-dir runs/paper/02_pretraining \
+#         --set data.root=/path/to/vggsound
+#
+# (see `avlib/pretrain.py` and the README). Under torchrun, `fit` wraps the model in
+# `DistributedDataParallel`, the training loader shards the data with a `DistributedSampler`, and rank 0
+# writes the checkpoints. `pretrain.batch_size` is per process. Then run this notebook with
+# `profile="paper"`: `pretrain` finds the finished run in `run_dir`, loads it and goes straight to the
+# figures. `eval_every` does not change the weights, so a finished run is reused whatever its value.
+#
+# ## Summary
+#
+# * AVMAE hides 75 % of the image and 80 % of the audio tokens. The early-fusion encoder sees the rest,
+#   and two decoders, each also reading the fusion tokens, predict the standardized masked patches.
+#   The loss is image + audio.
+# * On AV-Digits both losses fall well below their starting level, the audio loss fastest. The 1-NN
+#   probe of mean-pooled tokens is a weak monitor here. Random features already reach ~40 % on audio,
+#   and pre-training does not raise it. Trained read-outs (notebook 03) are the real test.
+# * `avmae.pt` (official layout) is the starting point of every downstream notebook (03-07), each of
+#   which compares it with the same model trained from scratch.
+#
+# ## Exercises
+#
+# 1. Set the mask ratios to 0.5 (`overrides={"model.image_mask_ratio": 0.5, "model.audio_mask_ratio": 0.5}`,
+#    with a new `run_dir`). How do the losses and the 1-NN accuracies change?
+# 2. Cross-modal evidence: in section 5, replace the audio of scene 0 with that of scene 1 and recompute
+#    the image loss. Does the image reconstruction depend on the sound? Is that expected here?
+# 3. Turn `norm_pix_loss` off. Why does the audio loss scale change so much (hint: log-mel values range
+#    from -7 to about +2)?
+# 4. Why is `nn_image` near chance here but ~9.5 % (vs 0.3 % chance for 309 classes) on VGGSound?
+#    And why might the audio 1-NN fall while the audio loss improves? Probe the *last-layer tokens without
+#    the mean-pool*, or time-align the utterances (hint: `SceneDataset.describe` lists their offsets),
+#    and see which explanation survives.
+#
+# ## References
+#
+# * Mo & Morgado, DeepAVFusion, CVPR 2024; official code `models/avmae.py`, `train.py`, `util/knn_probe.py`.
+# * He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022 (masking, `norm_pix_loss`, visualization).
+# * Huang et al., *Masked Autoencoders that Listen* (AudioMAE), NeurIPS 2022.
+# * `../shared/reference/DEEPAVFUSION.md` §1.5, §3.1.

@@ -1,0 +1,220 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Ablations: which parts of the fusion design matter?
+#
+# **Paper:** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
+# Interactions through Masked Modeling*, CVPR 2024 (arXiv:2312.01017), ablation studies of the fusion
+# design: fusion architecture, number of fusion tokens, masking ratio. The official blocks behind each
+# variant: `shared/reference/DEEPAVFUSION.md` §1.3-1.5.
+#
+# **What you will learn**
+# 1. How an ablation is run. Every variant is a set of config overrides; each one is **pre-trained from
+#    scratch** and then judged with the same downstream probe.
+# 2. What the four fusion architectures (`none`, `token`, `dense`, `factorized`) change, and what notebook
+#    01's exact separable evaluation of pair attention implies for *dense* vs *factorized*.
+# 3. How the number of fusion tokens and the masking ratio affect the learned features.
+# 4. How to read a small-budget ablation honestly. The budget here is tiny, so differences of a few points
+#    can be noise.
+#
+# **Expected runtime** (2-core laptop CPU): `smoke` about 1.5 min · `cpu` about 3 min with the manifest's
+# budget (6 short pre-trainings, each followed by a linear probe) · `paper` is many GPU-days: every variant
+# is a full pre-training.
+#
+# **Budget parameters.** `ablation_overrides` is merged into the config of every variant to shrink
+# pre-training (the manifest sets one per profile), and `sweeps` picks which sweeps run. `pretrain_ckpt`
+# (from 02) is only used as a reference row: the default model at 02's full budget, probed the same way.
+
+# %%
+from avlib import nb
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # smoke | cpu | paper (see avlib.config.PROFILES)
+seed: int = 0  # seeds python, numpy and torch (also the config seed)
+device: str = "auto"  # auto | cpu | cuda | mps
+out_dir: str = ""  # metrics.json and figures; empty means reports/<profile>/07_ablations/
+run_dir: str = ""  # one folder per variant; empty means runs/<profile>/07_ablations/
+pretrain_ckpt: str = ""  # avmae.pt from 02, probed as a full-budget reference row; empty skips it
+recipe: str = "supplement"  # supplement | official (the probe's recipe)
+overrides: dict = {}  # config overrides for every variant, applied after ablation_overrides
+ablation_overrides: dict = {}  # budget merged into every variant, e.g. {"pretrain.epochs": 2, "data.train_size": 512}
+sweeps: list = ["fusion", "tokens", "mask_ratio"]  # which sweeps run: fusion | tokens | mask_ratio
+probe: str = "linprobe"  # downstream protocol that judges each variant (a key of tasks.MAIN_METRIC)
+
+# %%
+import pandas as pd
+from matplotlib.figure import Figure
+
+from avlib import tasks, viz
+from avlib.config import make_config
+
+device = nb.setup(seed, device)
+budget = {**nb.parse_overrides(ablation_overrides), **nb.parse_overrides(overrides)}
+cfg = make_config(profile, recipe=recipe, overrides=budget, seed=seed)
+paths = nb.paths_for("07_ablations", profile, out_dir, run_dir)
+metric = f"{probe}_{tasks.MAIN_METRIC[probe]}"          # the column each variant is judged by
+budget, cfg.pretrain, cfg.model
+
+# %% [markdown]
+# ## 1. The variants
+#
+# Every sweep compares a few variants with the **default** model of this profile (the paper's design:
+# `factorized` fusion, the profile's number of fusion tokens, mask ratios 0.75 image / 0.8 audio). The
+# default is shared by all sweeps, so it is pre-trained once. `tasks.ablation` pre-trains each variant
+# (`run_dir/<variant>/pretrain`), probes it (`run_dir/<variant>/<probe>`) and returns one row per variant.
+# The probe's metrics appear as `<probe>_*` and the final pre-training losses and 1-NN accuracies as
+# `pretrain_*`. Finished variants are cached, so adding a sweep later only pays for the new variants.
+#
+# **Fusion architecture** (DEEPAVFUSION.md §1.3-1.4). In every variant, the fusion tokens take part in both
+# modality ViTs' self-attention at every layer. What updates them differs:
+#
+# | variant | fusion tokens are updated by | cost per layer |
+# |---|---|---|
+# | `none` | nothing: no fusion blocks, no audio-visual exchange | 0 |
+# | `token` | one cross-attention over the concatenated [audio ; visual] tokens (one joint softmax) | $O(N_f (N_a + N_v))$ |
+# | `dense` | attention over **all** $N_a N_v$ audio-visual token pairs $[a_i \,\|\, v_j]$ | $O(N_f N_a N_v)$ as written |
+# | `factorized` (paper) | aggregation tokens summarize each modality ($n_v$, $n_a$ tokens); the fusion tokens attend over the $n_v n_a$ pairs of *aggregated* tokens | $O(N_f n_v n_a)$ |
+#
+# **What 01 showed about "dense".** A pair's key and value are *linear* in the concatenation $[a_i \| v_j]$.
+# So the attention logit splits into $s_i + t_j$, the softmax over all pairs factorizes into
+# $\text{softmax}(s)_i\,\text{softmax}(t)_j$, and the output is the **sum of two ordinary cross-attentions**,
+# one over the audio tokens and one over the visual tokens. The kit evaluates it that way
+# (`cfg.model.pair_attention="separable"`, exact up to float rounding, $O(N_a + N_v)$). As implemented,
+# the "dense interactions" therefore contain no multiplicative audio×visual term. `dense` differs from
+# `token` only in using two softmaxes instead of one joint softmax. `factorized` differs from `dense`
+# mainly by its **aggregation tokens** (a learned per-modality summary, carried across layers), since its
+# pair attention is separable too. Expect `dense` and `token` to be close. Whatever advantage
+# `factorized` shows comes from the aggregation stream, not from pairs.
+
+# %%
+default = f"default ({cfg.model.fusion_arch})"
+SWEEPS = {
+    "fusion": {"none": {"model.fusion_arch": "none"}, "token": {"model.fusion_arch": "token"},
+               "dense": {"model.fusion_arch": "dense"}, default: {}},
+    "tokens": {"1 fusion token": {"model.num_fusion_tokens": 1}, default: {}},
+    "mask_ratio": {"mask 0.5": {"model.image_mask_ratio": 0.5, "model.audio_mask_ratio": 0.5}, default: {}},
+}
+variants = {name: v for s in sweeps for name, v in SWEEPS[s].items()}      # the default runs once
+{"default model": {k: getattr(cfg.model, k) for k in ("fusion_arch", "num_fusion_tokens", "image_mask_ratio",
+                                                        "audio_mask_ratio")}, "variants": variants}
+
+# %% [markdown]
+# **Number of fusion tokens.** The fusion tokens are the only channel between the two ViTs. Fewer tokens
+# means a narrower bottleneck. The paper's default is 16; the `cpu` profile uses 4 and `smoke` 2.
+#
+# **Masking ratio.** Masked modeling removes 75% of the image patches and 80% of the audio patches (MAE,
+# AudioMAE). A lower ratio such as 0.5 makes reconstruction easier, since more context stays visible, and
+# it also makes pre-training more expensive per step. The literature consistently finds that high
+# ratios learn better features.
+#
+# ## 2. Run the sweeps
+
+# %%
+rows = pd.DataFrame(tasks.ablation(cfg, variants, paths.run_dir, probe=probe, device=device)).set_index("variant")
+rows.T.round(2)
+
+# %% [markdown]
+# The reference: 02's checkpoint (the default model at the profile's full pre-training budget), judged by
+# the same probe.
+
+# %%
+reference = {}
+if pretrain_ckpt:
+    reference = tasks.run_task(probe, cfg, paths.run_dir / "reference" / probe, checkpoint=pretrain_ckpt,
+                               device=device).metrics
+reference
+
+# %% [markdown]
+# ## 3. Results per sweep
+#
+# One panel per sweep, each judged by the probe's main metric. The dashed line is the 02 checkpoint (when
+# given), the same default architecture pre-trained with the profile's full budget. The gap between the
+# `default` bar and that line is what the ablation budget costs.
+
+# %%
+fig = Figure(figsize=(4.2 * len(sweeps), 3.8), layout="constrained")
+axes = fig.subplots(1, len(sweeps), squeeze=False, sharey=True)[0]
+for ax, s in zip(axes, sweeps):
+    viz.ablation_plot(rows.loc[list(SWEEPS[s])].reset_index(), x="variant", y=metric, ax=ax, title=f"sweep: {s}")
+    ax.bar_label(ax.containers[0], fmt="%.1f", fontsize=8)
+    ax.tick_params(axis="x", labelrotation=20)
+    if reference:
+        ax.axhline(reference[tasks.MAIN_METRIC[probe]], ls="--", color="0.3", label="02 checkpoint (full budget)")
+if reference:
+    axes[0].legend(loc="lower left", fontsize=8)
+fig.suptitle(f"{probe}: {tasks.MAIN_METRIC[probe]} of each variant")
+nb.save_fig(fig, paths.out_dir, "ablations")
+fig
+
+# %% [markdown]
+# The pre-training side of the same runs: the 1-nearest-neighbour accuracy of each token stream on the test
+# scenes (the official pre-training monitor, `tasks.knn_probe`), measured without any training on labels.
+# Reconstruction losses are left out on purpose. A variant with a lower mask ratio has an easier
+# reconstruction task, so its loss is not comparable with the others'.
+
+# %%
+rows.filter(like="pretrain_nn_").round(1)
+
+# %% [markdown]
+# ## 4. Reading a small ablation
+#
+# - **Noise first.** At the `cpu` budget every variant sees a few hundred scenes a couple of times. Before
+#   you believe a difference of a few points, re-run with another `seed` and see whether the ranking
+#   survives (exercise 1). The paper's ablations pre-train for many epochs on VGGSound.
+# - **`none` is the control.** Without fusion blocks the two ViTs exchange nothing. If `none` matches the
+#   others, the probe does not need audio-visual interaction. Here the label, the digit that *speaks*,
+#   needs the audio. The visual stream can only tell which of the four digits speaks through fusion.
+# - **`dense` vs `factorized`.** The separable identity from 01 says that both reduce to sums of
+#   per-modality attentions, so a gap between them comes from the aggregation tokens and the softmax
+#   normalization, not from pairwise interactions.
+#
+# ## 5. Results
+#
+# Every metric of every variant under `ablation_<sweep>/<variant>/<metric>` (the runner's summary shows one
+# table per sweep), and the reference under `ablation_reference/02_checkpoint/<metric>`.
+
+# %%
+results = {f"ablation_{s}": rows.loc[list(SWEEPS[s])].to_dict("index") for s in sweeps}
+results["ablation_reference"] = {"02_checkpoint": {f"{probe}_{k}": v for k, v in reference.items()}}
+nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=pretrain_ckpt)
+
+# %% [markdown]
+# ## Summary
+#
+# - An ablation is a dictionary of config overrides. Each variant is pre-trained from scratch and judged by
+#   the same probe, and the budget applies to all of them.
+# - Fusion architecture: `none` is the no-interaction control. Because pair attention with linear keys is
+#   separable, `dense` and `factorized` both reduce to sums of per-modality attentions. `factorized`
+#   additionally carries learned per-modality aggregation tokens.
+# - Fusion tokens and mask ratio are cheap knobs with clear hypotheses: a narrower bottleneck, and an easier
+#   pretext task.
+#
+# ## Exercises
+#
+# 1. Re-run with `seed=1` (a new `run_dir`, or the cache returns the old runs). Which differences survive?
+# 2. Judge the variants with a different probe, e.g. `probe="localization"`. Does the ranking of the fusion
+#    architectures change when the task needs *where* rather than *what*?
+# 3. Add a sweep with more fusion tokens (`{"model.num_fusion_tokens": 16}`) or fusion only in the last
+#    layers (`{"model.fusion_layers": [2, 3]}` at `cpu`). Write the variant dictionary first, then predict.
+# 4. Time `dense` with `{"model.pair_attention": "explicit"}` (every pair materialized) against the default
+#    separable evaluation. The outputs are equal; how do the seconds compare?
+#
+# ## References
+#
+# - Mo & Morgado, CVPR 2024, ablation studies; `shared/reference/DEEPAVFUSION.md` §1.3-1.5.
+# - He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022; Huang et al., *Masked
+#   Autoencoders that Listen*, NeurIPS 2022 (masking ratios).
+# - Notebook 01 and `avlib.model.pair_attention` (the separable identity); `avlib.tasks.ablation`.
