@@ -51,11 +51,14 @@ explorers: bool = True  # show the ipywidgets explorers (papermill may hang on t
 overrides: dict = {}  # config overrides, e.g. {"localization.train.epochs": 10}
 
 # %%
+import pandas as pd
 import torch
+import torch.nn.functional as F
 from IPython.display import display
 
 from avlib import heads, metrics, tasks, viz, widgets
 from avlib.config import make_config
+from avlib.data.scenes import make_loaders
 
 device = nb.setup(seed, device)
 cfg = make_config(profile, recipe=recipe, overrides=nb.parse_overrides(overrides), seed=seed)
@@ -81,8 +84,8 @@ ckpt
 #
 # where $a_n$ are the encoder's audio tokens (after its final norm) and $v_{ij}$ is the visual token of
 # patch $(i, j)$. The map lives on the patch grid (`cfg.model.image_grid`), so it is coarse: 2×2 at
-# `smoke` and 8×8 at `cpu`. Both streams come out of the *fused* encoder, so every visual token has already
-# exchanged information with the audio through the fusion tokens (notebook 01).
+# `smoke`, 4×4 at `cpu`, 14×14 at `paper`. Both streams come out of the *fused* encoder, so every visual
+# token has already exchanged information with the audio through the fusion tokens (notebook 01).
 #
 # `AVLocalizer` adds only two scalars: logits $= s\cdot\hat y + b$, upsampled to the image size. The official
 # repository has no localization code (DEEPAVFUSION.md §3.4), so this head is the kit's reading of A.2; its
@@ -107,9 +110,18 @@ nb.show_source(heads.AVLocalizer._similarity)
 runs = tasks.compare_inits("localization", cfg, paths.run_dir, checkpoint=ckpt, device=device)
 {init: r.metrics for init, r in runs.items()}
 
+# %% [markdown]
+# The training loss of both runs. The dashed line is the loss of the best *constant* prediction: the fraction
+# of sounding pixels, predicted everywhere. A model that stays on that line has learned *how much* of the
+# image sounds but not *where*.
+
 # %%
+test_batch = next(iter(make_loaders(cfg, "localization")[1]))      # the first test scenes
+fg = test_batch["loc_map"].mean()                                   # fraction of sounding pixels
 fig = viz.plot_history({init: r.history for init, r in runs.items()}, keys=["loss"],
                        title="localization: per-pixel BCE while training")
+fig.axes[0].axhline(F.binary_cross_entropy(fg, fg).item(), ls="--", color="0.3", label="constant prediction")
+fig.axes[0].legend(fontsize=8)
 nb.save_fig(fig, paths.out_dir, "training_loss")
 fig
 
@@ -144,32 +156,43 @@ fig
 # image, so **the maximum cIoU is exactly 0.5**. An image passes the cIoU ≥ 0.5 test only when the top half
 # of its map contains the *entire* cell. The AUC can then be at most about 0.5 + 0.025.
 #
-# We check this ceiling on test images with an *oracle* map: the ground truth plus a tiny ramp, so
-# that the median splits the pixels cleanly. Using the binary ground truth itself shows a second trap:
-# three quarters of its pixels are 0, so the median is 0, every pixel passes $\ge$, $B$ covers the whole
-# image and the "perfect" map scores only $a = 0.25$.
+# The floor is a *random* map. Its top half is a random half of the image, which holds half of the object on
+# average, so its cIoU is about $\frac{a/2}{a + (1-a)/2} = \frac{a}{1+a}$, i.e. 0.2 for a quarter-image cell.
+#
+# The cell below scores three reference maps on the first test scenes:
+#
+# - `oracle`: the ground truth plus a tiny ramp so that the median splits the pixels cleanly. This is the
+#   ceiling;
+# - `binary_gt`: the binary ground truth itself, which shows a second trap. Three quarters of its pixels are 0, so the
+#   median is 0, every pixel passes $\ge$, $B$ covers the whole image and the "perfect" map scores only
+#   $a = 0.25$;
+# - `random_map`: uniform noise, the floor.
 
 # %%
-examples = {init: tasks.predict_examples("localization", r.model, cfg, n=6, device=device)
-            for init, r in runs.items()}
-gt = examples["pretrained"]["gt"]                          # (n, H, W), 1 on the sounding cell
+gt = test_batch["loc_map"]                                          # (B, H, W), 1 on the sounding cell
 ramp = torch.linspace(0, 1e-3, gt[0].numel()).reshape(gt.shape[1:])   # breaks ties, keeps the ranking
-oracle = metrics.localization_metrics(metrics.ciou_batch(gt + ramp, gt))
-binary_gt = metrics.localization_metrics(metrics.ciou_batch(gt, gt))
-{"object area": gt.mean().item(), "oracle (ranked GT)": oracle, "binary GT as prediction": binary_gt}
+noise = torch.rand(gt.shape, generator=torch.Generator().manual_seed(seed))
+reference_maps = {"oracle": gt + ramp, "binary_gt": gt, "random_map": noise}
+bounds = {name: metrics.localization_metrics(metrics.ciou_batch(m, gt)) for name, m in reference_maps.items()}
+pd.DataFrame(bounds).T.round(3)
 
 # %% [markdown]
 # ## 4. Pretrained vs scratch
 #
-# The test-set numbers of both encoders after the same training, with the oracle's ceiling as a dashed
-# line. A `ciou` of 0.8 would mean that 80% of the test maps rank the *whole* sounding cell above the median.
+# The test-set numbers of both encoders after the same training, between the oracle's ceiling (dashed) and
+# the random map's floor (dotted). A `ciou` of 0.8 would mean that 80% of the test maps rank the *whole*
+# sounding cell above their median. Bars on the dotted line mean that the model has not learned where the
+# sound is. Check the loss curves above: if both runs sit on the constant-prediction line, the profile's
+# training budget was too short for this task, whatever the initialization.
 
 # %%
 bars = {label: {init: r.metrics[key] for init, r in runs.items()}
         for key, label in [("ciou", "cIoU (success @0.5)"), ("auc", "AUC"), ("ciou_mean", "cIoU mean")]}
-fig = viz.compare_bars(bars, ylabel="score", title="localization: pretrained vs scratch (dashed: oracle ceiling)")
+fig = viz.compare_bars(bars, ylabel="score",
+                       title="localization: pretrained vs scratch (dashed: oracle, dotted: random map)")
 for ax, key in zip(fig.axes, ["ciou", "auc", "ciou_mean"]):
-    ax.axhline(oracle[key], ls="--", color="0.3")
+    ax.axhline(bounds["oracle"][key], ls="--", color="0.3")
+    ax.axhline(bounds["random_map"][key], ls=":", color="0.3")
 nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
 fig
 
@@ -181,11 +204,13 @@ fig
 # probability, min-max scaled per image. Good maps light up the speaking digit's cell and nothing else.
 
 # %%
+examples = {init: tasks.predict_examples("localization", r.model, cfg, n=6, device=device)
+            for init, r in runs.items()}
 titles = [f"digit {int(d)} speaks" for d in examples["pretrained"]["label"]]
 fig = viz.localization_figure(examples["pretrained"]["image"],
                               {"scratch": examples["scratch"]["pred"],
                                "DeepAVFusion (pretrained)": examples["pretrained"]["pred"]},
-                              gt, titles=titles)
+                              examples["pretrained"]["gt"], titles=titles)
 nb.save_fig(fig, paths.out_dir, "figure1_localization")
 fig
 
@@ -200,21 +225,21 @@ fig
 # %%
 preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
 if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.overlay_explorer(examples["pretrained"]["image"], preds, gt))
+    display(widgets.overlay_explorer(examples["pretrained"]["image"], preds, examples["pretrained"]["gt"]))
 
 # %%
-widgets.render_overlay(examples["pretrained"]["image"], preds, gt, 0, threshold=0.5)
+widgets.render_overlay(examples["pretrained"]["image"], preds, examples["pretrained"]["gt"], 0, threshold=0.5)
 
 # %% [markdown]
 # ## 6. Results
 #
 # Every metric of both initializations, under the `localization/<init>/<metric>` keys. The runner builds
-# its pretrained-vs-scratch table from these. `localization_ceiling/*` is the oracle map's score on the
-# example images.
+# its pretrained-vs-scratch table from these. `localization_bounds/<map>/*` are the reference maps of
+# section 3 (`oracle`, `binary_gt`, `random_map`) on the first test scenes.
 
 # %%
 results = {"localization": {init: r.metrics for init, r in runs.items()},
-           "localization_ceiling": {k: oracle[k] for k in ("ciou", "ciou_mean", "auc")},
+           "localization_bounds": {name: {k: v for k, v in b.items() if k != "n"} for name, b in bounds.items()},
            "seconds": {f"localization_{init}": r.seconds for init, r in runs.items()}}
 nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 
@@ -227,18 +252,22 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 # - "cIoU" in papers is a success rate at 0.5 with a per-image *median* threshold. It is capped at twice the
 #   object's area, so it rewards large objects and, on AV-Digits, counts only maps whose top half contains
 #   the whole cell. Always read it next to AUC and the mean cIoU.
-# - Pre-training gives the fine-tuned encoder a head start. Compare the two bars and Figure 1 above. With
-#   the small profiles the gap depends on how long 02 pre-trained.
+# - Read pretrained vs scratch between the floor (random map) and the ceiling (oracle), and only after checking
+#   that training left the constant-prediction line. With a short budget neither encoder learns *where* the
+#   sound is. Both bars then sit on the floor, Figure 1's maps are noise, and the comparison says nothing
+#   about pre-training (exercise 1).
 #
 # ## Exercises
 #
-# 1. Freeze the encoder (`overrides={"localization.train.freeze_encoder": True}`): how much of the
-#    localization ability is already in the pre-trained features, with only $s$ and $b$ trained?
-# 2. Make the objects smaller with `{"data.grid": 3}` (each cell is a ninth of the image). Predict the cIoU
+# 1. Train longer (`overrides={"localization.train.epochs": 10}`, a new `run_dir`). When do the two runs
+#    leave the constant-prediction line, and which one leaves it first?
+# 2. Freeze the encoder (`{"localization.train.freeze_encoder": True}`): how much of the localization
+#    ability is already in the pre-trained features, with only $s$ and $b$ trained?
+# 3. Make the objects smaller with `{"data.grid": 3}` (each cell is a ninth of the image). Predict the cIoU
 #    ceiling from the $2a$ bound before you run it, then check it with the oracle cell.
-# 3. Add scenes where two digits speak (`{"data.p_two_sources": 0.5}`). What happens to the ceiling when
+# 4. Add scenes where two digits speak (`{"data.p_two_sources": 0.5}`). What happens to the ceiling when
 #    $a = 0.5$?
-# 4. `metrics.ciou_per_sample` also accepts an absolute `threshold=0.5` (SLAVC without
+# 5. `metrics.ciou_per_sample` also accepts an absolute `threshold=0.5` (SLAVC without
 #    `--relative_prediction`). Score the examples with it: which convention ranks the two encoders differently?
 #
 # ## References

@@ -53,10 +53,12 @@ overrides: dict = {}  # config overrides, e.g. {"segmentation.head": "official_u
 # %%
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from IPython.display import display
 
 from avlib import heads, metrics, tasks, viz, widgets
 from avlib.config import make_config
+from avlib.data.scenes import make_loaders
 
 device = nb.setup(seed, device)
 cfg = make_config(profile, recipe=recipe, overrides=nb.parse_overrides(overrides), seed=seed)
@@ -109,9 +111,17 @@ nb.show_source(heads.AVSegmenter._forward_upsample)
 runs = tasks.compare_inits("segmentation", cfg, paths.run_dir, checkpoint=ckpt, device=device)
 pd.DataFrame({init: r.metrics for init, r in runs.items()}).round(4)
 
+# %% [markdown]
+# The training loss of both runs. The dashed line is the loss of the best *constant* prediction: the fraction
+# of sounding pixels, predicted everywhere. A model that stays on that line has learned *how much* of the
+# image sounds but not *where*.
+
 # %%
+fg = next(iter(make_loaders(cfg, "segmentation")[1]))["seg_mask"].mean()        # fraction of sounding pixels
 fig = viz.plot_history({init: r.history for init, r in runs.items()}, keys=["loss"],
                        title="segmentation: per-pixel BCE while training")
+fig.axes[0].axhline(F.binary_cross_entropy(fg, fg).item(), ls="--", color="0.3", label="constant prediction")
+fig.axes[0].legend(fontsize=8)
 nb.save_fig(fig, paths.out_dir, "training_loss")
 fig
 
@@ -162,16 +172,16 @@ davf = metrics.davf_segmentation(predicted_empty, empty_gt)
 examples = {init: tasks.predict_examples("segmentation", r.model, cfg, n=6, device=device)
             for init, r in runs.items()}
 p, g = examples["pretrained"]["pred"], examples["pretrained"]["gt"]   # (n, H, W) probabilities, masks
-batching = {f"avsbench_f, {k or len(p)} frame(s) per batch": metrics.avsbench_fscore(p, g, batch_frames=k, from_logits=False)
-            for k in (None, 2, 1)}
+batching = {f"avsbench_f, {k or len(p)} frame(s) per batch":
+            metrics.avsbench_fscore(p, g, batch_frames=k, from_logits=False) for k in (None, 2, 1)}
 batching["davf_f (best threshold per frame)"] = metrics.davf_segmentation(p, g, from_logits=False)["davf_f"]
 batching
 
 # %%
 bars = {label: {init: r.metrics[key] for init, r in runs.items()}
         for key, label in [("avsbench_miou", "AVSBench mIoU"), ("avsbench_f", "AVSBench F"),
-                           ("davf_miou", "DeepAVFusion mIoU (bg+fg)"), ("davf_miou_nobg", "DeepAVFusion mIoU (fg)"),
-                           ("davf_f", "DeepAVFusion F")]}
+                           ("davf_miou", "DeepAVFusion mIoU (bg+fg)"),
+                           ("davf_miou_nobg", "DeepAVFusion mIoU (fg)"), ("davf_f", "DeepAVFusion F")]}
 fig = viz.compare_bars(bars, ylabel="score", title="segmentation: pretrained vs scratch")
 nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
 fig

@@ -112,8 +112,8 @@ batch = next(iter(make_loaders(cfg, "separation", batch_size=16, test_size=16)[1
 src_power = 10 ** batch["source_audio"]                       # (B, K, 1, F, T) power mels of the sources
 truth = src_power > src_power.flip(1)                         # where the target is louder than the other
 active = (10 ** batch["mix_audio"][:, None] > 2 * LOG_EPS).expand_as(truth)   # the mixture is not silent
-marks = {f'mask_rule="{r}"': heads.separation_targets(batch["source_audio"], batch["mix_audio"][:, None], rule=r)
-         for r in ("dominant", "official")}
+marks = {f'mask_rule="{r}"': heads.separation_targets(batch["source_audio"], batch["mix_audio"][:, None],
+                                                      rule=r) for r in ("dominant", "official")}
 pd.DataFrame({name: {"marked": m.bool()[active].float().mean().item(),            # fraction of active bins
                      "agreement": (m.bool() == truth)[active].float().mean().item()}   # with true dominance
               for name, m in {"true dominance": truth, **marks}.items()}).T.round(3)
@@ -165,7 +165,8 @@ fig
 
 # %%
 bars = {label: {init: r.metrics[key] for init, r in runs.items()}
-        for key, label in [("sdr", "SDR (dB)"), ("sir", "SIR (dB)"), ("sar", "SAR (dB)"), ("sdri", "SDRi (dB)")]}
+        for key, label in [("sdr", "SDR (dB)"), ("sir", "SIR (dB)"), ("sar", "SAR (dB)"),
+                           ("sdri", "SDRi (dB)")]}
 fig = viz.compare_bars(bars, ylabel="dB", title="separation: pretrained vs scratch")
 nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
 fig
