@@ -238,8 +238,10 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 #   one F threshold per batch. DeepAVFusion skips empty frames, averages background into mIoU and picks one
 #   F threshold per frame. Say which one you report, and compare `avsbench_*` numbers only with other
 #   `avsbench_*` numbers.
-# - Pre-trained features give the decoder a head start on finding the speaking digit. The pixel-accurate
-#   strokes come from the upsampling decoder and the BCE.
+# - Compare the initializations only after checking the loss curves and the masks. A run that predicts no
+#   foreground (mIoU near 0, background-inclusive `davf_miou` near 0.5) or foreground everywhere (everything
+#   near the foreground fraction) has not learned *where* the sound is. Its numbers then measure the
+#   metric's quirks, not the features.
 #
 # ## Exercises
 #
@@ -250,6 +252,9 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 # 3. Score the full test set with `metrics.avsbench_fscore(..., batch_frames=k)` for k = 1, 5, 20 (AVSBench
 #    `test.sh` uses 20). How big is the spread compared with the pretrained-vs-scratch gap?
 # 4. Freeze the encoder (`{"segmentation.train.freeze_encoder": True}`): a "linear probe" for segmentation.
+# 5. Train longer, or with the supplement's lr of $10^{-4}$ instead of the small profiles' $10^{-3}$
+#    (`{"segmentation.train.epochs": 10}`, `{"segmentation.train.lr": 1e-4}`, each in a new `run_dir`).
+#    Which of the two changes moves the pretrained run off the constant-prediction line?
 #
 # ## References
 #

@@ -161,7 +161,9 @@ fig
 # says which source is wanted. A mixture is skipped if any reference or estimate is silent
 # ($\sum x^2 < 10^{-5}$, DeepAVFusion's rule; `n_skipped`). **SDRi** = SDR minus the SDR of the unprocessed
 # mixture used as the estimate (`sdr_mix`). It is the improvement the model brings and is easier to compare
-# across datasets than SDR. For two equally loud sources, `sdr_mix` is about 0 dB.
+# across datasets than SDR. For two equally loud sources, `sdr_mix` is about 0 dB. One pattern to recognize:
+# SDRi near 0 dB with a very high SAR and SIR equal to `sdr_mix` means the mask is close to all ones. The
+# "separated" source is then the mixture itself, so the model has not started separating.
 
 # %%
 bars = {label: {init: r.metrics[key] for init, r in runs.items()}

@@ -235,7 +235,7 @@ def test_mixture_dataset(dataset, request):
 def test_make_loaders(task):
     cfg = _cfg("synthetic", "smoke")
     train, test = make_loaders(cfg, task, train_size=20, test_size=10)
-    bs = cfg.pretrain.batch_size
+    bs = (cfg.separation.train if task == "separation" else cfg.pretrain).batch_size   # a task's own batch
     assert train.batch_size == bs and train.drop_last and not test.drop_last
     batches = list(train)
     assert len(batches) == 20 // bs
