@@ -30,8 +30,8 @@
 #    compared with AVSBench tables.
 # 4. Pretrained vs scratch, in numbers and in a Figure 2 style comparison.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 3 min (two trainings of
-# 5 epochs on 3,000 scenes) · `paper` needs GPUs and AVSBench.
+# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 2 min (two trainings of
+# 3 epochs on 3,000 scenes) · `paper` needs GPUs and AVSBench.
 #
 # **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion
 # checkpoint of the same size). Leave it empty to pre-train here first; the result is cached in `run_dir`.

@@ -32,7 +32,7 @@
 # 5. Pretrained vs scratch, in numbers, spectrograms (Figure 3) and sound.
 #
 # **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 5 min (two trainings of
-# 5 epochs on 3,000 mixtures, then BSS-Eval of the test mixtures) · `paper` needs GPUs and VGGSound-Music.
+# 3 epochs on 3,000 mixtures, then BSS-Eval of the test mixtures) · `paper` needs GPUs and VGGSound-Music.
 #
 # **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion
 # checkpoint of the same size). Leave it empty to pre-train here first; the result is cached in `run_dir`.
