@@ -30,7 +30,7 @@
 # 4. Whether masked audio-visual pre-training (notebook 02) helps compared with a randomly initialized
 #    encoder, in numbers and in a Figure 1 style comparison.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 2 min (two trainings of
+# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 1.5 min (two trainings of
 # 3 epochs on 3,000 scenes) · `paper` needs GPUs and the Flickr-SoundNet / VGG-SS data.
 #
 # **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion

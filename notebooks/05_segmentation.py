@@ -30,7 +30,7 @@
 #    compared with AVSBench tables.
 # 4. Pretrained vs scratch, in numbers and in a Figure 2 style comparison.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 2 min (two trainings of
+# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 1.5 min (two trainings of
 # 3 epochs on 3,000 scenes) · `paper` needs GPUs and AVSBench.
 #
 # **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion

@@ -30,17 +30,15 @@
 # 4. How to read a small-budget ablation honestly. The budget here is tiny, so differences of a few points
 #    can be noise.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` about 1.5 min · `cpu` about 3 min with the manifest's
+# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 2.5 min with the manifest's
 # budget (6 short pre-trainings, each followed by a linear probe) · `paper` is many GPU-days: every variant
 # is a full pre-training.
 #
 # **Budget parameters.** `ablation_overrides` is merged into the config of every variant to shrink
 # pre-training (the manifest sets one per profile), and `sweeps` picks which sweeps run. `pretrain_ckpt`
 # (from 02) is only used as a reference row: the default model at 02's full budget, probed the same way.
-# The manifest's small budgets also swap the probe's plain linear layer for the official per-stream
-# `BatchNorm` heads with a 10× larger lr (`linprobe.head`, `linprobe.train.lr`). With only about 80 probe
-# steps, an unnormalized linear layer hardly moves away from chance (the loss curves in notebook 03 show
-# this), so every variant would look alike.
+# The manifest's `cpu` budget also raises the probe's lr 10× (`linprobe.train.lr`). With only about 130 probe
+# steps, the profile's lr leaves the probe near chance, and every variant would look alike.
 
 # %%
 from avlib import nb
@@ -185,7 +183,7 @@ rows.filter(like="pretrain_nn_").round(1)
 # %% [markdown]
 # ## 4. Reading a small ablation
 #
-# - **Noise first.** At the `cpu` budget every variant sees a few hundred scenes a couple of times. Before
+# - **Noise first.** At the `cpu` budget every variant pre-trains on about a thousand scenes, twice. Before
 #   you believe a difference of a few points, re-run with another `seed` and see whether the ranking
 #   survives (exercise 1). The paper's ablations pre-train for many epochs on VGGSound.
 # - **`none` is the control.** Without fusion blocks the two ViTs exchange nothing. If `none` matches the

@@ -345,22 +345,12 @@ def _gain_generator(rng: np.random.Generator) -> torch.Generator:
 # ----------------------------------------------------------------------------------------------
 # Datasets
 # ----------------------------------------------------------------------------------------------
-class SceneDataset(Dataset):
-    """AV-Digits (``cfg.data.dataset='avdigits'``) or synthetic scenes (``'synthetic'``), one split.
+class _ComposedDataset(Dataset):
+    """What scene and mixture datasets share: a composer for ``split``, the audio front end, a size and
+    an epoch (training items are re-composed every epoch; ``fit`` calls ``set_epoch``)."""
 
-    ``len = cfg.data.train_size / test_size``; items are dicts of tensors (module docstring). The train
-    split applies the random gain (+-``cfg.data.gain_db``); geometry is never augmented, so the maps stay
-    aligned with the grid. ``root`` overrides ``cfg.data.root`` (then ``$AVLIB_DATA_ROOT``, then the cache).
-    """
-
-    def __init__(self, cfg, split: str = "train", task: str | None = None, *, root=None, epoch: int = 0,
-                 size: int | None = None):
-        task = _TASK_ALIASES.get(task, task)
-        if task is not None and task not in TASKS:
-            raise ValueError(f"task={task!r}: one of {TASKS}")
-        if task == "separation":
-            raise ValueError("separation uses MixtureDataset(cfg, split) (mix-and-separate pairs)")
-        self.cfg, self.split, self.task, self.epoch = cfg, split, task, int(epoch)
+    def __init__(self, cfg, split: str, root, epoch: int, size: int | None):
+        self.cfg, self.split, self.epoch = cfg, split, int(epoch)
         self.composer = _Composer(cfg, split, root)
         self.front = AudioFrontEnd(cfg.data)
         self.train = split == "train"
@@ -376,6 +366,25 @@ class SceneDataset(Dataset):
 
     def __len__(self) -> int:
         return self.size
+
+
+class SceneDataset(_ComposedDataset):
+    """AV-Digits (``cfg.data.dataset='avdigits'``) or synthetic scenes (``'synthetic'``), one split.
+
+    ``len = cfg.data.train_size / test_size``; items are dicts of tensors (module docstring). The train
+    split applies the random gain (+-``cfg.data.gain_db``); geometry is never augmented, so the maps stay
+    aligned with the grid. ``root`` overrides ``cfg.data.root`` (then ``$AVLIB_DATA_ROOT``, then the cache).
+    """
+
+    def __init__(self, cfg, split: str = "train", task: str | None = None, *, root=None, epoch: int = 0,
+                 size: int | None = None):
+        task = _TASK_ALIASES.get(task, task)
+        if task is not None and task not in TASKS:
+            raise ValueError(f"task={task!r}: one of {TASKS}")
+        if task == "separation":
+            raise ValueError("separation uses MixtureDataset(cfg, split) (mix-and-separate pairs)")
+        super().__init__(cfg, split, root, epoch, size)
+        self.task = task
 
     def _rng(self, index: int) -> np.random.Generator:
         return self.composer.rng(index, self.epoch if self.train else 0)
@@ -417,7 +426,7 @@ class SceneDataset(Dataset):
                 "glyph_ids": sc.glyph_ids.tolist(), "offscreen": sc.offscreen}
 
 
-class MixtureDataset(Dataset):
+class MixtureDataset(_ComposedDataset):
     """Mix-and-separate pairs (K = 2) for separation: two scenes, each with exactly one sounding object
     and different sounding classes; ``mix_waveform`` = plain sum of the two (after the train-time
     per-source gain), as the official ``MixtureVideoDataset``.
@@ -430,21 +439,7 @@ class MixtureDataset(Dataset):
     K = 2
 
     def __init__(self, cfg, split: str = "train", *, root=None, epoch: int = 0, size: int | None = None):
-        self.cfg, self.split, self.epoch = cfg, split, int(epoch)
-        self.composer = _Composer(cfg, split, root)
-        self.front = AudioFrontEnd(cfg.data)
-        self.train = split == "train"
-        self.size = int(size if size is not None else (cfg.data.train_size if self.train else cfg.data.test_size))
-
-    @property
-    def content(self):
-        return self.composer.content
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.size
+        super().__init__(cfg, split, root, epoch, size)
 
     def _compose(self, index: int) -> tuple[list[_Scene], np.random.Generator]:
         if not 0 <= index < self.size:
