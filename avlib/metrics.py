@@ -44,7 +44,7 @@ __all__ = [
     "avsbench_mask_iou", "avsbench_fscore_curve", "avsbench_miou", "avsbench_fscore",
     "AVSBenchEvaluator", "davf_fscore_binary", "davf_segmentation", "DeepAVFusionSegEvaluator",
     # separation (B3)
-    "bss_eval", "is_silent", "SKIP_RULES", "SeparationEvaluator",
+    "bss_eval", "bss_eval_sdr", "is_silent", "SKIP_RULES", "SeparationEvaluator",
 ]
 
 
@@ -726,6 +726,27 @@ def bss_eval(ref_sources, est_sources) -> dict[str, list[float]]:
     return {"sdr": [float(v) for v in sdr], "sir": [float(v) for v in sir], "sar": [float(v) for v in sar]}
 
 
+def bss_eval_sdr(ref_sources, est_sources) -> list[float]:
+    """The SDR of ``bss_eval`` alone, one single-reference ``bss_eval_sources`` call per source.
+
+    Exactly equal to ``bss_eval(ref, est)["sdr"]``: BSS-eval v3's SDR of source j is
+    ``||P_j e||^2 / ||e - P_j e||^2`` with ``P_j`` the projection of estimate ``e = est[j]`` onto
+    512-tap filtered versions of ``ref[j]`` alone (the other references only split the error into
+    interference and artifacts, i.e. SIR and SAR). Skipping the joint projection onto all K references
+    makes it ~10x cheaper, which matters for the mixture baseline ``sdr_mix`` (tested against ``bss_eval``).
+    """
+    from mir_eval.separation import bss_eval_sources
+
+    ref, est = _as_sources(ref_sources), _as_sources(est_sources)
+    n = min(ref.shape[-1], est.shape[-1])
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for r, e in zip(ref[:, :n], est[:, :n]):
+            out.append(float(bss_eval_sources(r[None], e[None], compute_permutation=False)[0][0]))
+    return out
+
+
 class SeparationEvaluator:
     """Streaming SDR/SIR/SAR with a named skip rule, plus the mixture-as-estimate baseline.
 
@@ -739,7 +760,8 @@ class SeparationEvaluator:
             "batches" -- Sound-of-Pixels: per-sample mean over sources, mean over the kept samples
                 of each `update` call, then the mean over calls; a call with no kept sample adds 0.
         compute_sdr_mix: also score the mixture as the estimate of every source (`sdr_mix`, SoP's
-            baseline) and report `sdri = sdr - sdr_mix` (on the same kept samples). Doubles the cost.
+            baseline) and report `sdri = sdr - sdr_mix` (on the same kept samples). Costs ~10% more
+            (`bss_eval_sdr`: the SDR needs no joint projection).
 
     `update(ref_sources, est_sources, mix=None)`: (B, K, S) (one batch) or (K, S) (one sample);
     `mix` (B, S) / (S,) defaults to the sum of the references (the mixture of both references:
@@ -787,7 +809,7 @@ class SeparationEvaluator:
                 continue
             res = bss_eval(r, e)
             if self.compute_sdr_mix:
-                res["sdr_mix"] = bss_eval(r, np.repeat(m[None, :n], r.shape[0], axis=0))["sdr"]
+                res["sdr_mix"] = bss_eval_sdr(r, np.repeat(m[None, :n], r.shape[0], axis=0))
             results.append(res)
             for k, v in res.items():
                 self.values[k].extend(v)

@@ -39,7 +39,7 @@ from .metrics import (AVSBenchEvaluator, DeepAVFusionSegEvaluator, LocalizationE
                       multi_head_top1, top1)
 from .model import AVMAE, DeepAVFusion, build_avmae, build_encoder
 from .train import History, fit
-from .utils import barrier, is_main_process, resolve_device, seed_everything
+from .utils import barrier, is_main_process, resolve_device, seed_everything, sha256_file
 
 __all__ = ["TASKS", "INITS", "RunResult", "pretrain", "build_task_model", "run_task", "compare_inits",
            "evaluate", "predict_examples", "ablation", "knn_probe", "feature_subsets", "MAIN_METRIC"]
@@ -63,6 +63,17 @@ class RunResult:
     run_dir: Path
     checkpoint: Path | None = None
     seconds: float = 0.0
+
+
+def _fingerprint(cfg: Config, **extra) -> dict[str, Any]:
+    """What decides a run besides its TrainConfig: model, data and seed, plus ``extra`` (task, init,
+    the init checkpoint's content hash). ``fit`` refuses to resume a run directory written under a
+    different fingerprint; tasks start such a run over (``on_mismatch="restart"``)."""
+    return {"seed": cfg.seed, "model": config_to_dict(cfg.model), "data": config_to_dict(cfg.data), **extra}
+
+
+def _checkpoint_id(checkpoint: str | Path | None) -> str | None:
+    return sha256_file(checkpoint) if checkpoint else None
 
 
 def _task_cfg(cfg: Config, task: str):
@@ -141,7 +152,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, device: str = "auto", resume: 
         return res
 
     history = fit(model, train_loader, cfg.pretrain, loss_fn=_avmae_loss, eval_fn=eval_fn, run_dir=run_dir,
-                  device=device, desc="pretrain", resume=resume)
+                  device=device, desc="pretrain", resume=resume, fingerprint=_fingerprint(cfg, task="pretrain"),
+                  on_mismatch="restart")
     ckpt = run_dir / PRETRAIN_CKPT
     if is_main_process():                   # under torchrun only rank 0 writes
         save_checkpoint(ckpt, {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -175,8 +187,9 @@ def _encoder(cfg: Config, init: str, checkpoint: str | Path | None) -> DeepAVFus
 
 
 def build_task_model(task: str, cfg: Config, init: str = "pretrained", checkpoint: str | Path | None = None,
-                     num_classes: int = 10) -> nn.Module:
-    """The task's head on a pre-trained (``init="pretrained"``) or randomly initialized encoder."""
+                     num_classes: int = 10, seg_prior: float | None = None) -> nn.Module:
+    """The task's head on a pre-trained (``init="pretrained"``) or randomly initialized encoder.
+    ``seg_prior``: the segmentation head's starting foreground rate (``AVSegmenter(prior=...)``)."""
     tcfg = _task_cfg(cfg, task)
     encoder = _encoder(cfg, init, checkpoint)
     frozen = tcfg.train.freeze_encoder
@@ -185,9 +198,17 @@ def build_task_model(task: str, cfg: Config, init: str = "pretrained", checkpoin
     if task == "localization":
         return AVLocalizer(encoder, freeze_encoder=frozen)
     if task == "segmentation":
-        return AVSegmenter(encoder, num_classes=1, head=tcfg.head, freeze_encoder=frozen)
+        return AVSegmenter(encoder, num_classes=1, head=tcfg.head, freeze_encoder=frozen,
+                           prior=seg_prior if tcfg.head == "upsample" else None)
     return AVSeparator(encoder, binary_mask=tcfg.binary_mask, weighted_loss=tcfg.weighted_loss,
                        mask_rule=tcfg.mask_rule, freeze_encoder=frozen)
+
+
+def foreground_prior(dataset, n: int = 64) -> float | None:
+    """Mean of the segmentation masks of the first ``n`` training items (``None`` if all empty)."""
+    n = min(n, len(dataset))
+    rate = sum(float(dataset[i]["seg_mask"].float().mean()) for i in range(n)) / max(n, 1)
+    return rate if 0.0 < rate < 1.0 else None
 
 
 def _separation_inputs(batch):
@@ -279,10 +300,14 @@ def run_task(task: str, cfg: Config, run_dir: str | Path, *, init: str = "pretra
     test_size = cfg.separation.eval_mixtures if task == "separation" else None
     train_loader, test_loader = make_loaders(cfg, task, test_size=test_size)
     num_classes = getattr(train_loader.dataset, "num_classes", 10)
-    model = build_task_model(task, cfg, init, checkpoint, num_classes=num_classes)
+    prior = foreground_prior(train_loader.dataset) if task == "segmentation" else None
+    model = build_task_model(task, cfg, init, checkpoint, num_classes=num_classes, seg_prior=prior)
+    ckpt_id = _checkpoint_id(checkpoint) if init == "pretrained" else None
+    fp = _fingerprint(cfg, task=task, init=init, checkpoint=ckpt_id,
+                      protocol={k: v for k, v in config_to_dict(tcfg).items() if k != "train"})
     history = fit(model, train_loader, tcfg.train, loss_fn=_loss_fn(task),
                   eval_fn=lambda m: evaluate(task, m, test_loader, cfg, device), run_dir=run_dir,
-                  device=device, desc=f"{task} ({init})", resume=resume)
+                  device=device, desc=f"{task} ({init})", resume=resume, fingerprint=fp, on_mismatch="restart")
     metrics = {k: v for k, v in (history.last_eval or {}).items() if k not in ("epoch", "step")}
     return RunResult(task, init, metrics, history, model, run_dir, run_dir / "checkpoint_last.pt",
                      time.time() - t0)
@@ -331,6 +356,8 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
     xtr, ytr = _feature_table(encoder, train_loader, device)
     xte, yte = _feature_table(encoder, test_loader, device)
     tcfg = cfg.linprobe.train
+    fp = _fingerprint(cfg, task="feature_subsets", init=init,
+                      checkpoint=_checkpoint_id(checkpoint) if init == "pretrained" else None)
     rows = []
     for subset in subsets:
         cat = lambda x: torch.cat([x[k] for k in subset], dim=1)          # (N, D * len(subset))
@@ -339,7 +366,7 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
         loader = DataLoader(TensorDataset(cat(xtr), ytr), batch_size=tcfg.batch_size, shuffle=True, generator=g)
         fit(head, loader, replace(tcfg, freeze_encoder=False), run_dir=run_dir / "+".join(subset),
             loss_fn=lambda m, b: (F.cross_entropy(m(b[0]), b[1]), {}), device=device,
-            desc=f"probe {'+'.join(subset)}")
+            desc=f"probe {'+'.join(subset)}", fingerprint=fp, on_mismatch="restart")
         head.eval()
         with torch.no_grad():
             acc = top1(head(cat(xte).to(device)).cpu(), yte)

@@ -552,6 +552,18 @@ def _config_diff(saved: Mapping, cfg: TrainConfig) -> list[str]:
             for k in keys if saved.get(k, "<missing>") != now.get(k, "<missing>")]
 
 
+def _fingerprint_diff(saved: Mapping, now: Mapping, prefix: str = "") -> list[str]:
+    """Differences between two nested fingerprints, as ``key: checkpoint X != now Y`` lines."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k, "<missing>"), now.get(k, "<missing>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _fingerprint_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: checkpoint {a!r} != now {b!r}")
+    return out
+
+
 def _format_logs(values: Mapping[str, float]) -> str:
     return " | ".join(f"{k} {v:.4f}" for k, v in values.items())
 
@@ -572,7 +584,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         run_dir: str | os.PathLike, device: str | torch.device = "cpu", desc: str = "train",
         resume: bool = True, callbacks: Iterable[Callable[[StepInfo], None]] | None = None,
         ddp: bool | Mapping | None = None, stop_after_steps: int | None = None,
-        layer_id: Callable[[str], int] | None = None) -> History:
+        layer_id: Callable[[str], int] | None = None, fingerprint: Mapping[str, Any] | None = None,
+        on_mismatch: str = "raise") -> History:
     """Train ``model`` on ``train_loader`` following ``cfg``; checkpoint, log and evaluate on the way.
 
     Args:
@@ -605,6 +618,11 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             more than one process; ``True``/``False`` force it; a dict gives the DDP kwargs.
         stop_after_steps: test hook, same as a callback raising ``StopTraining`` after that global step.
         layer_id: override for layer-wise lr decay (default: ``model.layer_id`` or ``layer_id_for``).
+        fingerprint: what else decides the result besides ``cfg`` (JSON-able: model / data config, the
+            init checkpoint's content hash, ...). Stored in the checkpoint; resuming compares it like the
+            TrainConfig, so a run directory is never re-used for a different model or initialization.
+        on_mismatch: what resuming does when the checkpoint was written by a run that trains
+            differently: ``"raise"`` (``ResumeError``) or ``"restart"`` (warn, start over, overwrite).
 
     Returns:
         ``History`` (also in ``run_dir/history.json``).
@@ -667,16 +685,25 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     pos = _Position()
     window: list[dict] = []               # per-step values since the last log line
     epoch_start_rng = None            # set when resuming mid-epoch
-    if resume and ckpt_path.exists():
-        ckpt = load_ckpt(ckpt_path)
+    if on_mismatch not in ("raise", "restart"):
+        raise ValueError(f"on_mismatch={on_mismatch!r}: 'raise' or 'restart'")
+    fingerprint = json.loads(json.dumps(dict(fingerprint or {}), default=str))   # as it reads back
+    ckpt = load_ckpt(ckpt_path) if resume and ckpt_path.exists() else None
+    if ckpt is not None:
         problems = _config_diff(ckpt["train_config"], cfg)
         for key, now in (("eff_batch", eff_batch), ("steps_per_epoch", steps_per_epoch)):
             if ckpt.get(key) != now:
                 problems.append(f"{key}: checkpoint {ckpt.get(key)!r} != now {now!r}")
+        problems += _fingerprint_diff(ckpt.get("fingerprint", {}), fingerprint)
         if problems:
-            raise ResumeError(f"{ckpt_path} was written by a run that trains differently:\n  "
-                              + "\n  ".join(problems)
-                              + "\nUse another run_dir, delete the checkpoint, or call fit(..., resume=False).")
+            msg = f"{ckpt_path} was written by a run that trains differently:\n  " + "\n  ".join(problems)
+            if on_mismatch == "raise":
+                raise ResumeError(msg + "\nUse another run_dir, delete the checkpoint, or call "
+                                        "fit(..., resume=False).")
+            if main:
+                warnings.warn(msg + "\nStarting over (the old checkpoint will be overwritten).", stacklevel=2)
+            ckpt = None
+    if ckpt is not None:
         raw.load_state_dict(ckpt["model"])
         flags = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -726,7 +753,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                      "epoch": at.epoch, "batch": at.batch, "step": at.step, "rng": rngs,
                      "epoch_start_rng": starts, "train_config": config_to_dict(cfg), "eff_batch": eff_batch,
                      "steps_per_epoch": steps_per_epoch, "world_size": world, "history": history.to_dict(),
-                     "window": list(window)}
+                     "window": list(window), "fingerprint": fingerprint}
             save_ckpt(ckpt_path, state)
             history.to_json(hist_path)
 

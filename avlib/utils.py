@@ -15,9 +15,12 @@ GPUs and gloo on CPU. Every helper below also works (as the trivial single-proce
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +29,18 @@ import torch.distributed as dist
 __all__ = [
     "seed_everything", "resolve_device", "seed_worker", "DistInfo", "init_distributed",
     "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_mean", "barrier", "cleanup",
+    "sha256_file",
 ]
+
+
+def sha256_file(path: str | os.PathLike, *, gunzip: bool = False) -> str:
+    """Hex sha256 of a file's content (of its decompressed content with ``gunzip``), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    opener = gzip.open if gunzip else open
+    with opener(Path(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ device: str = "auto"  # auto | cpu | cuda (nothing here needs a GPU)
 out_dir: str = ""  # metrics and figures; empty means reports/<profile>/00_data/
 run_dir: str = ""  # unused here (no training); empty means runs/<profile>/00_data/
 overrides: dict = {}  # config overrides as dotted keys, e.g. {"data.grid": 3}
+explorers: bool = True  # show the ipywidgets explorer (papermill may hang on it, so the runner passes False)
 dataset: str = "avdigits"  # avdigits (MNIST + FSDD) | synthetic (procedural shapes and tones, no files)
 
 # %%
@@ -289,11 +290,12 @@ display(fig, player)
 # ## 8. Explore
 #
 # Drag the slider to browse the test scenes, each with its ground truth and an audio player. This is the
-# same `render_scene` call as above, wired to a slider. (In an executed report the slider is inert. Open
-# the notebook in JupyterLab to use it.)
+# same `render_scene` call as above, wired to a slider. It needs JupyterLab with ipywidgets; batch runs
+# pass `explorers=False` (papermill can hang on widget output), and the static figures above stand in.
 
 # %%
-widgets.scene_explorer(test_ds)
+if explorers:                                 # JupyterLab; the runner passes explorers=False
+    display(widgets.scene_explorer(test_ds))
 
 # %% [markdown]
 # ## 9. How fast can we make scenes?

@@ -375,6 +375,25 @@ def test_separation_loss_weighting():
         AVSeparator(FakeEncoder(**cfg), mask_rule="max")
 
 
+def test_segmentation_prior_sets_the_starting_rate():
+    torch.manual_seed(0)
+    cfg = GRIDS["cpu"]
+    image, audio = make_inputs(cfg, batch=4)
+    mask = torch.zeros(4, *cfg["image_size"])
+    mask[:, 10:20, 10:20] = 1.0                                           # ~2.4% foreground
+    prior = mask.mean().item()
+    seg = AVSegmenter(FakeEncoder(**cfg), 1, prior=prior).eval()
+    with torch.no_grad():
+        p = torch.sigmoid(seg(image, audio))
+    assert p.mean().item() == pytest.approx(prior, rel=0.2)               # starts at the base rate
+    base = AVSegmenter(FakeEncoder(**cfg), 1).eval()
+    with torch.no_grad():
+        # at the base rate the BCE is the entropy of the prior (~0.11 here), well below the default start
+        assert segmentation_loss(seg(image, audio), mask) < 0.2 < segmentation_loss(base(image, audio), mask)
+    with pytest.raises(ValueError, match="prior"):
+        AVSegmenter(FakeEncoder(**cfg), 1, prior=1.0)
+
+
 def test_segmentation_loss_binary_and_multiclass():
     logits1 = torch.randn(2, 1, 8, 8)
     mask = (torch.rand(2, 8, 8) > 0.5).float()

@@ -328,6 +328,22 @@ def test_resume_refuses_a_different_config(tmp_path):
     _run(tmp_path, "make_loader", small_cfg(lr=2e-2, max_steps=4), resume=False)      # explicit restart
 
 
+def test_resume_refuses_a_different_fingerprint(tmp_path):
+    # same TrainConfig, different model / init: a finished run must not be handed back as if it were this one
+    cfg = small_cfg(epochs=1)
+    fp = {"model": {"depth": 2}, "checkpoint": "abc"}
+    _run(tmp_path, "make_loader", cfg, fingerprint=fp)
+    calls = []
+    _run(tmp_path, "make_loader", cfg, fingerprint=fp, callbacks=[calls.append])    # same: re-used
+    assert calls == []
+    with pytest.raises(T.ResumeError, match=r"model.depth: checkpoint 2 != now 3"):
+        _run(tmp_path, "make_loader", cfg, fingerprint={**fp, "model": {"depth": 3}})
+    with pytest.warns(UserWarning, match=r"(?s)checkpoint: checkpoint 'abc' != now 'xyz'.*Starting over"):
+        _run(tmp_path, "make_loader", cfg, fingerprint={**fp, "checkpoint": "xyz"}, on_mismatch="restart",
+             callbacks=[calls.append])
+    assert len(calls) == 10 and _ckpt(tmp_path)["fingerprint"]["checkpoint"] == "xyz"
+
+
 def test_finished_run_returns_without_training(tmp_path):
     cfg = small_cfg(epochs=1)
     _, first = _run(tmp_path, "make_loader", cfg)

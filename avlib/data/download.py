@@ -34,6 +34,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..utils import sha256_file
+
 __all__ = ["download", "download_fsdd", "download_mnist", "build_manifest", "load_manifest", "verify_fsdd",
            "verify_mnist_file", "DownloadError", "ChecksumError", "FSDD_URLS", "MNIST_MIRRORS", "MANIFEST_PATH",
            "main"]
@@ -71,13 +73,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: Path, *, gunzip: bool = False) -> str:
-    h = hashlib.sha256()
-    opener = gzip.open if gunzip else open
-    with opener(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fsdd_digest(rec_dir: Path) -> tuple[int, str]:
@@ -85,7 +80,7 @@ def fsdd_digest(rec_dir: Path) -> tuple[int, str]:
     names = sorted(p.name for p in Path(rec_dir).glob("*.wav"))
     h = hashlib.sha256()
     for n in names:
-        h.update(f"{n}\t{_sha256_file(Path(rec_dir) / n)}\n".encode())
+        h.update(f"{n}\t{sha256_file(Path(rec_dir) / n)}\n".encode())
     return len(names), h.hexdigest()
 
 
@@ -179,7 +174,7 @@ def _try_sources(urls: Sequence[str], dest: Path, verify, *, progress: bool, tim
 # ----------------------------------------------------------------------------------------------
 def verify_mnist_file(path: Path, expected: dict) -> None:
     try:
-        got = _sha256_file(path, gunzip=True)
+        got = sha256_file(path, gunzip=True)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise ChecksumError(f"{path.name}: not a valid gzip file ({e})") from e
     if got != expected["sha256_decompressed"]:
