@@ -211,6 +211,10 @@ class ClassificationConfig:
     # subset of pooled features fed to the linear layer [supp A.1]; main paper: audio + visual
     features: tuple[str, ...] = ("audio", "visual")
     head: str = "linear"                 # linear [supp] | official (BN + one head per stream, avg logits)
+    # linear probe only: the frozen encoder pools every train / test item once and the head trains on
+    # those cached features (one pass of the encoder instead of one per epoch, so a small profile can
+    # train the probe to convergence; no per-epoch re-composition / augmentation of the train scenes)
+    cache_features: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "features", tuple(self.features))
@@ -313,18 +317,29 @@ def _small(profile: str, *, embed_dim, depth, num_heads, fusion_heads, patch, im
                         num_aggr_audio_tokens=tokens[2], fusion_num_heads=fusion_heads,
                         decoder_embed_dim=decoder_dim, decoder_depth=decoder_depth,
                         decoder_num_heads=decoder_heads)
+    # Small grids change the masked-modeling recipe (deliberate deviation, measured at the cpu profile):
+    # at patch 16 a 64 px image / 64x64 mel is a 4x4 grid, so the official 0.75 / 0.8 ratios leave 4 / 3
+    # visible tokens. With them (and lr 1e-3) the encoder's pooled features drift to low-level
+    # reconstruction: 1-NN audio accuracy fell from 44.6% (random encoder) to 28.8% and fine-tuning from
+    # it lost to scratch (41.0 vs 56.2% top-1). Mask ratio 0.5 and lr 3e-4 keep 8 tokens per modality
+    # and the features useful (fine-tune 64.0 vs 56.2%; converged probe on audio+visual+fusion 58.8 vs 51.6%).
+    model = replace(model, image_mask_ratio=0.5, audio_mask_ratio=0.5)
     pretrain = TrainConfig(epochs=pre_epochs, warmup_epochs=max(1, pre_epochs // 5), batch_size=batch,
-                           lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), log_every=20,
+                           lr=3e-4, weight_decay=0.05, betas=(0.9, 0.95), log_every=20,
                            eval_every=0, ckpt_every=1)
     tasks = _supplement_tasks(*task_epochs, batch=batch, log_every=20, eval_every=0, ckpt_every=0)
-    # full-model protocols keep the supplement's Adam lr 1e-4; the linear probe trains one linear layer
-    # for only a few hundred steps, so it gets a larger lr (1e-3)
-    tasks["linprobe"] = replace(tasks["linprobe"], train=replace(tasks["linprobe"].train, lr=1e-3))
+    # full-model protocols keep the supplement's Adam lr 1e-4. The linear probe trains on features the
+    # frozen encoder caches once (cache_features), so it can afford the epochs to converge (lr 1e-3); an
+    # under-trained probe measures the optimizer, not the features (5 epochs: random 31.6% vs converged 51.6%).
+    # Its features are all three pooled streams, as in the official probe: at this scale the fusion tokens
+    # are where pre-training shows (the supplement's subset analysis, notebook 03, has every subset).
+    tasks["linprobe"] = replace(tasks["linprobe"], cache_features=True, features=("audio", "visual", "fusion"),
+                                train=replace(tasks["linprobe"].train, lr=1e-3))
     # a mixture of K=2 sources gives two predictions: half the mixtures per batch, same compute;
-    # BSS-eval costs ~0.1 s per mixture, so the test split is scored on its first mixtures only
+    # BSS-eval costs ~0.4 s per mixture (8 kHz, 1 s) on one core, so the test split is scored on its first mixtures only
     sep = tasks["separation"]
     tasks["separation"] = replace(sep, train=replace(sep.train, batch_size=max(1, batch // 2)),
-                                  eval_mixtures=min(test_size, 160))
+                                  eval_mixtures=min(test_size, 100))
     return Config(profile=profile, model=model, data=data, pretrain=pretrain, **tasks)
 
 
@@ -332,11 +347,11 @@ PROFILES = {
     # tests: seconds
     "smoke": lambda: _small("smoke", embed_dim=32, depth=2, num_heads=2, fusion_heads=2, patch=16, image=32,
                             mels=32, tokens=(2, 2, 2), decoder_dim=16, decoder_depth=1, decoder_heads=2,
-                            train_size=32, test_size=16, pre_epochs=1, task_epochs=(1, 1, 1, 1, 1), batch=8),
+                            train_size=32, test_size=16, pre_epochs=1, task_epochs=(2, 1, 1, 1, 1), batch=8),
     # the main job: the whole story on a 2-core laptop in minutes
     "cpu": lambda: _small("cpu", embed_dim=96, depth=4, num_heads=4, fusion_heads=4, patch=16, image=64,
                           mels=64, tokens=(4, 4, 4), decoder_dim=64, decoder_depth=2, decoder_heads=4,
-                          train_size=3000, test_size=500, pre_epochs=10, task_epochs=(5, 3, 3, 3, 3),
+                          train_size=3000, test_size=500, pre_epochs=10, task_epochs=(100, 3, 3, 3, 3),
                           batch=64),
     # official ViT-B (yaml default fusion 0.25 / 4.0), real benchmarks, GPUs
     "paper": _paper,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -299,7 +299,10 @@ class AVClassifier(_EncoderTaskModel):
     def forward_heads(self, image: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per head: ``{"all": (B, C)}`` plus ``{feature: (B, C)}`` for ``head="official"``
         (per-head top-1 as in the official eval)."""
-        g = self.pooled(image, audio)
+        return self.classify_pooled(self.pooled(image, audio))
+
+    def classify_pooled(self, g: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``forward_heads`` from pooled features ``{feature: (B, D)}`` (e.g. cached by a frozen encoder)."""
         if self.head_type == "linear":
             return {"all": self.head(self.norm(torch.cat([g[f] for f in self.features], dim=1)))}
         logits = {}

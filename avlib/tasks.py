@@ -305,9 +305,17 @@ def run_task(task: str, cfg: Config, run_dir: str | Path, *, init: str = "pretra
     ckpt_id = _checkpoint_id(checkpoint) if init == "pretrained" else None
     fp = _fingerprint(cfg, task=task, init=init, checkpoint=ckpt_id,
                       protocol={k: v for k, v in config_to_dict(tcfg).items() if k != "train"})
-    history = fit(model, train_loader, tcfg.train, loss_fn=_loss_fn(task),
-                  eval_fn=lambda m: evaluate(task, m, test_loader, cfg, device), run_dir=run_dir,
-                  device=device, desc=f"{task} ({init})", resume=resume, fingerprint=fp, on_mismatch="restart")
+    eval_fn = lambda m: evaluate(task, model, test_loader, cfg, device)     # noqa: E731
+    if getattr(tcfg, "cache_features", False):
+        if not tcfg.train.freeze_encoder:
+            raise ValueError(f"{task}.cache_features needs a frozen encoder ({task}.train.freeze_encoder=True)")
+        feats, labels = _feature_table(model.encoder, train_loader, device)
+        history = _fit_cached_probe(model, feats, labels, tcfg.train, seed=cfg.seed, run_dir=run_dir,
+                                    device=device,
+                                    desc=f"{task} ({init})", eval_fn=eval_fn, resume=resume, fingerprint=fp)
+    else:
+        history = fit(model, train_loader, tcfg.train, loss_fn=_loss_fn(task), eval_fn=eval_fn, run_dir=run_dir,
+                      device=device, desc=f"{task} ({init})", resume=resume, fingerprint=fp, on_mismatch="restart")
     metrics = {k: v for k, v in (history.last_eval or {}).items() if k not in ("epoch", "step")}
     return RunResult(task, init, metrics, history, model, run_dir, run_dir / "checkpoint_last.pt",
                      time.time() - t0)
@@ -336,16 +344,48 @@ def _feature_table(encoder: DeepAVFusion, loader, device) -> tuple[dict[str, tor
     return {k: torch.cat(v)[keep] for k, v in feats.items()}, y[keep]
 
 
+class _PooledProbe(nn.Module):
+    """A frozen-encoder classifier's heads alone, fed cached pooled features ``{feature: (B, D)}``.
+    The heads are the classifier's own modules (shared), so training this trains the classifier."""
+
+    def __init__(self, classifier: AVClassifier):
+        super().__init__()
+        self.heads = nn.ModuleDict({n: m for n, m in classifier.named_children() if n != "encoder"})
+        self._classifier = (classifier,)            # a tuple: not registered as a submodule
+
+    def forward(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self._classifier[0].classify_pooled(feats)["all"]
+
+
+def _fit_cached_probe(classifier: AVClassifier, feats: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                      tcfg, *, seed: int, run_dir, device, desc, eval_fn=None, resume=True,
+                      fingerprint=None) -> History:
+    """Train ``classifier``'s heads on cached pooled features with the one training loop (``fit``)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    names = classifier.features
+    data = TensorDataset(*[feats[f] for f in names], labels)
+    loader = DataLoader(data, batch_size=tcfg.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    probe = _PooledProbe(classifier)
+
+    def loss(m, b):                                  # b = (feature tensors in ``names`` order..., labels)
+        return F.cross_entropy(m(dict(zip(names, b[:-1]))), b[-1]), {}
+
+    return fit(probe, loader, replace(tcfg, freeze_encoder=False), loss_fn=loss,
+               eval_fn=None if eval_fn is None else (lambda _: eval_fn(classifier)), run_dir=run_dir,
+               device=device, desc=desc, resume=resume, fingerprint=fingerprint, on_mismatch="restart")
+
+
 def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained",
                     checkpoint: str | Path | None = None, subsets=None, device: str = "auto") -> list[dict]:
     """Linear probes on every non-empty subset of the pooled {audio, visual, fusion} features [supp A.1].
 
-    The frozen encoder runs once over the train and test splits; each subset then trains a linear
-    layer on the cached features with the same ``fit`` loop and the ``linprobe`` recipe. Returns one
-    row per subset: ``{"features": "audio+visual", "top1": ...}``.
+    The frozen encoder runs once over the train and test splits; each subset then trains the
+    ``linprobe`` head (``cfg.linprobe.head``) on the cached features with the same ``fit`` loop and the
+    ``linprobe`` recipe (``_fit_cached_probe``, as ``run_task`` with ``linprobe.cache_features``).
+    Returns one row per subset: ``{"features": "audio+visual", "init": ..., "top1": ...}``.
     """
     from itertools import combinations
-    from torch.utils.data import TensorDataset, DataLoader
     run_dir = Path(run_dir)
     device = resolve_device(device)
     seed_everything(cfg.seed)
@@ -355,22 +395,18 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
     train_loader, test_loader = make_loaders(cfg, "linprobe")
     xtr, ytr = _feature_table(encoder, train_loader, device)
     xte, yte = _feature_table(encoder, test_loader, device)
-    tcfg = cfg.linprobe.train
     fp = _fingerprint(cfg, task="feature_subsets", init=init,
                       checkpoint=_checkpoint_id(checkpoint) if init == "pretrained" else None)
     rows = []
     for subset in subsets:
-        cat = lambda x: torch.cat([x[k] for k in subset], dim=1)          # (N, D * len(subset))
-        head = nn.Sequential(nn.BatchNorm1d(cat(xtr).shape[1], affine=False), nn.Linear(cat(xtr).shape[1], 10))
-        g = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(TensorDataset(cat(xtr), ytr), batch_size=tcfg.batch_size, shuffle=True, generator=g)
-        fit(head, loader, replace(tcfg, freeze_encoder=False), run_dir=run_dir / "+".join(subset),
-            loss_fn=lambda m, b: (F.cross_entropy(m(b[0]), b[1]), {}), device=device,
-            desc=f"probe {'+'.join(subset)}", fingerprint=fp, on_mismatch="restart")
-        head.eval()
+        clf = AVClassifier(encoder, 10, features=subset, head=cfg.linprobe.head, freeze_encoder=True)
+        _fit_cached_probe(clf, xtr, ytr, cfg.linprobe.train, seed=cfg.seed, run_dir=run_dir / "+".join(subset),
+                          device=device,
+                          desc=f"probe {'+'.join(subset)}", fingerprint={**fp, "head": cfg.linprobe.head})
+        clf.eval()
         with torch.no_grad():
-            acc = top1(head(cat(xte).to(device)).cpu(), yte)
-        rows.append({"features": "+".join(subset), "init": init, "top1": acc})
+            logits = clf.classify_pooled({f: xte[f].to(device) for f in clf.features})["all"]
+        rows.append({"features": "+".join(subset), "init": init, "top1": top1(logits.cpu(), yte)})
     return rows
 
 
