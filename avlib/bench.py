@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 MODES = ("explicit", "separable")       # reference first
+FAST_MODE = "separable+bf16"            # every fast switch that applies on any device: exact pairs + bf16 autocast
 RELEASE_PROFILES = ("paper", "vggsound_release", "as2m_release")
 RESULT_TAG = "BENCH_RESULT "
 GiB, MiB = 2 ** 30, 2 ** 20
@@ -255,6 +256,7 @@ class BenchOptions:
     loader_batches: int = 20
     loader_workers: tuple[int, ...] = (0, 2)
     seed: int = 0
+    fast_path: bool = True             # section 1: also time every fast switch at once vs the reference
 
     def __post_init__(self):
         if self.threads is None:
@@ -504,12 +506,13 @@ def _time_modes(job: dict, make_step: Callable[[dict, str], Step]) -> dict:
 def _model_step(job: dict, mode: str) -> Step:
     """``pretrain``: AVMAE forward + backward (+ AdamW); ``inference``: encoder forward, no_grad, no masking."""
     from avlib.model import build_avmae, build_encoder
-    cfg = model_config(job["config"], mode, job.get("grad_ckpt", False))
+    pair, _, amp_mode = mode.partition("+")                           # e.g. "separable+bf16" (FAST_MODE)
+    cfg = model_config(job["config"], pair, job.get("grad_ckpt", False))
     device, B = torch.device(job["device"]), job["batch"]
     g = torch.Generator().manual_seed(job.get("seed", 0))            # same inputs for every mode
     image = torch.randn(B, 3, *cfg.image_size, generator=g).to(device)
     audio = torch.randn(B, 1, *cfg.audio_size, generator=g).to(device)
-    amp = _autocast(device, job.get("amp", "none"))
+    amp = _autocast(device, amp_mode or job.get("amp", "none"))
     if job["kind"] == "inference":
         model = build_encoder(cfg).to(device).eval()
         fwd = torch.compile(model) if job.get("compile") else model
@@ -696,6 +699,13 @@ def bench_models(kind: str, specs: list[str], opts: BenchOptions) -> list[dict]:
                "flops": avmae_flops(cfg, B)["train"] if kind == "pretrain" else encoder_flops(cfg, B)}
         _pair_stats(row)
         _log_row(f"{kind:9s} {spec:24s} B={B:<3d}", row)
+        if kind == "pretrain" and opts.fast_path and opts.amp == "none":
+            # the reference (explicit pairs, fp32) against every fast switch at once, interleaved in one process
+            fast = run_modes({**job, "modes": ["explicit", FAST_MODE]}, need, opts)
+            row["fast"] = {"explicit": fast["explicit"], "separable": fast[FAST_MODE]}
+            _pair_stats(row["fast"])
+            _log(f"{kind:9s} {spec:24s} B={B:<3d} {FAST_MODE} " + (_fmt_s(fast[FAST_MODE]["median_s"])
+                                                                  if fast[FAST_MODE].get("ok") else fast[FAST_MODE]["error"]))
         rows.append(row)
     return rows
 
@@ -929,6 +939,18 @@ def format_report(results: dict, opts: BenchOptions) -> str:
                 "aggregation tokens, so the whole-model difference between the paths is small; "
                 "`name:dense` rows show the dense block in the same model. Official §1.7: AVMAE fwd+bwd at "
                 "batch 2, 2 threads, 2-core Xeon, torch 2.14.1 (another CPU: indicative only).", ""]
+        fast = [r for r in results["pretrain"] if "fast" in r]
+        if fast:
+            out += ["**Fast path vs reference**: explicit pairs in fp32 (the reference) against the exact "
+                    "separable pairs under bf16 autocast (`TrainConfig.amp='bf16'`; on CPU it needs AVX512-BF16 "
+                    "or AMX to pay off), timed interleaved in one process. bf16 changes the numbers within "
+                    "bf16 rounding (tests/test_model.py checks the agreement).", "",
+                    _table(["config", "B", "reference: explicit fp32 (min–max)", f"fast: {FAST_MODE} (min–max)",
+                            "**speedup** (per-round range)", "reference peak mem", "fast peak mem"],
+                           [[r["config"], r["batch"], _fmt_timing(r["fast"]["explicit"]),
+                             _fmt_timing(r["fast"]["separable"]), _speedup(r["fast"]),
+                             _fmt_bytes(r["fast"]["explicit"].get("peak_bytes")),
+                             _fmt_bytes(r["fast"]["separable"].get("peak_bytes"))] for r in fast]), ""]
     if "inference" in results:
         out += ["## 2. Inference (encoder forward, no masking, no_grad)", "",
                 _model_table(results["inference"], "inference", opts), ""]
@@ -983,6 +1005,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast for sections 1-3")
     p.add_argument("--optimizer", action="store_true", help="include an AdamW step in the pretraining step")
+    p.add_argument("--no-fast-path", action="store_true", help="skip section 1's explicit-fp32 vs separable+bf16 rows")
     p.add_argument("--compile", action="store_true", help="CUDA section 5: torch.compile and grad-checkpointing rows")
     p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s for MFU (default: from the GPU name)")
     p.add_argument("--micro-batches", help="fusion block batches (default 8,64; --quick 8)")
@@ -1024,7 +1047,7 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer=args.optimizer, amp=args.amp, compile=args.compile, isolate=False if args.no_isolate else None,
         mem_fraction=args.mem_fraction, peak_tflops=args.peak_tflops, loader_config=args.loader_config,
         loader_batches=args.loader_batches or (5 if args.quick else 20),
-        loader_workers=tuple(_csv(args.loader_workers, int)))
+        loader_workers=tuple(_csv(args.loader_workers, int)), fast_path=not args.no_fast_path)
     micro_batches = tuple(_csv(args.micro_batches, int)) if args.micro_batches else ((8,) if args.quick else (8, 64))
 
     results: dict[str, Any] = {"machine": machine_info(opts), "options": asdict(opts), "configs": specs,

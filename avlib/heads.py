@@ -422,7 +422,7 @@ class AVSegmenter(_EncoderTaskModel):
        ``D/2, D/4, D/8`` (floor ``min_width``): ``gh -> 8 gh``.
     4. ``classifier`` Conv1x1 -> ``num_classes`` and a bilinear resize to the image size (a 1x1 conv
        commutes exactly with bilinear resizing, so this equals resize-then-conv at a fraction of the
-       cost). Works on any grid: smoke 2x2 -> 16 -> 32 px, cpu 8x8 -> 64 px, paper 14x14 -> 112 -> 224 px.
+       cost). Works on any grid: smoke 2x2 -> 16 -> 32 px, cpu 4x4 -> 32 -> 64 px, paper 14x14 -> 112 -> 224 px.
        With ``prior`` (the foreground fraction of the training masks) the classifier starts at that
        rate, as in RetinaNet (weights N(0, 0.01^2), bias logit(prior)): sounding pixels are a few
        percent of an image, and a kaiming-initialized 1x1 conv starts at a per-pixel BCE of ~3 that the

@@ -371,9 +371,12 @@ def _fit_cached_probe(classifier: AVClassifier, feats: Mapping[str, torch.Tensor
     def loss(m, b):                                  # b = (feature tensors in ``names`` order..., labels)
         return F.cross_entropy(m(dict(zip(names, b[:-1]))), b[-1]), {}
 
-    return fit(probe, loader, replace(tcfg, freeze_encoder=False), loss_fn=loss,
+    # many tiny epochs: no per-epoch progress bars, a log line every 5 epochs (both result-neutral)
+    quiet = replace(tcfg, freeze_encoder=False, log_every=max(tcfg.log_every, 5 * len(loader)))
+    return fit(probe, loader, quiet, loss_fn=loss,
                eval_fn=None if eval_fn is None else (lambda _: eval_fn(classifier)), run_dir=run_dir,
-               device=device, desc=desc, resume=resume, fingerprint=fingerprint, on_mismatch="restart")
+               device=device, desc=desc, resume=resume, fingerprint=fingerprint, on_mismatch="restart",
+               step_bars=False)
 
 
 def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained",

@@ -585,7 +585,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         resume: bool = True, callbacks: Iterable[Callable[[StepInfo], None]] | None = None,
         ddp: bool | Mapping | None = None, stop_after_steps: int | None = None,
         layer_id: Callable[[str], int] | None = None, fingerprint: Mapping[str, Any] | None = None,
-        on_mismatch: str = "raise") -> History:
+        on_mismatch: str = "raise", step_bars: bool = True) -> History:
     """Train ``model`` on ``train_loader`` following ``cfg``; checkpoint, log and evaluate on the way.
 
     Args:
@@ -623,6 +623,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             TrainConfig, so a run directory is never re-used for a different model or initialization.
         on_mismatch: what resuming does when the checkpoint was written by a run that trains
             differently: ``"raise"`` (``ResumeError``) or ``"restart"`` (warn, start over, overwrite).
+        step_bars: a progress bar per epoch (besides the epoch bar); off for runs of many tiny epochs.
 
     Returns:
         ``History`` (also in ``run_dir/history.json``).
@@ -809,7 +810,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                 epoch_start_state = _loader_rng_state(train_loader)
                 batches = iter(train_loader)
             step_bar = tqdm(total=steps_per_epoch, initial=pos.batch // cfg.accum_steps, leave=False,
-                            desc=f"{desc} epoch {pos.epoch + 1}/{cfg.epochs}", dynamic_ncols=True, **quiet)
+                            desc=f"{desc} epoch {pos.epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
+                            **(quiet if step_bars else {"disable": True}))
             while pos.batch + cfg.accum_steps <= steps_per_epoch * cfg.accum_steps and pos.step < total_steps:
                 epoch_float = pos.epoch + pos.batch / num_batches
                 sums: dict[str, torch.Tensor] = {}

@@ -67,6 +67,11 @@ def test_subprocess_job_matches_contract():
     assert rows[0]["explicit"]["mem_method"] and rows[0]["separable"]["params"] > 0
     for mode in ("explicit", "separable"):
         _assert_timed(rows[0][mode])
+        _assert_timed(rows[0]["fast"][mode])             # reference vs separable+bf16 (bench.FAST_MODE)
+    assert "Fast path vs reference" in bench.format_report({"machine": {}, "pretrain": rows}, opts)
+    no_fast = bench.bench_models("pretrain", ["smoke"], bench.BenchOptions(
+        device="cpu", threads=1, warmup=0, repeats=1, isolate=True, fast_path=False))
+    assert "fast" not in no_fast[0]
 
 
 def test_memory_guard_skips_the_explicit_path():

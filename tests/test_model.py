@@ -76,6 +76,29 @@ def test_grad_checkpointing_gives_the_same_gradients():
             torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize("arch", ["dense", "factorized"])
+def test_bf16_autocast_fast_path_agrees_with_fp32(arch):
+    # the benchmark's fast path (separable pairs under bf16 autocast, avlib.bench.FAST_MODE) against the
+    # reference (explicit pairs in fp32): same loss and gradients up to bf16 rounding (8 mantissa bits)
+    cfg = replace(make_config("cpu").model, fusion_arch=arch)
+    fast, ref = twin_models(AVMAE, cfg)
+    image, audio = random_inputs(cfg, batch=4)
+    results = []
+    for model, amp in ((ref, False), (fast, True)):
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(image, audio, generator=torch.Generator().manual_seed(5))
+        out.loss.backward()
+        grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+        results.append((out.loss.float(), out.pred_audio.float(), grads))
+    (l0, f0, g0), (l1, f1, g1) = results
+    assert out.loss.dtype == torch.float32                  # losses are computed in fp32 under autocast
+    assert abs(l1 - l0) / l0 < 5e-3
+    assert torch.nn.functional.cosine_similarity(f1.flatten(), f0.flatten(), dim=0) > 0.999
+    assert torch.nn.functional.cosine_similarity(g1, g0, dim=0) > 0.99
+    assert (g1 - g0).norm() / g0.norm() < 0.05, ((l1 - l0) / l0, (g1 - g0).norm() / g0.norm())
+
+
 def test_partial_fusion_layers_keep_official_indices():
     cfg = smoke_cfg(depth=3, fusion_layers=(0, 2))
     model = DeepAVFusion(cfg)
