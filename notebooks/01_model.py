@@ -35,7 +35,7 @@
 # 4. See why "dense" pair attention is exactly two ordinary cross-attentions (a linear-cost
 #    shortcut), and what that means for the paper's dense-vs-factorized ablation.
 #
-# **Expected runtime** (2-core machine, no GPU): smoke ≈ 15 s · cpu ≈ 20 s · paper ≈ 2 min (ViT-B-sized
+# **Expected runtime** (2-core machine, no GPU): smoke ≈ 15 s · cpu ≈ 15 s · paper ≈ 2 min (ViT-B-sized
 # encoders are built for the exactness check). The timing cell always uses one paper-sized fusion block.
 
 # %%
@@ -104,13 +104,14 @@ nb.check_shape(xa, ("B", Na, D), "audio tokens")
 print("pos_embed trainable:", enc.image.pos_embed.requires_grad)
 
 # %% [markdown]
-# ## 2. Masking (MAE): drop most tokens before the encoder
+# ## 2. Masking (MAE): drop many tokens before the encoder
 #
-# During pre-training the encoder sees only a random subset of each modality: 25 % of the image
-# tokens (mask ratio 0.75) and 20 % of the audio tokens (0.8). This is per-sample uniform masking
-# (argsort of uniform noise, DEEPAVFUSION.md §1.5). The masked tokens are **removed**, not replaced,
-# so the encoder runs on short sequences. The decoders of notebook 02 must then fill in the gaps.
-# The fusion tokens are never masked.
+# During pre-training the encoder sees only a random subset of each modality. The paper keeps 25 %
+# of the image tokens (mask ratio 0.75) and 20 % of the audio tokens (0.8). The small profiles keep
+# half of each (0.5 / 0.5; see notebook 07), and the cells below use the profile's ratios. This is
+# per-sample uniform masking (argsort of uniform noise, DEEPAVFUSION.md §1.5). The masked tokens are
+# **removed**, not replaced, so the encoder runs on short sequences. The decoders of notebook 02 must
+# then fill in the gaps. The fusion tokens are never masked.
 #
 # `random_masking` takes a `generator`, so the mask in this figure does not depend on how many random
 # numbers earlier cells drew.

@@ -87,10 +87,12 @@ ckpt
 #    agreement that notebook 04's cosine map measures;
 # 3. three blocks, each a 2× transposed convolution followed by conv-BN-ReLU, go from $g_h$ to $8g_h$ while
 #    halving the channels;
-# 4. a 1×1 classifier gives one logit per pixel, resized to the image.
+# 4. a 1×1 classifier gives one logit per pixel, resized to the image. Its bias starts at the log-odds of
+#    the training masks' foreground fraction (RetinaNet's prior init), so training starts at the
+#    constant prediction instead of spending its first steps on learning the base rate.
 #
 # Training minimizes the BCE between these logits and the ground-truth mask (A.2: Adam, lr $10^{-4}$, 20
-# epochs, batch 128). On AV-Digits, `seg_mask` marks the speaking digit's stroke pixels, not its whole cell,
+# epochs, batch 128; the small profiles keep Adam and lr $10^{-4}$ but train fewer epochs, 3 at `cpu`). On AV-Digits, `seg_mask` marks the speaking digit's stroke pixels, not its whole cell,
 # so this task is finer than 04's.
 #
 # **The official head** is `overrides={"segmentation.head": "official_unet"}` (DEEPAVFUSION.md §3.5): a
@@ -192,6 +194,9 @@ fig
 # Supplement Figure 2 compares DeepAVFusion's masks with SLAVC and Mix-and-Localize. Here the comparison is
 # the same encoder with and without pre-training. The masks are thresholded at 0.5, the operating point of
 # mIoU. A good mask covers the strokes of the speaking digit and leaves the three silent digits alone.
+# At the `cpu` profile neither run predicts any pixel above 0.5 (mIoU 0 for both), although the
+# probability maps highlight the strokes of all four digits. Without the audio-visual match the model
+# cannot tell which digit speaks, so a stroke pixel's best estimate is 1/4 < 0.5.
 
 # %%
 titles = [f"digit {int(d)} speaks" for d in examples["pretrained"]["label"]]
@@ -252,9 +257,10 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 # 3. Score the full test set with `metrics.avsbench_fscore(..., batch_frames=k)` for k = 1, 5, 20 (AVSBench
 #    `test.sh` uses 20). How big is the spread compared with the pretrained-vs-scratch gap?
 # 4. Freeze the encoder (`{"segmentation.train.freeze_encoder": True}`): a "linear probe" for segmentation.
-# 5. Train longer, or with the supplement's lr of $10^{-4}$ instead of the small profiles' $10^{-3}$
-#    (`{"segmentation.train.epochs": 10}`, `{"segmentation.train.lr": 1e-4}`, each in a new `run_dir`).
-#    Which of the two changes moves the pretrained run off the constant-prediction line?
+# 5. Train longer, or with a 10× larger lr than the supplement's $10^{-4}$ that the small profiles keep
+#    (`{"segmentation.train.epochs": 10}`, `{"segmentation.train.lr": 1e-3}`, each in a new `run_dir`).
+#    Which of the two changes moves the pretrained run off the constant-prediction line, and does the
+#    scratch run follow?
 #
 # ## References
 #
