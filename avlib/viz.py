@@ -22,11 +22,37 @@ from .image import IMAGENET_MEAN, IMAGENET_STD   # one home for the constants (S
 
 __all__ = ["to_numpy", "denormalize", "show_scene", "show_spectrogram", "show_masking", "show_reconstruction",
            "plot_history", "show_attention", "localization_figure", "segmentation_figure",
-           "separation_figure", "compare_bars", "ablation_plot"]
+           "separation_figure", "compare_bars", "ablation_plot", "METRIC_LABELS", "readable", "value_range"]
 
 MAP_CMAP = "jet"          # localization heat maps (the supplement's figures use jet overlays)
 SPEC_CMAP = "magma"
 MASK_COLOR = (0.1, 0.9, 0.3)
+
+# Axis labels (with units) for the metric and loss keys of avlib.tasks / avlib.train; see ``readable``.
+METRIC_LABELS = {
+    "top1": "top-1 (%)", "top5": "top-5 (%)", "top1_audio": "top-1, audio head (%)",
+    "top1_visual": "top-1, visual head (%)", "top1_fusion": "top-1, fusion head (%)", "nn_acc": "1-NN accuracy (%)",
+    "auc": "AUC", "ciou": "cIoU (success @0.5)", "ciou_mean": "cIoU mean",
+    "avsbench_miou": "AVSBench mIoU", "avsbench_f": "AVSBench F", "davf_miou": "DeepAVFusion mIoU (bg+fg)",
+    "davf_miou_nobg": "DeepAVFusion mIoU (fg)", "davf_f": "DeepAVFusion F",
+    "sdr": "SDR (dB)", "sdri": "SDRi (dB)", "sir": "SIR (dB)", "sar": "SAR (dB)", "sdr_mix": "SDR of the mixture (dB)",
+    "loss": "loss", "lr": "learning rate",
+}
+_TASK_LABELS = {"linprobe": "linear probe", "finetune": "fine-tuning"}
+_REF_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))    # reference lines, one style per label
+
+
+def readable(key):
+    """A metric / loss / task key as a label: ``"top1"`` -> ``"top-1 (%)"``, ``"sdr"`` -> ``"SDR (dB)"``,
+    ``"loss_image"`` -> ``"image loss"``, ``"linprobe"`` -> ``"linear probe"``; other strings come back with
+    ``_`` as spaces (labels that are already readable stay as they are), non-strings unchanged."""
+    if not isinstance(key, str):
+        return key
+    if key in METRIC_LABELS or key in _TASK_LABELS:
+        return METRIC_LABELS.get(key) or _TASK_LABELS[key]
+    if key.startswith("loss_"):
+        return f"{key[5:].replace('_', ' ')} loss"
+    return key.replace("_", " ")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,6 +99,37 @@ def _map(m) -> np.ndarray:
 def _minmax(x: np.ndarray) -> np.ndarray:
     lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def _is_prob(x) -> bool:
+    """True when every finite value lies in [0, 1] (a probability map rather than logits / similarities)."""
+    x = to_numpy(x)
+    x = x[np.isfinite(x)]
+    return bool(x.size) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+def value_range(m, name: str | None = None) -> str:
+    """``"p in [0.21, 0.35]"``: the raw range of a map shown min-max scaled, so that a map whose values
+    barely differ (noise) is recognizable. ``name`` defaults to ``p`` for maps in [0, 1], else ``value``."""
+    x = to_numpy(m)
+    name = name or ("p" if _is_prob(x) else "value")
+    return f"{name} in [{float(np.nanmin(x)):.3g}, {float(np.nanmax(x)):.3g}]"
+
+
+def _ref_lines(ax, refs: Mapping[str, float] | None, styles: dict) -> dict:
+    """Dashed horizontal reference lines ``{label: y}`` (one line style per label, kept in ``styles``
+    across panels); returns ``{label: line}`` for a legend. They count for autoscaling, so stay visible."""
+    lines = {}
+    for label, y in (refs or {}).items():
+        ls = styles.setdefault(label, _REF_STYLES[len(styles) % len(_REF_STYLES)])
+        lines[label] = ax.axhline(float(y), ls=ls, color="0.25", lw=1.3, label=label, zorder=3)
+    return lines
+
+
+def _legend_outside(ax, handles, labels, title=None):
+    """A legend right of the axes, where it cannot cover data or reference lines."""
+    return ax.legend(list(handles), list(labels), title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                     borderaxespad=0.0, fontsize=8, title_fontsize=8, frameon=False)
 
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float], **kw):
@@ -326,12 +383,31 @@ def _history_frame(history, x: str):
     return df
 
 
+def _run_groups(runs: list, sep: str | None) -> dict:
+    """``{group: [(run, legend label)]}``: runs named ``"<group><sep><name>"`` (all of them, at least two
+    groups) are split by group; otherwise one group ``None`` holding every run under its own name."""
+    if sep and all(isinstance(r, str) and sep in r for r in runs):
+        groups: dict = {}
+        for r in runs:
+            g, _, name = r.partition(sep)
+            groups.setdefault(g, []).append((r, name))
+        if len(groups) > 1:
+            return groups
+    return {None: [(r, r) for r in runs]}
+
+
 def plot_history(history, keys: Sequence[str] | str | None = None, *, x: str = "step", logy: bool = False,
-                 title: str | None = None) -> Figure:
+                 title: str | None = None, references: Mapping[str, float] | None = None,
+                 group_sep: str | None = " / ") -> Figure:
     """Training curves, one panel per key. ``history``: a list of step dicts (``{"step": 10,
     "loss": 0.7, ...}``; entries may lack keys, e.g. eval every N steps), an ``avlib.train.History``
     or its ``history.json`` path (steps and evals), a dict of lists, a DataFrame, or
-    ``{run_name: any of those}`` to compare runs (one line per run)."""
+    ``{run_name: any of those}`` to compare runs (one line per run, one legend right of the panels).
+
+    Runs named ``"<group> / <run>"`` (e.g. ``"linprobe / scratch"``, ``"finetune / scratch"``) get one
+    column of panels per group, so a 138-step fine-tune is not squashed against a 4,600-step probe
+    (``group_sep=None`` keeps them in one panel). ``references``: ``{label: y}`` dashed lines on every
+    panel, e.g. ``{"uniform guess (ln 10)": math.log(10)}``. Keys are labelled with ``readable``."""
     df = _history_frame(history, x)
     if isinstance(keys, str):
         keys = [keys]
@@ -341,17 +417,30 @@ def plot_history(history, keys: Sequence[str] | str | None = None, *, x: str = "
     missing = [k for k in keys if k not in df.columns]
     if missing:
         raise KeyError(f"history has no {missing}; it has {list(df.columns)}")
-    fig, axes = _figure(1, len(keys), (4.5, 3.2))
-    for ax, key in zip(axes[0], keys):
-        runs = df.groupby("run", sort=False) if "run" in df else [(None, df)]
-        for run, d in runs:
-            d = d[[x, key]].dropna()
-            ax.plot(d[x], d[key], marker="o" if len(d) < 30 else None, ms=3, label=run)
-        ax.set(xlabel=x, ylabel=key, title=key)
+    runs = list(dict.fromkeys(df["run"])) if "run" in df else [None]
+    groups = _run_groups(runs, group_sep)
+    grouped = len(groups) > 1
+    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(n for g in groups.values() for _, n in g))}
+    fig, axes = _figure(len(keys) if grouped else 1, len(groups) if grouped else len(keys), (4.5, 3.2),
+                        sharey="row" if grouped else False)
+    handles, styles = {}, {}
+    for i, (ax, (key, group)) in enumerate(zip(axes.flat, [(k, g) for k in keys for g in groups])):
+        for run, name in groups[group]:
+            d = (df if run is None else df[df["run"] == run])[[x, key]].dropna()
+            if len(d):
+                (line,) = ax.plot(d[x], d[key], marker="o" if len(d) < 30 else None, ms=3, color=colors[name],
+                                  label=name)
+                if run is not None:
+                    handles.setdefault(name, line)
+        handles.update(_ref_lines(ax, references, styles))
+        label = readable(key)
+        panel = label if group is None else readable(group) + (f": {label}" if len(keys) > 1 else "")
+        first_col = not grouped or i % len(groups) == 0        # shared y: one label per row
+        ax.set(xlabel=x, ylabel=label if first_col else "", title=panel)
         if logy:
             ax.set_yscale("log")
-        if "run" in df:
-            ax.legend(title="run")
+    if handles:
+        _legend_outside(axes[0, -1], handles.values(), handles.keys(), title="run" if "run" in df else None)
     if title:
         fig.suptitle(title)
     return fig
@@ -399,11 +488,13 @@ def _methods(maps) -> dict[str, Any]:
 
 
 def localization_figure(images, pred_maps, gt_maps, titles: Sequence[str] | None = None, *,
-                        normalized: bool = True, alpha: float = 0.5) -> Figure:
+                        normalized: bool = True, alpha: float = 0.5, value_name: str | None = None) -> Figure:
     """Rows of samples; columns image | GT | one overlay per method (supplement Figure 1 style).
     ``images (N, 3, H, W)``; ``gt_maps (N, h, w)``; ``pred_maps``: ``(N, h, w)`` or ``{method: (N, h, w)}``
     (e.g. ``{"scratch": a, "DeepAVFusion": b}``). Maps may be coarser than the image (stretched over it)
-    and are min-max scaled per sample for display."""
+    and are min-max scaled per sample for display; each panel's title gives the raw range
+    (``value_name``, default ``p`` for probabilities, e.g. ``"cos"`` for similarity maps), so a map whose
+    values barely differ shows up as noise rather than as a confident prediction."""
     methods = _methods(pred_maps)
     n = len(images)
     cols = ["image", "ground truth", *methods]
@@ -412,11 +503,14 @@ def localization_figure(images, pred_maps, gt_maps, titles: Sequence[str] | None
         rgb = denormalize(images[i], normalized)
         _show_rgb(axes[i, 0], rgb)
         _overlay_map(axes[i, 1], rgb, gt_maps[i], alpha=alpha)
-        for j, maps in enumerate(methods.values()):
-            im = _overlay_map(axes[i, 2 + j], rgb, maps[i], alpha=alpha)
         for j, ax in enumerate(axes[i]):
             _image_ax(ax, cols[j] if i == 0 else None,
                       (titles[i] if titles is not None else f"sample {i}") if j == 0 else None)
+        for j, (method, maps) in enumerate(methods.items()):
+            ax = axes[i, 2 + j]
+            im = _overlay_map(ax, rgb, maps[i], alpha=alpha)
+            rng = value_range(maps[i], value_name)
+            ax.set_title(f"{method}\n{rng}" if i == 0 else rng, fontsize=9 if i else None)
     fig.colorbar(im, ax=list(axes[:, -1]), label="predicted sounding (min-max scaled)", shrink=0.6)
     return fig
 
@@ -490,12 +584,44 @@ def _tidy(results, label: str = "value"):
     return wide.melt(id_vars="task", var_name="init", value_name="value").dropna(subset=["value"])
 
 
-def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs scratch") -> Figure:
+def _panel_refs(references, *names) -> dict:
+    """The reference lines of one panel: ``{label: y}`` entries of ``references`` apply to every panel,
+    ``{panel: {label: y}}`` entries to the panel named by one of ``names`` (task or metric)."""
+    refs = {k: v for k, v in (references or {}).items() if not isinstance(v, Mapping)}
+    for name in names:
+        if isinstance((references or {}).get(name), Mapping):
+            refs.update(references[name])
+    return refs
+
+
+def _bar_headroom(ax, values, refs, label: str) -> None:
+    """y limits of a bar panel: from 0 (bars are sticky there) with 20% of the bars' span beyond the
+    longest bar for its value label; reference lines stay inside (autoscale stays on, so lines added
+    later do too). All zero: the metric's range, 0-100 for percentages, else 0-1."""
+    v = np.asarray(list(values), float)
+    lo, hi = min(v.min(initial=0.0), 0.0), max(v.max(initial=0.0), 0.0)
+    if hi == lo and not any(refs):
+        ax.set_ylim(0.0, 100.0 if "%" in label else 1.0)
+        return
+    pad = 0.2 * (hi - lo)
+    ax.update_datalim([(0.0, hi + pad if hi > 0 else 0.0), (0.0, lo - pad if lo < 0 else 0.0)], updatex=False)
+    ax.margins(y=0.06)
+    ax.autoscale_view(scalex=False)
+
+
+def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs scratch",
+                 references: Mapping[str, Any] | None = None) -> Figure:
     """Pretrained vs scratch (or any initializations): one panel per task (and metric), each with its
     own y scale since tasks report different metrics (top-1, cIoU, SDR in dB), values on the bars.
     ``results``: ``{task: {"pretrained": x, "scratch": y}}``, a wide DataFrame (index task, columns
     init) or a tidy one with ``task, init, value`` and optionally ``metric`` (e.g. the rows of
-    ``avlib.reproduce.comparisons``); ``ylabel`` names the metric when there is no ``metric`` column."""
+    ``avlib.reproduce.comparisons``); ``ylabel`` names the metric when there is no ``metric`` column.
+    Metric keys (``top1``, ``auc``, ``sdr``, ...) are labelled with their unit (``METRIC_LABELS``).
+
+    The y axis starts at 0 for non-negative values (an all-zero panel shows the metric's whole range,
+    0-1 or 0-100 %), with headroom for the value labels. ``references``: dashed lines with a legend
+    below the panels, ``{panel: {label: y}}`` (panel = task or metric name) or ``{label: y}`` for every
+    panel, e.g. ``{"AUC": {"oracle": 0.52, "random map": 0.195}}``."""
     import seaborn as sns
 
     df = _tidy(results)
@@ -506,22 +632,47 @@ def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs 
     palette = dict(zip(inits, sns.color_palette(n_colors=len(inits))))
     groups = list(df.groupby(["task", "metric"], sort=False))
     fig, axes = _figure(1, len(groups), (max(2.4, 1.1 * len(inits) + 0.8), 3.4))
+    handles, styles = {}, {}
     for ax, ((task, metric), d) in zip(axes[0], groups):
         order = [i for i in inits if i in set(d["init"])]
         sns.barplot(data=d, x="init", y="value", hue="init", order=order, hue_order=order, palette=palette,
                     legend=False, ax=ax)
         for container in ax.containers:
             ax.bar_label(container, fmt="%.3g", fontsize=8, padding=2)
-        ax.set(title=task, xlabel="initialization", ylabel=metric)
-        ax.margins(y=0.15)                                 # room for the value labels
+        refs = _panel_refs(references, task, metric)
+        handles.update(_ref_lines(ax, refs, styles))
+        ax.set(title=readable(task), xlabel="initialization", ylabel=readable(metric))
+        _bar_headroom(ax, d["value"], refs.values(), readable(metric))
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles),
+                   fontsize=8, frameon=False)
     fig.suptitle(title)
     return fig
 
 
+def _rotate_xticks(ax, rotation: float | None) -> None:
+    """Rotate long category labels (``rotation=None``: 30 degrees when they would crowd), right-aligned
+    at the tick so each label ends under its bar."""
+    texts = [t.get_text() for t in ax.get_xticklabels()]
+    if rotation is None:
+        rotation = 30 if texts and (max(map(len, texts)) > 10 or sum(map(len, texts)) > 36) else 0
+    if rotation:
+        ax.tick_params(axis="x", labelrotation=rotation)
+        for t in ax.get_xticklabels():
+            t.set(ha="right", rotation_mode="anchor")
+
+
 def ablation_plot(results, x: str, y: str, hue: str | None = None, *, kind: str = "auto",
-                  title: str | None = None, ax=None) -> Figure:
+                  title: str | None = None, ax=None, ylabel: str | None = None, chance: float | None = None,
+                  references: Mapping[str, float] | None = None, legend: str | None = "outside",
+                  rotation: float | None = None) -> Figure:
     """An ablation: ``y`` against ``x`` (lines with markers when ``x`` is numeric, bars otherwise),
-    one series per ``hue``. ``results``: a DataFrame or a list of dicts (one per run)."""
+    one series per ``hue``. ``results``: a DataFrame or a list of dicts (one per run).
+
+    ``ylabel`` defaults to ``readable(y)`` (``"top1"`` -> ``"top-1 (%)"``). ``chance`` and
+    ``references`` (``{label: y}``) add dashed horizontal lines. ``legend``: ``"outside"`` (right of the
+    axes, never over the bars), a matplotlib ``loc`` such as ``"best"``, or None for no legend.
+    ``rotation``: x tick label angle for bars (None: 30 degrees when the labels are long)."""
     import pandas as pd
     import seaborn as sns
 
@@ -531,14 +682,27 @@ def ablation_plot(results, x: str, y: str, hue: str | None = None, *, kind: str 
         raise KeyError(f"results have no column(s) {missing}; they have {list(df.columns)}")
     if kind == "auto":
         kind = "line" if pd.api.types.is_numeric_dtype(df[x]) else "bar"
-    if ax is None:
-        fig, axes = _figure(1, 1, (5.0, 3.6))
+    if ax is None:                                         # wider for many categories
+        n = df[x].nunique() if kind == "bar" else 0
+        fig, axes = _figure(1, 1, (max(5.0, 0.8 * n + 1.5), 3.6))
         ax = axes[0, 0]
     if kind == "line":
-        sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", ax=ax)
+        sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", ax=ax, legend=bool(legend))
     elif kind == "bar":
-        sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax)
+        sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, legend=bool(legend))
+        ax.margins(y=0.15)                                 # room for value labels (ax.bar_label); 0 stays sticky
+        _rotate_xticks(ax, rotation)
     else:
         raise ValueError(f"kind must be 'auto', 'line' or 'bar', got {kind!r}")
-    ax.set(xlabel=x, ylabel=y, title=title or f"{y} vs {x}")
+    refs = {**({"chance": chance} if chance is not None else {}), **(references or {})}
+    _ref_lines(ax, refs, {})
+    ax.set(xlabel=x, ylabel=ylabel or readable(y), title=title or f"{readable(y)} vs {x}")
+    handles, labels = ax.get_legend_handles_labels()
+    if legend and handles:
+        if legend == "outside":
+            _legend_outside(ax, handles, labels, title=hue)
+        else:
+            ax.legend(handles, labels, title=hue, loc=legend, fontsize=8)
+    elif ax.get_legend() is not None:
+        ax.get_legend().remove()
     return ax.figure

@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from . import viz
 from .nb import audio_player
 
-__all__ = ["render_scene", "render_overlay", "render_separation", "scene_explorer", "overlay_explorer",
-           "separation_explorer"]
+__all__ = ["render_scene", "render_overlay", "render_separation", "audio_players", "scene_explorer",
+           "overlay_explorer", "separation_explorer"]
 
 
 def _lookup(obj, *names: str):
@@ -61,15 +61,20 @@ def render_scene(dataset, index: int, *, sample_rate: int | None = None, hop_len
 
 
 def render_overlay(images, pred, gt, index: int, threshold: float | None = None, *, method: str | None = None,
-                   alpha: float = 0.5, normalized: bool = True) -> Figure:
+                   alpha: float = 0.5, normalized: bool = True, probabilities: bool | None = None) -> Figure:
     """Sample ``index``: image | ground truth | predicted map | prediction ≥ ``threshold`` (when given).
     ``pred``: ``(N, h, w)`` or ``{method: (N, h, w)}`` (pick one with ``method``). Maps may be coarser
-    than the image; the map panel is min-max scaled, the threshold applies to that scaled map."""
+    than the image. The map panel is min-max scaled for display, with the raw range in its title.
+    The threshold applies to the raw probabilities when the maps are probabilities (``probabilities``;
+    None: all values in [0, 1]), i.e. the 0.5 operating point of mIoU, else to the min-max scaled map;
+    the panel title says which."""
     if isinstance(pred, Mapping):
         method = method or next(iter(pred))
         pred = pred[method]
     rgb = viz.denormalize(images[index], normalized)
-    p = viz._minmax(viz._map(pred[index]))
+    raw = viz._map(pred[index])
+    probs = viz._is_prob(raw) if probabilities is None else probabilities
+    scaled = viz._minmax(raw)
     ncols = 3 + (threshold is not None)
     fig = Figure(figsize=(2.9 * ncols + 1.0, 3.0), layout="constrained")
     axes = fig.subplots(1, ncols)
@@ -80,12 +85,13 @@ def render_overlay(images, pred, gt, index: int, threshold: float | None = None,
     else:                                                 # localization map
         viz._overlay_map(axes[1], rgb, gt[index], alpha=alpha)
     viz._image_ax(axes[1], "ground truth")
-    im = viz._overlay_map(axes[2], rgb, p, alpha=alpha, normalize=False)
-    viz._image_ax(axes[2], method or "prediction")
+    im = viz._overlay_map(axes[2], rgb, scaled, alpha=alpha, normalize=False)
+    viz._image_ax(axes[2], f"{method or 'prediction'}\n{viz.value_range(raw, 'p' if probs else 'value')}")
     fig.colorbar(im, ax=axes[2], label="predicted (min-max scaled)", shrink=0.8)
     if threshold is not None:
-        viz._overlay_mask(axes[3], rgb, p, threshold=threshold, color=(0.95, 0.3, 0.2))
-        viz._image_ax(axes[3], f"≥ {threshold:.2f} ({(p >= threshold).mean():.0%} of the map)")
+        m, name = (raw, "p") if probs else (scaled, "min-max scaled")
+        viz._overlay_mask(axes[3], rgb, m, threshold=threshold, color=(0.95, 0.3, 0.2))
+        viz._image_ax(axes[3], f"{name} ≥ {threshold:.2f} ({(m >= threshold).mean():.0%} of the map)")
     return fig
 
 
@@ -99,11 +105,31 @@ def _pick(x, index):
     return x[index] if index is not None else x
 
 
+def audio_players(clips: Mapping[str, Any], sample_rate: int, *, normalize: bool = False, reference=None) -> dict:
+    """``{label: Audio}`` for clips to be compared by loudness (a mixture, its sources, their estimates).
+    ``IPython.display.Audio`` scales each clip to full scale by default, so a half-amplitude estimate
+    would sound as loud as the mixture. Here all clips share one scale: divided by the peak of
+    ``reference`` (e.g. the mixture; default: the loudest clip) or of the loudest clip if that is louder,
+    and played with ``normalize=False``. ``normalize=True``: each clip at full scale (``nb.audio_player``)."""
+    if normalize:
+        return {label: audio_player(w, sample_rate) for label, w in clips.items()}
+    from IPython.display import Audio
+
+    waves = {label: np.asarray(viz.to_numpy(w), np.float64).squeeze() for label, w in clips.items()}
+    peaks = [float(np.abs(w).max(initial=0.0)) for w in waves.values()]
+    if reference is not None:
+        peaks.append(float(np.abs(viz.to_numpy(reference)).max(initial=0.0)))
+    peak = max(peaks, default=0.0) or 1.0                  # all silent: play as is
+    return {label: Audio(data=w / peak, rate=int(sample_rate), normalize=False) for label, w in waves.items()}
+
+
 def render_separation(mix_wave, pred_waves, gt_waves, sample_rate: int, index: int | None = None, *,
-                      source_names=None):
+                      source_names=None, normalize: bool = False):
     """Listen to a mixture and its separation: ``(fig, {name: Audio})`` with the waveforms (GT and
     prediction overlaid per source) and players for the mixture, each ground truth and each prediction.
-    Shapes: ``mix (S,)``, ``pred/gt (K, S)``, or batched ``(B, S)`` / ``(B, K, S)`` with ``index``."""
+    Shapes: ``mix (S,)``, ``pred/gt (K, S)``, or batched ``(B, S)`` / ``(B, K, S)`` with ``index``.
+    The players share one scale (``audio_players``), so a quiet estimate sounds quiet; ``normalize=True``
+    plays each clip at full scale instead."""
     mix = viz.to_numpy(_pick(mix_wave, index)).reshape(-1)
     preds = viz.to_numpy(_pick(pred_waves, index))
     gts = viz.to_numpy(_pick(gt_waves, index))
@@ -120,11 +146,11 @@ def render_separation(mix_wave, pred_waves, gt_waves, sample_rate: int, index: i
         axes[k + 1].set(title=names[k], ylabel="amplitude")
         axes[k + 1].legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("time (s)")
-    players = {"mixture": audio_player(mix, sample_rate)}
+    clips = {"mixture": mix}
     for k in range(K):
-        players[f"{names[k]}: ground truth"] = audio_player(gts[k], sample_rate)
-        players[f"{names[k]}: separated"] = audio_player(preds[k], sample_rate)
-    return fig, players
+        clips[f"{names[k]}: ground truth"] = gts[k]
+        clips[f"{names[k]}: separated"] = preds[k]
+    return fig, audio_players(clips, sample_rate, normalize=normalize)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,18 +202,20 @@ def overlay_explorer(images, pred_maps, gt_maps, *, normalized: bool = True):
                      controls)
 
 
-def separation_explorer(mix_wave, pred_waves, gt_waves, sample_rate: int, *, source_names=None):
-    """Listen to mixture / separated / ground truth (``render_separation``); batched inputs
-    ``(B, S)``, ``(B, K, S)`` get an example slider."""
+def separation_explorer(mix_wave, pred_waves, gt_waves, sample_rate: int, *, source_names=None,
+                        normalize: bool = False):
+    """Listen to mixture / separated / ground truth (``render_separation``; players on one common scale
+    unless ``normalize``); batched inputs ``(B, S)``, ``(B, K, S)`` get an example slider."""
     import ipywidgets as w
 
+    kw = {"source_names": source_names, "normalize": normalize}
     batched = viz.to_numpy(mix_wave).ndim == 2
     if not batched:
-        fig, players = render_separation(mix_wave, pred_waves, gt_waves, sample_rate, source_names=source_names)
+        fig, players = render_separation(mix_wave, pred_waves, gt_waves, sample_rate, **kw)
         out = w.Output()
         with out:
             _show(fig, players)
         return out
     index = w.IntSlider(value=0, min=0, max=len(mix_wave) - 1, description="example", continuous_update=False)
-    return _explorer(lambda index: render_separation(mix_wave, pred_waves, gt_waves, sample_rate, index,
-                                                     source_names=source_names), {"index": index})
+    return _explorer(lambda index: render_separation(mix_wave, pred_waves, gt_waves, sample_rate, index, **kw),
+                     {"index": index})

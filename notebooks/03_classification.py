@@ -149,9 +149,8 @@ fig
 # %%
 curves = {f"{protocol} / {init}": r.history
           for protocol, runs in [("linprobe", linprobe), ("finetune", finetune)] for init, r in runs.items()}
-fig = viz.plot_history(curves, keys=["loss"], title="classification: training loss")
-fig.axes[0].axhline(math.log(10), ls="--", color="0.3", label="uniform guess (ln 10)")
-fig.axes[0].legend(fontsize=8, loc="upper right")
+fig = viz.plot_history(curves, keys=["loss"], title="classification: training loss",
+                       references={"uniform guess (ln 10)": math.log(10)})
 nb.save_fig(fig, paths.out_dir, "training_loss")
 fig
 
@@ -194,9 +193,8 @@ subsets = pd.DataFrame(subset_rows).pivot(index="features", columns="init", valu
 subsets.sort_values("pretrained", ascending=False).round(1)
 
 # %%
-fig = viz.ablation_plot(subset_rows, x="features", y="top1", hue="init",
-                        title="linear probe top-1 (%) per feature subset")
-fig.axes[0].tick_params(axis="x", labelrotation=30)
+fig = viz.ablation_plot(subset_rows, x="features", y="top1", hue="init", chance=10.0,
+                        title="linear probe top-1 per feature subset")
 nb.save_fig(fig, paths.out_dir, "feature_subsets")
 fig
 

@@ -119,9 +119,8 @@ runs = tasks.compare_inits("localization", cfg, paths.run_dir, checkpoint=ckpt, 
 test_batch = next(iter(make_loaders(cfg, "localization")[1]))      # the first test scenes
 fg = test_batch["loc_map"].mean()                                   # fraction of sounding pixels
 fig = viz.plot_history({init: r.history for init, r in runs.items()}, keys=["loss"],
-                       title="localization: per-pixel BCE while training")
-fig.axes[0].axhline(F.binary_cross_entropy(fg, fg).item(), ls="--", color="0.3", label="constant prediction")
-fig.axes[0].legend(fontsize=8)
+                       title="localization: per-pixel BCE while training",
+                       references={"constant prediction": F.binary_cross_entropy(fg, fg).item()})
 nb.save_fig(fig, paths.out_dir, "training_loss")
 fig
 
@@ -189,13 +188,11 @@ pd.DataFrame(bounds).T.round(3)
 # oracle's 0.525.
 
 # %%
-bars = {label: {init: r.metrics[key] for init, r in runs.items()}
-        for key, label in [("ciou", "cIoU (success @0.5)"), ("auc", "AUC"), ("ciou_mean", "cIoU mean")]}
-fig = viz.compare_bars(bars, ylabel="score",
-                       title="localization: pretrained vs scratch (dashed: oracle, dotted: random map)")
-for ax, key in zip(fig.axes, ["ciou", "auc", "ciou_mean"]):
-    ax.axhline(bounds["oracle"][key], ls="--", color="0.3")
-    ax.axhline(bounds["random_map"][key], ls=":", color="0.3")
+pairs = [("ciou", "cIoU (success @0.5)"), ("auc", "AUC"), ("ciou_mean", "cIoU mean")]
+bars = {label: {init: r.metrics[key] for init, r in runs.items()} for key, label in pairs}
+fig = viz.compare_bars(bars, ylabel="score", title="localization: pretrained vs scratch",
+                       references={label: {"oracle": bounds["oracle"][key], "random map": bounds["random_map"][key]}
+                                   for key, label in pairs})
 nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
 fig
 

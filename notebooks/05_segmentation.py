@@ -121,9 +121,8 @@ pd.DataFrame({init: r.metrics for init, r in runs.items()}).round(4)
 # %%
 fg = next(iter(make_loaders(cfg, "segmentation")[1]))["seg_mask"].mean()        # fraction of sounding pixels
 fig = viz.plot_history({init: r.history for init, r in runs.items()}, keys=["loss"],
-                       title="segmentation: per-pixel BCE while training")
-fig.axes[0].axhline(F.binary_cross_entropy(fg, fg).item(), ls="--", color="0.3", label="constant prediction")
-fig.axes[0].legend(fontsize=8)
+                       title="segmentation: per-pixel BCE while training",
+                       references={"constant prediction": F.binary_cross_entropy(fg, fg).item()})
 nb.save_fig(fig, paths.out_dir, "training_loss")
 fig
 

@@ -153,9 +153,8 @@ targets = heads.separation_targets(batch["source_audio"], batch["mix_audio"][:, 
                                    binary=cfg.separation.binary_mask, rule=cfg.separation.mask_rule)
 trivial = torch.where(active, targets[active].mean(), targets[~active].mean())   # silent / not silent
 fig = viz.plot_history({init: r.history for init, r in runs.items()}, keys=["loss"],
-                       title="separation: mask BCE while training")
-fig.axes[0].axhline(F.binary_cross_entropy(trivial, targets).item(), ls="--", color="0.3", label="trivial mask")
-fig.axes[0].legend(fontsize=8)
+                       title="separation: mask BCE while training",
+                       references={"trivial mask": F.binary_cross_entropy(trivial, targets).item()})
 nb.save_fig(fig, paths.out_dir, "training_loss")
 fig
 
@@ -229,9 +228,12 @@ fig
 for label, player in players.items():
     print(f"{label} (pretrained model)" if "separated" in label else label)
     display(player)
-for k, wave in enumerate(examples["scratch"]["pred_waveforms"][example]):
-    print(f"source {k + 1}: separated (scratch model)")
-    display(nb.audio_player(wave, sr))
+scratch = widgets.audio_players({f"source {k + 1}: separated (scratch model)": w
+                                 for k, w in enumerate(examples["scratch"]["pred_waveforms"][example])},
+                                sr, reference=ex["mix_waveform"][example])
+for label, player in scratch.items():
+    print(label)
+    display(player)
 
 # %% [markdown]
 # ### Explore

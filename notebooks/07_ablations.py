@@ -169,16 +169,12 @@ fig = Figure(figsize=(4.2 * len(sweeps), 3.4 * len(panels)), layout="constrained
 axes = fig.subplots(len(panels), len(sweeps), squeeze=False, sharey="row")
 for row, (column, label) in zip(axes, panels.items()):
     for ax, s in zip(row, sweeps):
+        refs = ({"02 checkpoint (full budget)": reference[tasks.MAIN_METRIC[probe]]}
+                if reference and column == metric else None)
         viz.ablation_plot(rows.loc[list(SWEEPS[s])].reset_index(), x="variant", y=column, ax=ax,
-                          title=f"sweep: {s}")
+                          title=f"sweep: {s}", ylabel=label, references=refs,
+                          legend="outside" if ax is row[-1] else None)
         ax.bar_label(ax.containers[0], fmt="%.1f", fontsize=8)
-        ax.tick_params(axis="x", labelrotation=20)
-        ax.set_ylabel(label)
-if reference:
-    for ax in axes[0]:
-        ax.axhline(reference[tasks.MAIN_METRIC[probe]], ls="--", color="0.3",
-                   label="02 checkpoint (full budget)")
-        ax.legend(loc="lower right", fontsize=8)
 nb.save_fig(fig, paths.out_dir, "ablations")
 fig
 

@@ -29,6 +29,11 @@ def labels(fig: Figure) -> set[str]:
     return out - {""}
 
 
+def lines(ax) -> list[str]:
+    """Labels of the axes' labelled lines (reference lines; seaborn's error bars have ``_child`` labels)."""
+    return [line.get_label() for line in ax.lines if not line.get_label().startswith("_")]
+
+
 def check(fig, *expected: str):
     assert isinstance(fig, Figure)
     found = labels(fig)
@@ -90,7 +95,7 @@ def test_show_reconstruction_image_and_audio(scene):
 
 def test_plot_history_variants(tmp_path):
     hist = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(10)] + [{"step": 10, "loss": 0.1, "top1": 0.5}]
-    check(viz.plot_history(hist), "loss", "top1", "step")
+    check(viz.plot_history(hist), "loss", "top-1 (%)", "step")
     check(viz.plot_history({"step": [0, 1, 2], "loss": [3.0, 2.0, 1.0]}, keys="loss", logy=True), "loss")
     fig = viz.plot_history({"scratch": hist, "pretrained": hist}, keys=["loss"])
     assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {"scratch", "pretrained"}
@@ -99,10 +104,41 @@ def test_plot_history_variants(tmp_path):
     run = History(steps=hist[:10], evals=[{"step": 9, "epoch": 1, "nn_acc": 0.4}])
     path = tmp_path / "history.json"
     run.to_json(path)                                                            # what fit() writes
-    check(viz.plot_history(path), "loss", "nn_acc")
-    check(viz.plot_history({"a": run, "b": path}, keys="nn_acc"), "nn_acc")
+    check(viz.plot_history(path), "loss", "1-NN accuracy (%)")
+    check(viz.plot_history({"a": run, "b": path}, keys="nn_acc"), "1-NN accuracy (%)")
     with pytest.raises(KeyError, match="acc"):
         viz.plot_history(hist, keys=["acc"])
+
+
+def test_plot_history_groups_runs_and_draws_references():
+    long = [{"step": s, "loss": 2.5 - s / 1000} for s in range(0, 1400, 20)]
+    short = [{"step": s, "loss": 2.6 - s / 100, "loss_image": 1.0} for s in range(0, 140, 20)]
+    runs = {"linprobe / pretrained": long, "linprobe / scratch": long, "finetune / pretrained": short,
+            "finetune / scratch": short}
+    fig = viz.plot_history(runs, keys="loss", references={"uniform guess (ln 10)": np.log(10)})
+    check(fig, "linear probe", "fine-tuning", "loss")
+    assert len(fig.axes) == 2                                     # one panel per protocol: nothing squashed
+    assert fig.axes[1].get_xlim()[1] < 200
+    for ax in fig.axes:                                           # the reference line is in every panel
+        lo, hi = ax.get_ylim()
+        assert "uniform guess (ln 10)" in lines(ax) and lo < np.log(10) < hi
+    legend = fig.axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["pretrained", "scratch", "uniform guess (ln 10)"]
+    fig.draw_without_rendering()                                  # legend right of the panel, not over it
+    assert legend.get_window_extent().x0 >= fig.axes[-1].get_window_extent().x1
+    assert len(viz.plot_history(runs, keys="loss", group_sep=None).axes) == 1
+    check(viz.plot_history(short, keys=["loss_image"]), "image loss")
+
+
+def test_readable_labels():
+    assert viz.readable("top1") == "top-1 (%)"
+    assert viz.readable("sdr") == "SDR (dB)" and viz.readable("auc") == "AUC"
+    assert viz.readable("avsbench_miou") == "AVSBench mIoU"
+    assert viz.readable("loss_image") == "image loss"
+    assert viz.readable("pretrain_nn_fusion") == "pretrain nn fusion"
+    assert viz.readable("SDRi (dB)") == "SDRi (dB)"                # labels stay as they are
+    assert set(viz.METRIC_LABELS) >= {"top1", "auc", "ciou", "avsbench_miou", "avsbench_f", "davf_miou", "sdr",
+                                      "sdri", "sir", "sar"}
 
 
 def test_show_attention():
@@ -141,10 +177,63 @@ def test_compare_bars_accepts_dict_and_tidy_frames():
     check(viz.compare_bars(tidy), "sep", "SDR (dB)")
 
 
+def tidy_rows(task, metric, *values):
+    return [{"task": task, "init": i, "metric": metric, "value": v} for i, v in zip(["pretrained", "scratch"], values)]
+
+
+def test_compare_bars_axes_start_at_zero_with_headroom_and_units():
+    df = pd.DataFrame(tidy_rows("linprobe", "top1", 55.0, 50.6) + tidy_rows("localization", "auc", 0.21, 0.22)
+                      + tidy_rows("segmentation", "avsbench_miou", 0.0, 0.0) + tidy_rows("sep", "sdri", -0.03, -0.05))
+    fig = viz.compare_bars(df)
+    check(fig, "linear probe", "top-1 (%)", "AUC", "AVSBench mIoU", "SDRi (dB)")
+    top1, auc, miou, sdri = fig.axes
+    assert top1.get_ylim()[0] == 0 and top1.get_ylim()[1] >= 55.0 * 1.15     # room for the value label
+    assert auc.get_ylim()[0] == 0
+    assert miou.get_ylim() == (0.0, 1.0)                                      # all zero: the whole score range
+    assert sdri.get_ylim()[1] == 0 and sdri.get_ylim()[0] <= -0.05 * 1.15     # negative dB: room below
+    zero_pct = viz.compare_bars({"probe": {"pretrained": 0.0, "scratch": 0.0}}, ylabel="top1")
+    assert zero_pct.axes[0].get_ylim() == (0.0, 100.0) and zero_pct.axes[0].get_ylabel() == "top-1 (%)"
+
+
+def test_compare_bars_reference_lines():
+    bars = {"cIoU": {"pretrained": 0.004, "scratch": 0.002}, "AUC": {"pretrained": 0.21, "scratch": 0.22}}
+    fig = viz.compare_bars(bars, references={"AUC": {"oracle": 0.525, "random map": 0.195}, "ceiling": 1.0})
+    ciou, auc = fig.axes
+    assert lines(auc) == ["ceiling", "oracle", "random map"]
+    assert lines(ciou) == ["ceiling"]                                          # {label: y}: every panel
+    assert all(line.get_linestyle() == "--" for line in (ciou.lines + auc.lines) if line.get_label() == "ceiling")
+    assert ciou.get_ylim()[1] >= 1.0 and auc.get_ylim()[1] >= 0.525          # the lines stay visible
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ceiling", "oracle", "random map"]
+    old_style = viz.compare_bars(bars)                                         # lines added by the caller
+    old_style.axes[0].axhline(1.0)
+    assert old_style.axes[0].get_ylim()[1] >= 1.0
+
+
 def test_ablation_plot_line_and_bar():
     rows = [{"fusion": f, "tokens": n, "top1": 0.1 * n + i} for i, f in enumerate(["token", "dense"]) for n in (2, 4)]
-    check(viz.ablation_plot(rows, x="tokens", y="top1", hue="fusion"), "tokens", "top1")
-    check(viz.ablation_plot(pd.DataFrame(rows), x="fusion", y="top1"), "fusion", "top1")
+    check(viz.ablation_plot(rows, x="tokens", y="top1", hue="fusion"), "tokens", "top-1 (%)")
+    check(viz.ablation_plot(pd.DataFrame(rows), x="fusion", y="top1"), "fusion", "top-1 (%)")
+
+
+def test_ablation_plot_legend_outside_chance_line_and_rotated_labels():
+    rows = [{"features": f, "init": i, "top1": 40.0 + k} for k, f in enumerate(["audio", "audio+visual+fusion"])
+            for i in ("pretrained", "scratch")]
+    fig = viz.ablation_plot(rows, x="features", y="top1", hue="init", chance=10.0)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "top-1 (%)"
+    (chance,) = [line for line in ax.lines if line.get_label() == "chance"]
+    assert lines(ax) == ["chance"] and chance.get_ydata()[0] == 10.0
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["pretrained", "scratch", "chance"]
+    fig.draw_without_rendering()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1      # never over the bars
+    ticks = ax.get_xticklabels()
+    assert all(t.get_rotation() == 30 and t.get_ha() == "right" and t.get_rotation_mode() == "anchor" for t in ticks)
+    ax.tick_params(axis="x", labelrotation=20)                               # a caller's own angle keeps ha
+    assert all(t.get_ha() == "right" for t in ax.get_xticklabels())
+    short = viz.ablation_plot(rows[:2], x="init", y="top1", legend=None, ylabel="accuracy")
+    assert short.axes[0].get_xticklabels()[0].get_rotation() == 0 and short.axes[0].get_legend() is None
+    assert short.axes[0].get_ylabel() == "accuracy"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +263,36 @@ def test_render_scene_returns_figure_and_player(scene):
 def test_render_overlay_with_threshold(scene):
     images = torch.stack([scene[0]] * 2)
     fig = widgets.render_overlay(images, {"m": torch.rand(2, 4, 4)}, torch.stack([scene[3]] * 2), 1, 0.7)
-    check(fig, "ground truth", "m", "≥ 0.70", "of the map")
+    check(fig, "ground truth", "m", "≥ 0.70", "of the map", "p in [")
+
+
+def test_render_overlay_thresholds_raw_probabilities(scene):
+    images = torch.stack([scene[0]] * 2)
+    probs = 0.1 + 0.2 * torch.rand(2, 4, 4)                   # confident nowhere: nothing reaches p = 0.5
+    fig = widgets.render_overlay(images, probs, torch.rand(2, 4, 4), 0, 0.5)
+    check(fig, "p ≥ 0.50 (0% of the map)", "p in [0.1")
+    logits = torch.randn(2, 4, 4) * 3                          # not probabilities: the scaled map is thresholded
+    fig = widgets.render_overlay(images, logits, torch.rand(2, 4, 4), 0, 0.5)
+    check(fig, "min-max scaled ≥ 0.50", "value in [")
+    fig = widgets.render_overlay(images, probs, torch.rand(2, 4, 4), 0, 0.5, probabilities=False)
+    check(fig, "min-max scaled ≥ 0.50")
+
+
+def test_localization_figure_titles_give_raw_range(scene):
+    images = torch.stack([scene[0]] * 2)
+    maps = 0.2 + 0.05 * torch.rand(2, 4, 4)
+    fig = viz.localization_figure(images, {"scratch": maps}, torch.rand(2, 4, 4))
+    lo, hi = float(maps[1].min()), float(maps[1].max())
+    check(fig, "scratch\np in [", f"p in [{lo:.3g}, {hi:.3g}]")
+    check(viz.localization_figure(images, maps - 0.2, torch.rand(2, 4, 4), value_name="cos"), "cos in [")
+
+
+def wav_peak(player) -> float:
+    import io
+    import wave
+
+    with wave.open(io.BytesIO(player.data)) as w:
+        return float(np.abs(np.frombuffer(w.readframes(w.getnframes()), np.int16)).max())
 
 
 def test_render_separation_players():
@@ -184,6 +302,23 @@ def test_render_separation_players():
     assert list(players) == ["mixture", "source 1: ground truth", "source 1: separated",
                              "source 2: ground truth", "source 2: separated"]
     assert all(isinstance(p, Audio) for p in players.values())
+    # one common scale: the half-amplitude estimates play at half the level of their ground truth
+    assert wav_peak(players["source 1: separated"]) == pytest.approx(0.5 * wav_peak(players["source 1: ground truth"]),
+                                                                      rel=1e-3)
+    assert max(map(wav_peak, players.values())) == pytest.approx(32767, rel=1e-3)   # loudest clip at full scale
+    _, normalized = widgets.render_separation(mix, gts * 0.5, gts, SR, index=1, normalize=True)
+    assert wav_peak(normalized["source 1: separated"]) == pytest.approx(32767, rel=1e-3)
+
+
+def test_audio_players_scale_to_the_reference():
+    mix = torch.randn(800)
+    mix = mix / mix.abs().max()                                # peak 1
+    quiet = 0.25 * mix
+    players = widgets.audio_players({"estimate": quiet}, SR, reference=mix)
+    assert wav_peak(players["estimate"]) == pytest.approx(0.25 * 32767, rel=1e-3)
+    assert wav_peak(widgets.audio_players({"estimate": quiet}, SR, normalize=True)["estimate"]) == pytest.approx(
+        32767, rel=1e-3)
+    assert wav_peak(widgets.audio_players({"silence": torch.zeros(800)}, SR)["silence"]) == 0
 
 
 def test_explorers_build(scene):
