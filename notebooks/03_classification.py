@@ -31,7 +31,7 @@
 #    subset analysis).
 # 4. What pre-training buys compared with the same protocol from a random encoder.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 2.5 min (4 trainings and
+# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 2 min (4 trainings and
 # 14 small probes on cached features) · `paper` needs GPUs and VGGSound.
 #
 # **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion

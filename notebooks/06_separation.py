@@ -31,9 +31,9 @@
 # 4. How masks become waveforms (iSTFT with the mixture's phase), and what SDR, SIR, SAR and SDRi measure.
 # 5. Pretrained vs scratch, in numbers, spectrograms (Figure 3) and sound.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` about 1 min · `cpu` about 3 min (two trainings of
-# 1 epoch on 3,000 mixtures; BSS-Eval of the first 64 test mixtures, about 0.4 s per call with two calls
-# per mixture, is a large part of it) · `paper` needs GPUs and VGGSound-Music.
+# **Expected runtime** (2-core laptop CPU): `smoke` about 1 min · `cpu` about 2.5 min (two trainings of
+# 1 epoch on 3,000 mixtures; BSS-Eval of the first 64 test mixtures, about 0.4 s per mixture, is a large
+# part of it) · `paper` needs GPUs and VGGSound-Music.
 #
 # **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion
 # checkpoint of the same size). Leave it empty to pre-train here first; the result is cached in `run_dir`.
