@@ -265,7 +265,9 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 #    "localization.train.eval_every": 5}`, a new `run_dir`; about 5 min per init). When do the two runs leave
 #    the constant-prediction line, and which one leaves it first? (Our run: both after ~15-20 epochs, and
 #    both reach AUC ~0.31 at epoch 30, pretrained 0.307 vs scratch 0.308: this pre-training carries no
-#    audio-visual match that the localizer could use. What would have to change in notebook 02 for it to?)
+#    audio-visual match that the localizer could use.) Then pre-train in 02 on scenes where the sounding
+#    digit is alone on screen (`{"data.pretrain_distractors": 0}`, a curated corpus) and repeat. (Ours: AUC
+#    0.363, ahead of scratch from epoch 5 on; but fine-tuning classification from it drops to 53.2%.)
 # 2. Freeze the encoder (`{"localization.train.freeze_encoder": True}`): how much of the localization
 #    ability is already in the pre-trained features, with only $s$ and $b$ trained?
 # 3. Make the objects smaller with `{"data.grid": 3}` (each cell is a ninth of the image). Predict the cIoU

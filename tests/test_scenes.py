@@ -96,6 +96,26 @@ def test_ground_truth_consistency(dataset, request):
     assert {(True, 1), (True, 2), (False, 0)} <= kinds                  # one, two and no on-screen sources
 
 
+@pytest.mark.parametrize("distractors", [0, 1])
+def test_pretrain_distractors_clear_the_other_cells(distractors):
+    cfg = _cfg("synthetic", pretrain_distractors=distractors, p_two_sources=0.3, test_size=20)
+    pre, task = SceneDataset(cfg, "test", "pretrain"), SceneDataset(cfg, "test", "localization")
+    for i in range(len(pre)):
+        sc, full = pre.scene(i), task.scene(i)
+        assert np.array_equal(sc.classes, full.classes) and sc.sounding == full.sounding   # same draws
+        assert torch.equal(pre[i]["audio"], task[i]["audio"])
+        drawn = [k for k, (x0, y0, x1, y1) in enumerate(sc.cells) if sc.alpha[y0:y1, x0:x1].max() > 0]
+        assert set(sc.sounding) <= set(drawn)
+        assert len(drawn) == min(len(sc.sounding) + distractors, len(sc.cells))
+        for k in set(range(len(sc.cells))) - set(drawn):                # a cleared cell is flat background
+            x0, y0, x1, y1 = sc.cells[k]
+            assert np.ptp(sc.image[y0:y1, x0:x1].reshape(-1, 3), axis=0).max() == 0
+        for k in sc.sounding:                                          # the sounding objects are untouched
+            x0, y0, x1, y1 = sc.cells[k]
+            assert np.array_equal(sc.image[y0:y1, x0:x1], full.image[y0:y1, x0:x1])
+    assert SceneDataset(make_config("cpu", **{"data.dataset": "synthetic"}), "test", "pretrain").distractors is None
+
+
 @pytest.mark.data
 def test_avdigits_labels_match_files(data_root):
     cfg = _cfg("avdigits", p_two_sources=0.5, test_size=40)

@@ -228,7 +228,9 @@ class _Composer:
         return out, off
 
     def compose(self, rng: np.random.Generator, *, force_class: int | None = None,
-                mode: str | None = None, n_sources: int | None = None) -> _Scene:
+                mode: str | None = None, n_sources: int | None = None, distractors: int | None = None) -> _Scene:
+        """One scene. ``distractors``: how many non-sounding objects stay on screen (``None``: all; the
+        others' cells are left as plain background). The random draws of a ``None`` scene are unchanged."""
         d = self.cfg.data
         n_cells = self.grid * self.grid
         if force_class is None:
@@ -288,6 +290,13 @@ class _Composer:
             sources.append(placed)
             ids.append(int(sid))
             offsets.append(off)
+        if distractors is not None:                        # clear the cells of non-sounding objects (last,
+            quiet = [k for k in range(n_cells) if k not in sounding]   # so the other draws stay the same)
+            shown = set(sounding) | {int(k) for k in rng.permutation(quiet)[:max(0, int(distractors))]}
+            for k, (x0, y0, x1, y1) in enumerate(self.cells):
+                if k not in shown:
+                    alpha[y0:y1, x0:x1] = 0.0
+                    image[y0:y1, x0:x1] = bg[k]
         return _Scene(image=image, classes=classes, glyph_ids=glyph_ids, sounding=sounding, sources=sources,
                       source_ids=ids, source_classes=src_classes, offsets=offsets,
                       offscreen=None if mode == "onscreen" else mode, alpha=alpha, cells=self.cells,
@@ -385,6 +394,8 @@ class SceneDataset(_ComposedDataset):
             raise ValueError("separation uses MixtureDataset(cfg, split) (mix-and-separate pairs)")
         super().__init__(cfg, split, root, epoch, size)
         self.task = task
+        # pre-training scenes may show fewer non-sounding objects than the task scenes (data.pretrain_distractors)
+        self.distractors = cfg.data.pretrain_distractors if task == "pretrain" else None
 
     def _rng(self, index: int) -> np.random.Generator:
         return self.composer.rng(index, self.epoch if self.train else 0)
@@ -393,7 +404,7 @@ class SceneDataset(_ComposedDataset):
         """The raw composition (numpy) of item ``index``: classes, sounding cells, sources, offsets..."""
         if not 0 <= index < self.size:
             raise IndexError(index)
-        return self.composer.compose(self._rng(index))
+        return self.composer.compose(self._rng(index), distractors=self.distractors)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.size:
@@ -403,7 +414,7 @@ class SceneDataset(_ComposedDataset):
 
     def _item(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
-        sc = self.composer.compose(rng)
+        sc = self.composer.compose(rng, distractors=self.distractors)
         wave = np.sum(sc.sources, axis=0) if sc.sources else np.zeros(self.composer.S, np.float32)
         wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if self.train:
