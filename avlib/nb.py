@@ -247,9 +247,11 @@ def save_fig(fig, out_dir: str | os.PathLike, name: str, *, dpi: int = 150) -> P
     return path
 
 
-def audio_player(waveform, sample_rate: int):
+def audio_player(waveform, sample_rate: int, *, scale: float | None = None):
     """An ``IPython.display.Audio`` player (normalized; saved inside executed notebooks, so they stay
-    playable). ``waveform``: (S,) or (channels, S) array or tensor."""
+    playable). ``waveform``: (S,) or (channels, S) array or tensor. With ``scale`` it plays
+    ``waveform / scale`` unnormalized instead (``|waveform| <= scale``): clips given one common scale keep
+    their relative loudness (``widgets.audio_players``)."""
     import numpy as np
     from IPython.display import Audio
 
@@ -258,5 +260,7 @@ def audio_player(waveform, sample_rate: int):
     x = np.asarray(waveform, dtype=np.float64)
     if x.ndim == 2 and x.shape[0] == 1:
         x = x[0]
+    if scale is not None:
+        return Audio(data=x / scale, rate=int(sample_rate), normalize=False)
     silent = not np.any(np.abs(x) > 0)                    # normalizing silence would divide by zero
     return Audio(data=x, rate=int(sample_rate), normalize=not silent)

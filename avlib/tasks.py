@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -72,8 +73,19 @@ def _fingerprint(cfg: Config, **extra) -> dict[str, Any]:
     return {"seed": cfg.seed, "model": config_to_dict(cfg.model), "data": config_to_dict(cfg.data), **extra}
 
 
-def _checkpoint_id(checkpoint: str | Path | None) -> str | None:
-    return sha256_file(checkpoint) if checkpoint else None
+def _checkpoint_id(init: str, checkpoint: str | Path | None) -> str | None:
+    """Content hash of the checkpoint a ``pretrained`` run starts from (``None`` for scratch)."""
+    if init != "pretrained" or not checkpoint:
+        return None
+    st = Path(checkpoint).stat()
+    return _sha256_cached(str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    """``sha256_file`` once per file version (size and mtime are the key): a ViT-B checkpoint is 1.4 GB
+    and every downstream run of a notebook starts from the same one."""
+    return sha256_file(path)
 
 
 def _task_cfg(cfg: Config, task: str):
@@ -302,8 +314,7 @@ def run_task(task: str, cfg: Config, run_dir: str | Path, *, init: str = "pretra
     num_classes = getattr(train_loader.dataset, "num_classes", 10)
     prior = foreground_prior(train_loader.dataset) if task == "segmentation" else None
     model = build_task_model(task, cfg, init, checkpoint, num_classes=num_classes, seg_prior=prior)
-    ckpt_id = _checkpoint_id(checkpoint) if init == "pretrained" else None
-    fp = _fingerprint(cfg, task=task, init=init, checkpoint=ckpt_id,
+    fp = _fingerprint(cfg, task=task, init=init, checkpoint=_checkpoint_id(init, checkpoint),
                       protocol={k: v for k, v in config_to_dict(tcfg).items() if k != "train"})
     eval_fn = lambda m: evaluate(task, model, test_loader, cfg, device)     # noqa: E731
     if getattr(tcfg, "cache_features", False):
@@ -398,8 +409,7 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
     train_loader, test_loader = make_loaders(cfg, "linprobe")
     xtr, ytr = _feature_table(encoder, train_loader, device)
     xte, yte = _feature_table(encoder, test_loader, device)
-    fp = _fingerprint(cfg, task="feature_subsets", init=init,
-                      checkpoint=_checkpoint_id(checkpoint) if init == "pretrained" else None)
+    fp = _fingerprint(cfg, task="feature_subsets", init=init, checkpoint=_checkpoint_id(init, checkpoint))
     rows = []
     for subset in subsets:
         clf = AVClassifier(encoder, 10, features=subset, head=cfg.linprobe.head, freeze_encoder=True)

@@ -546,19 +546,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _config_diff(saved: Mapping, cfg: TrainConfig) -> list[str]:
-    now = config_to_dict(cfg)
-    keys = sorted((set(now) | set(saved)) - RESULT_NEUTRAL_FIELDS)
-    return [f"{k}: checkpoint {saved.get(k, '<missing>')!r} != now {now.get(k, '<missing>')!r}"
-            for k in keys if saved.get(k, "<missing>") != now.get(k, "<missing>")]
+    """``_dict_diff`` of the TrainConfig fields that change the result (all but RESULT_NEUTRAL_FIELDS)."""
+    drop = lambda d: {k: v for k, v in d.items() if k not in RESULT_NEUTRAL_FIELDS}   # noqa: E731
+    return _dict_diff(drop(saved), drop(config_to_dict(cfg)))
 
 
-def _fingerprint_diff(saved: Mapping, now: Mapping, prefix: str = "") -> list[str]:
-    """Differences between two nested fingerprints, as ``key: checkpoint X != now Y`` lines."""
+def _dict_diff(saved: Mapping, now: Mapping, prefix: str = "") -> list[str]:
+    """Differences between two nested dicts, as ``key: checkpoint X != now Y`` lines (sorted keys)."""
     out = []
     for k in sorted(set(saved) | set(now)):
         a, b = saved.get(k, "<missing>"), now.get(k, "<missing>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += _fingerprint_diff(a, b, f"{prefix}{k}.")
+            out += _dict_diff(a, b, f"{prefix}{k}.")
         elif a != b:
             out.append(f"{prefix}{k}: checkpoint {a!r} != now {b!r}")
     return out
@@ -695,7 +694,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         for key, now in (("eff_batch", eff_batch), ("steps_per_epoch", steps_per_epoch)):
             if ckpt.get(key) != now:
                 problems.append(f"{key}: checkpoint {ckpt.get(key)!r} != now {now!r}")
-        problems += _fingerprint_diff(ckpt.get("fingerprint", {}), fingerprint)
+        problems += _dict_diff(ckpt.get("fingerprint", {}), fingerprint)
         if problems:
             msg = f"{ckpt_path} was written by a run that trains differently:\n  " + "\n  ".join(problems)
             if on_mismatch == "raise":

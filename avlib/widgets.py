@@ -113,14 +113,10 @@ def audio_players(clips: Mapping[str, Any], sample_rate: int, *, normalize: bool
     and played with ``normalize=False``. ``normalize=True``: each clip at full scale (``nb.audio_player``)."""
     if normalize:
         return {label: audio_player(w, sample_rate) for label, w in clips.items()}
-    from IPython.display import Audio
-
-    waves = {label: np.asarray(viz.to_numpy(w), np.float64).squeeze() for label, w in clips.items()}
-    peaks = [float(np.abs(w).max(initial=0.0)) for w in waves.values()]
-    if reference is not None:
-        peaks.append(float(np.abs(viz.to_numpy(reference)).max(initial=0.0)))
+    peaks = [float(np.abs(viz.to_numpy(w)).max(initial=0.0)) for w in [*clips.values(), reference]
+             if w is not None]
     peak = max(peaks, default=0.0) or 1.0                  # all silent: play as is
-    return {label: Audio(data=w / peak, rate=int(sample_rate), normalize=False) for label, w in waves.items()}
+    return {label: audio_player(w, sample_rate, scale=peak) for label, w in clips.items()}
 
 
 def render_separation(mix_wave, pred_waves, gt_waves, sample_rate: int, index: int | None = None, *,

@@ -73,8 +73,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-
-
 def fsdd_digest(rec_dir: Path) -> tuple[int, str]:
     """``(count, sha256 over sorted 'name<TAB>sha256(file)' lines)`` of the wav files in ``rec_dir``."""
     names = sorted(p.name for p in Path(rec_dir).glob("*.wav"))
