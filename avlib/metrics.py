@@ -39,7 +39,7 @@ __all__ = [
     "topk", "top1", "multi_head_top1", "mean_ap", "mean_roc_auc", "multi_head_mean_ap",
     # localization (B1)
     "ciou_per_sample", "ciou_batch", "localization_metrics", "LocalizationEvaluator",
-    "LOC_AUC_THRESHOLDS",
+    "LOC_AUC_THRESHOLDS", "cell_hits",
     # segmentation (B2)
     "avsbench_mask_iou", "avsbench_fscore_curve", "avsbench_miou", "avsbench_fscore",
     "AVSBenchEvaluator", "davf_fscore_binary", "davf_segmentation", "DeepAVFusionSegEvaluator",
@@ -299,6 +299,26 @@ def localization_metrics(ciou_values: Sequence[float]) -> dict[str, float]:
         "auc": float(sk_auc(list(LOC_AUC_THRESHOLDS), success)),
         "n": int(c.size),
     }
+
+
+def cell_hits(pred_maps, sounding, grid: int) -> torch.Tensor:
+    """Pointing over grid cells (an AV-Digits diagnostic, not a benchmark metric): for each scene, does
+    the cell with the highest mean map value hold a sounding object?
+
+    ``pred_maps (B, h, w)`` any resolution (each cell's value is the mean over its region,
+    ``adaptive_avg_pool2d`` to ``grid x grid``), ``sounding (B, grid*grid)`` 0/1 per cell, row-major.
+    Returns ``(B,)`` bools. Chance is ``sounding cells / grid**2`` (1/4 on a 2 x 2 scene with one
+    source). Unlike the median-threshold cIoU, whose ceiling on a quarter-image cell is 0.5 and which a
+    map that lights up *every* object on screen can reach (when two of the four cells hold objects, their
+    union is exactly the top half), this asks only the question localization is about: which object sounds.
+    """
+    maps = _tensor(pred_maps).float()
+    snd = _tensor(sounding).bool()
+    if maps.dim() != 3 or snd.dim() != 2 or snd.shape != (maps.shape[0], grid * grid):
+        raise ValueError(f"cell_hits: maps (B, h, w) and sounding (B, {grid * grid}); got "
+                         f"{tuple(maps.shape)} and {tuple(snd.shape)}")
+    cells = F.adaptive_avg_pool2d(maps[:, None], grid).flatten(1)       # (B, g*g) row-major like `sounding`
+    return snd.gather(1, cells.argmax(1, keepdim=True))[:, 0]
 
 
 class LocalizationEvaluator:

@@ -37,7 +37,7 @@ from .config import Config, apply_overrides, config_to_dict
 from .data.scenes import make_loaders
 from .heads import AVClassifier, AVLocalizer, AVSegmenter, AVSeparator, localization_loss, segmentation_loss
 from .metrics import (AVSBenchEvaluator, DeepAVFusionSegEvaluator, LocalizationEvaluator, SeparationEvaluator,
-                      multi_head_top1, top1)
+                      cell_hits, multi_head_top1, top1)
 from .model import AVMAE, DeepAVFusion, build_avmae, build_encoder
 from .train import History, fit
 from .utils import barrier, is_main_process, resolve_device, seed_everything, sha256_file
@@ -271,14 +271,19 @@ def evaluate(task: str, model: nn.Module, loader, cfg: Config, device="cpu") -> 
             out.update({f"top1_{k}": v for k, v in multi_head_top1(logits, y[keep]).items() if k != "all"})
         return out
     if task == "localization":
-        ev = LocalizationEvaluator()
+        ev, hits = LocalizationEvaluator(), []
         for b in loader:
             gt = b["loc_map"]
             keep = gt.flatten(1).sum(1) > 0                     # nothing on screen sounds: no cIoU
             if keep.any():
                 cos = model.similarity_map(b["image"].to(device), b["audio"].to(device)).cpu()
                 ev.update(cos[keep], gt[keep])
-        return {k: float(v) for k, v in ev.compute().items()}
+                if "sounding" in b:                             # AV-Digits scenes: which cell sounds
+                    hits.append(cell_hits(cos[keep], b["sounding"][keep], cfg.data.grid))
+        out = {k: float(v) for k, v in ev.compute().items()}
+        if hits:
+            out["cell_acc"] = torch.cat(hits).float().mean().item()
+        return out
     if task == "segmentation":
         avs, davf = AVSBenchEvaluator(batch_frames=None), DeepAVFusionSegEvaluator()
         for b in loader:

@@ -32,7 +32,7 @@ MASK_COLOR = (0.1, 0.9, 0.3)
 METRIC_LABELS = {
     "top1": "top-1 (%)", "top5": "top-5 (%)", "top1_audio": "top-1, audio head (%)",
     "top1_visual": "top-1, visual head (%)", "top1_fusion": "top-1, fusion head (%)", "nn_acc": "1-NN accuracy (%)",
-    "auc": "AUC", "ciou": "cIoU (success @0.5)", "ciou_mean": "cIoU mean",
+    "auc": "AUC", "ciou": "cIoU (success @0.5)", "ciou_mean": "cIoU mean", "cell_acc": "cell accuracy",
     "avsbench_miou": "AVSBench mIoU", "avsbench_f": "AVSBench F", "davf_miou": "DeepAVFusion mIoU (bg+fg)",
     "davf_miou_nobg": "DeepAVFusion mIoU (fg)", "davf_f": "DeepAVFusion F",
     "sdr": "SDR (dB)", "sdri": "SDRi (dB)", "sir": "SIR (dB)", "sar": "SAR (dB)", "sdr_mix": "SDR of the mixture (dB)",

@@ -175,6 +175,28 @@ def test_localization_evaluator_streaming_per_sample_gt():
     json.dumps(ev.compute())
 
 
+def test_cell_hits_hand_cases():
+    # 4 x 4 maps on a 2 x 2 grid; cell means (row-major): scene 0 -> [1, 0, 0, 0], scene 1 -> [0, 0, 2, 3]
+    maps = torch.zeros(2, 4, 4)
+    maps[0, :2, :2] = 1.0
+    maps[1, 2:, :2], maps[1, 2:, 2:] = 2.0, 3.0
+    maps[1, 0, 0] = 10.0                                    # one hot pixel: cell 0's mean is 2.5 < 3
+    sounding = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0]])
+    assert M.cell_hits(maps, sounding, 2).tolist() == [True, False]
+    assert M.cell_hits(maps, torch.tensor([[0, 1, 0, 0], [0, 0, 1, 1]]), 2).tolist() == [False, True]
+    # a map that lights up both objects of a two-object scene equally: median cIoU 0.5 (the ceiling of a
+    # quarter-image cell, counted as a success) but argmax picks one -- the map cannot say which sounds
+    both = torch.zeros(1, 4, 4)
+    both[0, :2, :2] = both[0, 2:, 2:] = 1.0
+    gt = torch.zeros(1, 4, 4)
+    gt[0, 2:, 2:] = 1.0
+    both_ramp = both + torch.linspace(0, 1e-3, 16).reshape(1, 4, 4)
+    assert M.ciou_per_sample(both_ramp[0], gt[0]) == _approx(0.5)
+    assert M.cell_hits(both, torch.tensor([[0, 0, 0, 1]]), 2).tolist() == [False]    # ties -> first cell
+    with pytest.raises(ValueError, match="cell_hits"):
+        M.cell_hits(maps, sounding[:, :3], 2)
+
+
 # =============================================================================================== #
 # Segmentation (B2): AVSBench protocol and DeepAVFusion's evaluator
 # =============================================================================================== #

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from avlib import paths
 from avlib.audio import AudioFrontEnd
-from avlib.config import make_config
+from avlib.config import ConfigError, make_config
 from avlib.data import MixtureDataset, SceneDataset, loader_throughput, make_loaders
 from avlib.data.sources import FSDD_TEST_TAKES, clear_caches, fsdd_index, fsdd_split, load_fsdd, load_mnist
 from avlib.paths import DataNotFoundError
@@ -52,7 +52,11 @@ def _check_item(ds, item, i):
     assert item["waveform"].shape == (cfg.data.clip_samples,)
     assert item["loc_map"].shape == item["seg_mask"].shape == (H, W)
     classes = item["cell_classes"]
-    assert len(set(classes.tolist())) == g * g                          # distinct objects per image
+    shown = [c for c in classes.tolist() if c >= 0]                     # -1 = an empty cell
+    assert len(set(shown)) == len(shown)                                # distinct objects per image
+    d = cfg.data.distractors
+    n_sounding = int(item["sounding"].sum())
+    assert len(shown) == (g * g if d is None else min(g * g, n_sounding + d))   # the distractors on screen
     # the log-mel is exactly the front end of the returned waveform
     assert torch.equal(item["audio"], AudioFrontEnd(cfg.data)(item["waveform"]))
     seg, loc, labels, label = item["seg_mask"], item["loc_map"], item["labels"], int(item["label"])
@@ -98,13 +102,15 @@ def test_ground_truth_consistency(dataset, request):
 
 @pytest.mark.parametrize("distractors", [0, 1])
 def test_pretrain_distractors_clear_the_other_cells(distractors):
-    cfg = _cfg("synthetic", pretrain_distractors=distractors, p_two_sources=0.3, test_size=20)
+    # task scenes with every object (data.distractors=None), pre-training scenes with fewer
+    cfg = _cfg("synthetic", distractors=None, pretrain_distractors=distractors, p_two_sources=0.3, test_size=20)
     pre, task = SceneDataset(cfg, "test", "pretrain"), SceneDataset(cfg, "test", "localization")
     for i in range(len(pre)):
         sc, full = pre.scene(i), task.scene(i)
-        assert np.array_equal(sc.classes, full.classes) and sc.sounding == full.sounding   # same draws
-        assert torch.equal(pre[i]["audio"], task[i]["audio"])
         drawn = [k for k, (x0, y0, x1, y1) in enumerate(sc.cells) if sc.alpha[y0:y1, x0:x1].max() > 0]
+        assert np.array_equal(sc.classes[drawn], full.classes[drawn]) and sc.sounding == full.sounding  # same draws
+        assert (sc.classes >= 0).sum() == len(drawn) and (full.classes >= 0).all()     # -1 = empty cell
+        assert torch.equal(pre[i]["audio"], task[i]["audio"])
         assert set(sc.sounding) <= set(drawn)
         assert len(drawn) == min(len(sc.sounding) + distractors, len(sc.cells))
         for k in set(range(len(sc.cells))) - set(drawn):                # a cleared cell is flat background
@@ -113,7 +119,43 @@ def test_pretrain_distractors_clear_the_other_cells(distractors):
         for k in sc.sounding:                                          # the sounding objects are untouched
             x0, y0, x1, y1 = sc.cells[k]
             assert np.array_equal(sc.image[y0:y1, x0:x1], full.image[y0:y1, x0:x1])
-    assert SceneDataset(make_config("cpu", **{"data.dataset": "synthetic"}), "test", "pretrain").distractors is None
+    # without pretrain_distractors, pre-training scenes are the task scenes
+    cpu = make_config("cpu", **{"data.dataset": "synthetic"})
+    assert cpu.data.distractors is None and SceneDataset(cpu, "test", "pretrain").distractors is None
+    two = make_config("cpu", **{"data.dataset": "synthetic", "data.distractors": 1})
+    assert SceneDataset(two, "test", "pretrain").distractors == 1
+
+
+def test_task_distractors_empty_cells_in_every_dataset():
+    cfg = _cfg("synthetic", distractors=1, p_two_sources=0.3, p_offscreen=0.2, test_size=30)
+    ds = SceneDataset(cfg, "test", "localization")
+    for i in range(len(ds)):
+        _check_item(ds, ds[i], i)                                       # counts the objects on screen
+    empty = [int((ds[i]["cell_classes"] < 0).sum()) for i in range(len(ds))]
+    assert min(empty) >= 1                                              # 4 cells, at most 3 objects
+    mix = MixtureDataset(cfg, "test")
+    for i in range(5):
+        for sc in mix.scenes(i):                                        # each target image: itself + 1
+            assert (sc.classes >= 0).sum() == 2 and sc.classes[sc.sounding[0]] >= 0
+    with pytest.raises(ConfigError, match="distractors"):
+        _cfg("synthetic", distractors=-1)
+
+
+def test_pretrain_distractors_p_mixes_curated_and_full_scenes():
+    cfg = _cfg("synthetic", distractors=1, pretrain_distractors=0, pretrain_distractors_p=0.5, test_size=40)
+    pre, task = SceneDataset(cfg, "test", "pretrain"), SceneDataset(cfg, "test", "localization")
+    curated = 0
+    for i in range(len(pre)):
+        sc, full = pre.scene(i), task.scene(i)
+        assert sc.sounding == full.sounding
+        drawn = [k for k, (x0, y0, x1, y1) in enumerate(sc.cells) if sc.alpha[y0:y1, x0:x1].max() > 0]
+        if drawn == sc.sounding:                                        # curated: the sounding object alone
+            curated += 1
+        else:                                                          # a task scene (cpu: one distractor)
+            assert len(drawn) == len(sc.sounding) + cfg.data.distractors == (sc.classes >= 0).sum()
+    assert 0.2 * len(pre) <= curated <= 0.8 * len(pre)                  # both kinds, about half each
+    with pytest.raises(ConfigError, match="pretrain_distractors_p"):
+        _cfg("synthetic", pretrain_distractors_p=1.5)
 
 
 @pytest.mark.data
@@ -133,6 +175,9 @@ def test_avdigits_labels_match_files(data_root):
         assert int(info["recordings"][0].split("_")[0]) == int(item["label"])
         # every cell shows an MNIST *test* image of its class, pixel for pixel
         for k, (gid, cls) in enumerate(zip(sc.glyph_ids, sc.classes)):
+            if cls < 0:                                                 # an empty cell (data.distractors)
+                assert gid == -1 and sc.alpha[sc.cells[k][1]:sc.cells[k][3], sc.cells[k][0]:sc.cells[k][2]].max() == 0
+                continue
             assert labels[gid] == cls
             x, y, s = sc.glyph_boxes[k]
             assert np.allclose(sc.alpha[y:y + s, x:x + s], images[gid].astype(np.float32) / 255, atol=1e-6, rtol=0)

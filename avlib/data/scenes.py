@@ -2,7 +2,8 @@
 
 A *scene* is a ``grid x grid`` image of distinct objects (MNIST digits, or procedurally drawn shapes) and a
 clip in which one of them "speaks" (an FSDD recording of that digit, or a class-specific synthetic
-timbre). Everything a downstream task needs comes with it (ARCHITECTURE.md, batch contract)::
+timbre). ``cfg.data.distractors`` limits how many non-sounding objects stay on screen (the other cells
+are plain background; the small profiles show one distractor). Everything a downstream task needs comes with it (ARCHITECTURE.md, batch contract)::
 
     image (3, H, W)     ImageNet-normalized       audio (1, F, T)   log-mel (AudioFrontEnd)
     waveform (S,)       what `audio` was computed from (after the train-time gain)
@@ -10,7 +11,7 @@ timbre). Everything a downstream task needs comes with it (ARCHITECTURE.md, batc
     labels (10,)        multi-hot of the sounding objects
     loc_map (H, W)      1 on the sounding cell(s)           box (4,)  x0, y0, x1, y1 of the first sounding cell
     seg_mask (H, W)     the sounding object's pixels (intensity > 0.5 inside its cell)
-    extras: cell_classes (g*g,), sounding (g*g,), source_ids (2,) (FSDD bank rows, -1 = none), index ()
+    extras: cell_classes (g*g,) (-1 = empty cell), sounding (g*g,), source_ids (2,) (FSDD bank rows, -1 = none), index ()
 
 Scene ``i`` of a split is composed from ``numpy.random.default_rng([seed, split, i, epoch])`` only, so the
 same seed gives the same scene bit for bit whatever the worker count or order. ``set_epoch`` changes the
@@ -228,9 +229,13 @@ class _Composer:
         return out, off
 
     def compose(self, rng: np.random.Generator, *, force_class: int | None = None,
-                mode: str | None = None, n_sources: int | None = None, distractors: int | None = None) -> _Scene:
+                mode: str | None = None, n_sources: int | None = None, distractors: int | None = None,
+                distractors_p: float = 1.0) -> _Scene:
         """One scene. ``distractors``: how many non-sounding objects stay on screen (``None``: all; the
-        others' cells are left as plain background). The random draws of a ``None`` scene are unchanged."""
+        others' cells are left as plain background and their class is -1). With ``distractors_p < 1``
+        that limit applies to a random ``distractors_p`` fraction of the scenes and the others keep
+        ``cfg.data.distractors`` (the task scenes' count). All other random draws do not depend on
+        ``distractors``: a scene differs from its ``None`` version only in the cleared cells."""
         d = self.cfg.data
         n_cells = self.grid * self.grid
         if force_class is None:
@@ -290,6 +295,8 @@ class _Composer:
             sources.append(placed)
             ids.append(int(sid))
             offsets.append(off)
+        if distractors_p < 1.0 and rng.random() >= distractors_p:
+            distractors = d.distractors                    # this scene is a task scene
         if distractors is not None:                        # clear the cells of non-sounding objects (last,
             quiet = [k for k in range(n_cells) if k not in sounding]   # so the other draws stay the same)
             shown = set(sounding) | {int(k) for k in rng.permutation(quiet)[:max(0, int(distractors))]}
@@ -297,6 +304,7 @@ class _Composer:
                 if k not in shown:
                     alpha[y0:y1, x0:x1] = 0.0
                     image[y0:y1, x0:x1] = bg[k]
+                    classes[k] = glyph_ids[k] = -1
         return _Scene(image=image, classes=classes, glyph_ids=glyph_ids, sounding=sounding, sources=sources,
                       source_ids=ids, source_classes=src_classes, offsets=offsets,
                       offscreen=None if mode == "onscreen" else mode, alpha=alpha, cells=self.cells,
@@ -395,7 +403,10 @@ class SceneDataset(_ComposedDataset):
         super().__init__(cfg, split, root, epoch, size)
         self.task = task
         # pre-training scenes may show fewer non-sounding objects than the task scenes (data.pretrain_distractors)
-        self.distractors = cfg.data.pretrain_distractors if task == "pretrain" else None
+        d = cfg.data
+        own = task == "pretrain" and d.pretrain_distractors is not None
+        self.distractors = d.pretrain_distractors if own else d.distractors
+        self.distractors_p = float(d.pretrain_distractors_p) if own else 1.0
 
     def _rng(self, index: int) -> np.random.Generator:
         return self.composer.rng(index, self.epoch if self.train else 0)
@@ -404,7 +415,7 @@ class SceneDataset(_ComposedDataset):
         """The raw composition (numpy) of item ``index``: classes, sounding cells, sources, offsets..."""
         if not 0 <= index < self.size:
             raise IndexError(index)
-        return self.composer.compose(self._rng(index), distractors=self.distractors)
+        return self.composer.compose(self._rng(index), distractors=self.distractors, distractors_p=self.distractors_p)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.size:
@@ -414,7 +425,7 @@ class SceneDataset(_ComposedDataset):
 
     def _item(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
-        sc = self.composer.compose(rng, distractors=self.distractors)
+        sc = self.composer.compose(rng, distractors=self.distractors, distractors_p=self.distractors_p)
         wave = np.sum(sc.sources, axis=0) if sc.sources else np.zeros(self.composer.S, np.float32)
         wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if self.train:
@@ -457,7 +468,8 @@ class MixtureDataset(_ComposedDataset):
             raise IndexError(index)
         rng = self.composer.rng(index, self.epoch if self.train else 0, salt=1)
         classes = rng.choice(NUM_CLASSES, self.K, replace=False)
-        return [self.composer.compose(rng, force_class=int(c), n_sources=1) for c in classes], rng
+        return [self.composer.compose(rng, force_class=int(c), n_sources=1, distractors=self.cfg.data.distractors)
+                for c in classes], rng
 
     def scenes(self, index: int) -> list[_Scene]:
         """The K raw compositions (numpy) of item ``index``."""
