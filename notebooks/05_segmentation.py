@@ -259,7 +259,8 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 # 5. Train longer, or with a 10× larger lr than the supplement's $10^{-4}$ that the small profiles keep
 #    (`{"segmentation.train.epochs": 10}`, `{"segmentation.train.lr": 1e-3}`, each in a new `run_dir`).
 #    Which of the two changes moves the pretrained run off the constant-prediction line, and does the
-#    scratch run follow?
+#    scratch run follow? (Ours: lr 1e-3 alone for 3 epochs, mIoU 0.003 vs 0.005; lr 1e-3 for 10 epochs,
+#    2 min per init, leaves the line from both inits, mIoU 0.139 pretrained vs 0.132 scratch.)
 #
 # ## References
 #
