@@ -2,8 +2,9 @@
 
 A *scene* is a ``grid x grid`` image of distinct objects (MNIST digits, or procedurally drawn shapes) and a
 clip in which one of them "speaks" (an FSDD recording of that digit, or a class-specific synthetic
-timbre). ``cfg.data.distractors`` limits how many non-sounding objects stay on screen (the other cells
-are plain background; the small profiles show one distractor). Everything a downstream task needs comes with it (ARCHITECTURE.md, batch contract)::
+timbre). ``cfg.data.distractors`` can limit how many non-sounding objects stay on screen (the other
+cells are then plain background; default: every cell holds an object). Everything a downstream task
+needs comes with it (ARCHITECTURE.md, batch contract)::
 
     image (3, H, W)     ImageNet-normalized       audio (1, F, T)   log-mel (AudioFrontEnd)
     waveform (S,)       what `audio` was computed from (after the train-time gain)
@@ -11,7 +12,8 @@ are plain background; the small profiles show one distractor). Everything a down
     labels (10,)        multi-hot of the sounding objects
     loc_map (H, W)      1 on the sounding cell(s)           box (4,)  x0, y0, x1, y1 of the first sounding cell
     seg_mask (H, W)     the sounding object's pixels (intensity > 0.5 inside its cell)
-    extras: cell_classes (g*g,) (-1 = empty cell), sounding (g*g,), source_ids (2,) (FSDD bank rows, -1 = none), index ()
+    extras: cell_classes (g*g,) (-1 = empty cell), sounding (g*g,), source_ids (2,) (FSDD bank rows,
+            -1 = none), index ()
 
 Scene ``i`` of a split is composed from ``numpy.random.default_rng([seed, split, i, epoch])`` only, so the
 same seed gives the same scene bit for bit whatever the worker count or order. ``set_epoch`` changes the
