@@ -225,9 +225,44 @@ class TrainConfig:
             raise ConfigError(f"amp={self.amp!r}: none | bf16 | fp16")
 
 
+DATA_SPLITS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
-class ClassificationConfig:
+class TaskConfig:
+    """What every downstream protocol has: its training recipe and the data it trains / is scored on.
+
+    ``train_data`` / ``test_data``: ``"<dataset>[:<split>]"`` (``None``: ``data.dataset``, split ``train`` /
+    ``test``). A benchmark name goes to ``avlib.data.benchmarks.build_benchmark``; ``avdigits`` /
+    ``synthetic`` to the AV-Digits scenes. Data read from a ``test``-only benchmark for training gets the
+    evaluation transforms (no augmentation). The paper profile names one benchmark per protocol.
+    """
     train: TrainConfig = field(default_factory=TrainConfig)
+    train_data: str | None = None
+    test_data: str | None = None
+
+    def __post_init__(self):
+        for name in ("train_data", "test_data"):
+            spec = getattr(self, name)
+            if spec is not None and parse_data_spec(spec, "train")[1] not in DATA_SPLITS:
+                raise ConfigError(f"{name}={spec!r}: '<dataset>' or '<dataset>:<split>', split one of {DATA_SPLITS}")
+
+    def data_spec(self, default_dataset: str, split: str) -> tuple[str, str]:
+        """``(dataset, split)`` this protocol reads for ``split`` (``"train"`` or ``"test"``)."""
+        spec = self.train_data if split == "train" else self.test_data
+        return (default_dataset, split) if spec is None else parse_data_spec(spec, split)
+
+
+def parse_data_spec(spec: str, default_split: str) -> tuple[str, str]:
+    """``"vggss:test"`` -> ``("vggss", "test")``; ``"vggsound"`` -> ``("vggsound", default_split)``."""
+    name, _, split = str(spec).partition(":")
+    if not name:
+        raise ConfigError(f"data spec {spec!r}: empty dataset name")
+    return name, (split or default_split)
+
+
+@dataclass(frozen=True)
+class ClassificationConfig(TaskConfig):
     # subset of pooled features fed to the linear layer [supp A.1]; main paper: audio + visual
     features: tuple[str, ...] = ("audio", "visual")
     head: str = "linear"                 # linear [supp] | official (BN + one head per stream, avg logits)
@@ -237,6 +272,7 @@ class ClassificationConfig:
     cache_features: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "features", tuple(self.features))
         bad = set(self.features) - {"audio", "visual", "fusion"}
         if not self.features or bad:
@@ -244,19 +280,17 @@ class ClassificationConfig:
 
 
 @dataclass(frozen=True)
-class LocalizationConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)
+class LocalizationConfig(TaskConfig):
+    pass
 
 
 @dataclass(frozen=True)
-class SegmentationConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)
+class SegmentationConfig(TaskConfig):
     head: str = "upsample"               # upsample [supp A.2] | official_unet [code §3.5]
 
 
 @dataclass(frozen=True)
-class SeparationConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)
+class SeparationConfig(TaskConfig):
     binary_mask: bool = True             # [supp A.3] binary masks; official README: ratio masks
     # which bins a binary mask marks: "dominant" = the target is the most dominant source [supp A.3]
     # (S_src > S_mix - S_src); "official" = the official code's S_src > S_mix (rarely true for a sum)
@@ -315,8 +349,25 @@ def _paper() -> Config:
         pretrain=TrainConfig(epochs=200, warmup_epochs=40, batch_size=64, blr=1.5e-4, weight_decay=0.05,
                              betas=(0.9, 0.95), pretrained_lr_ramp=True, amp="fp16", log_every=50,
                              eval_every=10, ckpt_every=10),
-        **_supplement_tasks(50, 50, 30, 20, 20, batch=128, amp="bf16"),
+        **_paper_data(_supplement_tasks(50, 50, 30, 20, 20, batch=128, amp="bf16")),
     )
+
+
+# The benchmark each protocol of the paper profile trains / is scored on (classification: data.dataset).
+# Localization [supp A.2] is scored on Flickr-SoundNet (250 annotated test images); the supplement trains
+# "to ground truth maps" without saying on which set, and the official code has no localization
+# [code §3.4]: the kit trains on VGG-SS (5,158 annotated VGGSound clips, disjoint from Flickr) [inferred].
+# AVSBench S4 train / test (the official code scores `val`: pass "avsbench_s4:val" to follow it).
+PAPER_TASK_DATA = {
+    "localization": ("vggss:test", "flickr:test"),
+    "segmentation": ("avsbench_s4:train", "avsbench_s4:test"),
+    "separation": ("vggsound_music:train", "vggsound_music:test"),
+}
+
+
+def _paper_data(tasks: dict) -> dict:
+    return {k: replace(v, train_data=PAPER_TASK_DATA[k][0], test_data=PAPER_TASK_DATA[k][1])
+            if k in PAPER_TASK_DATA else v for k, v in tasks.items()}
 
 
 def _release(attn_ratio: float, mlp_ratio: float, name: str) -> Config:

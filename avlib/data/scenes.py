@@ -25,7 +25,7 @@ Generalization splits: MNIST train vs test images, FSDD takes 5-49 vs 0-4 (or he
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -508,15 +508,30 @@ def _train_cfg(cfg, task: str):
             "segmentation": cfg.segmentation.train, "separation": cfg.separation.train}[task]
 
 
+def _task_config(cfg, task: str):
+    """The protocol's ``TaskConfig`` (``None`` for pre-training, which reads ``data.dataset``)."""
+    return {"classification": cfg.finetune, "linprobe": cfg.linprobe, "finetune": cfg.finetune,
+            "localization": cfg.localization, "segmentation": cfg.segmentation,
+            "separation": cfg.separation}.get(task)
+
+
 def make_dataset(cfg, split: str, task: str = "pretrain", *, root=None, size: int | None = None):
-    """The dataset a task uses for ``split``: ``MixtureDataset`` for separation, ``SceneDataset`` otherwise
-    (other ``cfg.data.dataset`` values go to ``avlib.data.benchmarks.build_benchmark``)."""
-    if cfg.data.dataset not in ("avdigits", "synthetic"):
+    """The dataset a task uses for ``split`` (``"train"`` / ``"test"``): the task's ``train_data`` /
+    ``test_data`` (``"<dataset>[:<split>]"``, default ``data.dataset``). AV-Digits / synthetic scenes give
+    ``MixtureDataset`` for separation and ``SceneDataset`` otherwise; other names go to
+    ``avlib.data.benchmarks.build_benchmark`` (``root`` and ``size`` apply to the scenes only)."""
+    tcfg = _task_config(cfg, task)
+    name, split = tcfg.data_spec(cfg.data.dataset, split) if tcfg is not None else (cfg.data.dataset, split)
+    if name not in ("avdigits", "synthetic"):
         try:
             from avlib.data.benchmarks import build_benchmark
         except ImportError as e:
-            raise ValueError(f"data.dataset={cfg.data.dataset!r} needs avlib.data.benchmarks ({e})") from e
-        return build_benchmark(cfg.data.dataset, split, cfg)
+            raise ValueError(f"dataset {name!r} needs avlib.data.benchmarks ({e})") from e
+        return build_benchmark(name, split, cfg)
+    if split not in _SPLIT_ID:
+        raise ValueError(f"{name}: split {split!r} does not exist (train or test)")
+    if name != cfg.data.dataset:
+        cfg = replace(cfg, data=replace(cfg.data, dataset=name))
     if _TASK_ALIASES.get(task, task) == "separation":
         return MixtureDataset(cfg, split, root=root, size=size)
     return SceneDataset(cfg, split, task, root=root, size=size)
