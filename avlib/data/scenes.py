@@ -502,17 +502,17 @@ class MixtureDataset(_ComposedDataset):
 # ----------------------------------------------------------------------------------------------
 # Loaders
 # ----------------------------------------------------------------------------------------------
-def _train_cfg(cfg, task: str):
-    return {"pretrain": cfg.pretrain, "classification": cfg.finetune.train, "linprobe": cfg.linprobe.train,
-            "finetune": cfg.finetune.train, "localization": cfg.localization.train,
-            "segmentation": cfg.segmentation.train, "separation": cfg.separation.train}[task]
-
-
 def _task_config(cfg, task: str):
     """The protocol's ``TaskConfig`` (``None`` for pre-training, which reads ``data.dataset``)."""
+    if task == "pretrain":
+        return None
     return {"classification": cfg.finetune, "linprobe": cfg.linprobe, "finetune": cfg.finetune,
             "localization": cfg.localization, "segmentation": cfg.segmentation,
-            "separation": cfg.separation}.get(task)
+            "separation": cfg.separation}[task]
+
+
+def _train_cfg(cfg, task: str):
+    return cfg.pretrain if task == "pretrain" else _task_config(cfg, task).train
 
 
 def make_dataset(cfg, split: str, task: str = "pretrain", *, root=None, size: int | None = None):
