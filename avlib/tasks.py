@@ -29,13 +29,15 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .audio import AudioFrontEnd, apply_mel_mask
 from .checkpoint import load_pretrained, save_checkpoint
 from .config import Config, apply_overrides, config_to_dict
-from .data.scenes import make_loaders
-from .heads import AVClassifier, AVLocalizer, AVSegmenter, AVSeparator, localization_loss, segmentation_loss
+from .data.scenes import make_dataset, make_loaders
+from .heads import (AVClassifier, AVLocalizer, AVSegmenter, AVSeparator, localization_loss, segmentation_loss,
+                    tokens_to_map)
 from .metrics import (AVSBenchEvaluator, DeepAVFusionSegEvaluator, LocalizationEvaluator, SeparationEvaluator,
                       cell_hits, multi_head_top1, top1)
 from .model import AVMAE, DeepAVFusion, build_avmae, build_encoder
@@ -43,7 +45,8 @@ from .train import History, fit
 from .utils import barrier, is_main_process, resolve_device, seed_everything, sha256_file
 
 __all__ = ["TASKS", "INITS", "RunResult", "pretrain", "build_task_model", "run_task", "compare_inits",
-           "evaluate", "predict_examples", "ablation", "knn_probe", "feature_subsets", "MAIN_METRIC"]
+           "evaluate", "predict_examples", "ablation", "knn_probe", "feature_subsets", "token_probe",
+           "linear_probe_accuracy", "MAIN_METRIC"]
 
 TASKS = ("linprobe", "finetune", "localization", "segmentation", "separation")
 INITS = ("pretrained", "scratch")
@@ -426,6 +429,67 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
             logits = clf.classify_pooled({f: xte[f].to(device) for f in clf.features})["all"]
         rows.append({"features": "+".join(subset), "init": init, "top1": top1(logits.cpu(), yte)})
     return rows
+
+
+@torch.no_grad()
+def _token_table(encoder: DeepAVFusion, loader, device, grid: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Frozen-encoder tokens with the digit they show: ``{"audio": (mean audio token (N, D), sounding
+    class (N,)), "visual_cell": (mean visual token of each grid cell (N * grid**2, D), the cell's class)}``.
+    Cells are row-major like ``cell_classes``; items / cells with class -1 (silent, empty) are dropped."""
+    encoder.eval().to(device)
+    audio, labels, cells, cell_classes = [], [], [], []
+    for b in loader:
+        out = encoder(b["image"].to(device), b["audio"].to(device))
+        fmap = tokens_to_map(out.image, encoder.image_grid)                     # (B, D, gh, gw)
+        cell = F.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2)     # (B, grid * grid, D)
+        audio.append(out.audio.mean(1).cpu())
+        labels.append(b["label"])
+        cells.append(cell.flatten(0, 1).cpu())
+        cell_classes.append(b["cell_classes"].flatten())
+    table = {"audio": (torch.cat(audio), torch.cat(labels)), "visual_cell": (torch.cat(cells), torch.cat(cell_classes))}
+    return {k: (x[y >= 0], y[y >= 0]) for k, (x, y) in table.items()}
+
+
+def linear_probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                          y_test: torch.Tensor, max_iter: int = 1000) -> float:
+    """Top-1 (%) of a multinomial logistic regression on standardized features (scikit-learn, L-BFGS,
+    default L2): how much of the label a *linear* read-out finds in the features. Deterministic."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    clf.fit(x_train.double().numpy(), y_train.numpy())
+    return 100.0 * float(clf.score(x_test.double().numpy(), y_test.numpy()))
+
+
+def token_probe(cfg: Config, *, init: str = "pretrained", checkpoint: str | Path | None = None,
+                train_size: int = 1500, test_size: int = 500, device: str = "auto") -> dict[str, float]:
+    """What the frozen encoder's tokens say about the digits, read out linearly (a kit diagnostic).
+
+    The localization, segmentation and separation heads read *local* visual tokens and the *global*
+    audio token, so they start from whatever digit identity those tokens already carry. This fits a
+    logistic regression (``linear_probe_accuracy``) on ``train_size`` task scenes and scores
+    ``test_size`` test scenes for two questions: which digit is spoken (mean audio token, ``audio``) and
+    which digit is drawn in each grid cell (mean of the cell's visual tokens, ``visual_cell``). Needs
+    scenes with per-cell classes (AV-Digits / synthetic). Returns top-1 (%) and the sample counts.
+    """
+    device = resolve_device(device)
+    seed_everything(cfg.seed)
+    grid = int(cfg.data.grid)
+    train = make_dataset(cfg, "train", "localization", size=train_size)
+    test = make_dataset(cfg, "test", "localization", size=test_size)
+    if "cell_classes" not in test[0]:
+        raise ValueError(f"token_probe needs scenes with per-cell classes (AV-Digits / synthetic); "
+                         f"{type(test).__name__} items have none")
+    encoder = _encoder(cfg, init, checkpoint)
+    bs = _task_cfg(cfg, "localization").train.batch_size
+    tables = [_token_table(encoder, DataLoader(ds, batch_size=bs), device, grid) for ds in (train, test)]
+    out: dict[str, float] = {}
+    for key in ("audio", "visual_cell"):
+        (xtr, ytr), (xte, yte) = tables[0][key], tables[1][key]
+        out[key] = linear_probe_accuracy(xtr, ytr, xte, yte)
+        out[f"n_train_{key}"], out[f"n_test_{key}"] = float(len(ytr)), float(len(yte))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

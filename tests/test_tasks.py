@@ -52,3 +52,48 @@ def test_feature_subsets_every_nonempty_subset(cfg, ckpt, tmp_path):
     assert [r["features"] for r in rows] == ["audio", "visual", "fusion", "audio+visual", "audio+fusion",
                                              "visual+fusion", "audio+visual+fusion"]
     assert all(0.0 <= r["top1"] <= 100.0 for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------- token probe
+class _PixelEncoder(torch.nn.Module):
+    """A stand-in encoder whose tokens are the raw patches: a cell's pixels show its object, so a
+    linear read-out of correctly pooled cells must find the class; ``flip`` mirrors the token grid."""
+
+    def __init__(self, cfg, flip: bool = False):
+        super().__init__()
+        self.p, self.flip = cfg.model.patch_size, flip
+        self.image_grid = cfg.model.image_grid
+
+    def forward(self, image, audio):
+        from types import SimpleNamespace
+        p = self.p
+        v = image.unfold(2, p, p).unfold(3, p, p)                          # (B, C, gh, gw, p, p)
+        if self.flip:
+            v = v.flip(3)
+        v = v.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)           # (B, gh * gw, C * p * p) row-major
+        return SimpleNamespace(image=v, audio=audio.flatten(2))           # audio: (B, 1, F * T)
+
+
+def test_linear_probe_accuracy_finds_linear_labels_and_not_random_ones():
+    from avlib.tasks import linear_probe_accuracy
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (800,), generator=g)
+    x = torch.randn(800, 16, generator=g) + 4.0 * torch.nn.functional.one_hot(y, 16)
+    assert linear_probe_accuracy(x[:600], y[:600], x[600:], y[600:]) > 95.0
+    shuffled = y[torch.randperm(800, generator=g)]
+    assert linear_probe_accuracy(x[:600], shuffled[:600], x[600:], shuffled[600:]) < 45.0   # chance 25
+
+
+def test_token_probe_reads_each_cell_in_the_order_of_its_class(monkeypatch):
+    import avlib.tasks as tasks
+    cfg = make_config("smoke", **{"data.dataset": "synthetic", "model.image_size": (64, 64)})   # 4x4 tokens, 2x2 cells
+    monkeypatch.setattr(tasks, "_encoder", lambda cfg, init, checkpoint: _PixelEncoder(cfg))
+    res = tasks.token_probe(cfg, init="scratch", train_size=200, test_size=100, device="cpu")
+    cells = cfg.data.grid ** 2
+    assert res["n_train_visual_cell"] == 200 * cells and res["n_test_visual_cell"] == 100 * cells
+    assert res["n_train_audio"] == 200
+    assert res["visual_cell"] > 80.0 and res["audio"] > 80.0, res           # raw pixels / mels show the class
+    # the same pixels pooled into the wrong cells: the read-out falls towards chance
+    monkeypatch.setattr(tasks, "_encoder", lambda cfg, init, checkpoint: _PixelEncoder(cfg, flip=True))
+    flipped = tasks.token_probe(cfg, init="scratch", train_size=200, test_size=100, device="cpu")
+    assert flipped["visual_cell"] < res["visual_cell"] - 30.0, (res, flipped)
