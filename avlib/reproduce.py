@@ -684,13 +684,18 @@ def _running_cell(executed: Path, nb) -> tuple[int | None, str]:
 # ----------------------------------------------------------------------------------------------
 def comparisons(metrics: Mapping[str, Any]) -> list[dict]:
     """Rows ``{task, metric, init, value}`` for keys following ``<task>/<init>/<metric>``
-    (e.g. ``classification/pretrained/top1``); other keys are ignored."""
+    (e.g. ``classification/pretrained/top1``); other keys are ignored, and so are sample counts
+    (metrics named ``n`` or ``n_*``: how many items were scored, not a result to compare)."""
     rows = []
     for key, value in metrics.items():
         parts = key.split("/")
-        if len(parts) == 3 and _is_number(value):
+        if len(parts) == 3 and _is_number(value) and not _is_count(parts[2]):
             rows.append({"task": parts[0], "init": parts[1], "metric": parts[2], "value": float(value)})
     return rows
+
+
+def _is_count(metric: str) -> bool:
+    return metric == "n" or metric.startswith("n_")
 
 
 def _is_number(v) -> bool:

@@ -105,26 +105,12 @@ def _avmae_loss(model: AVMAE, batch: Mapping[str, torch.Tensor]):
     return out.loss, {"loss_image": out.loss_image.detach(), "loss_audio": out.loss_audio.detach()}
 
 
-@torch.no_grad()
-def _pooled_features(encoder: DeepAVFusion, loader, device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Mean-pooled, L2-normalized image / audio / fusion tokens of every item, and the labels."""
-    feats: dict[str, list[torch.Tensor]] = {"image": [], "audio": [], "fusion": []}
-    labels = []
-    encoder.eval()
-    for batch in loader:
-        out = encoder(batch["image"].to(device), batch["audio"].to(device))
-        for k in feats:
-            feats[k].append(F.normalize(getattr(out, k).mean(1), dim=-1).cpu())
-        labels.append(batch["label"])
-    return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
-
-
 def knn_probe(encoder: DeepAVFusion, loader, device="cpu") -> dict[str, float]:
     """The official pre-training monitor (``util/knn_probe.py``): leave-one-out 1-nearest-neighbour
     accuracy (%) with mean-pooled, L2-normalized tokens; ``nn_all`` sums the three cosine matrices."""
-    feats, y = _pooled_features(encoder, loader, device)
-    keep = y >= 0
-    feats, y = {k: v[keep] for k, v in feats.items()}, y[keep]
+    pooled, y = _feature_table(encoder, loader, device)           # items with a label only
+    feats = {"image": pooled["visual"], "audio": pooled["audio"], "fusion": pooled["fusion"]}
+    feats = {k: F.normalize(v, dim=-1) for k, v in feats.items()}
     sims = {k: v @ v.T for k, v in feats.items()}                 # (N, N) cosine similarities
     sims["all"] = sims["image"] + sims["audio"] + sims["fusion"]
     out = {}

@@ -246,9 +246,12 @@ def test_verify_notebooks_clean(project, tmp_path):
 
 
 def test_comparisons_and_render_summary_are_generic():
-    rows = rp.comparisons({"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "loss": 1.0, "a/b": 2.0})
+    rows = rp.comparisons({"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "loss": 1.0, "a/b": 2.0,
+                           "sep/pretrained/n": 64, "sep/scratch/n_test_mixtures": 64.0,       # counts
+                           "pre/pretrained/nn_audio": 41.0})
     assert rows == [{"task": "sep", "init": "pretrained", "metric": "sdr", "value": 5.0},
-                    {"task": "sep", "init": "scratch", "metric": "sdr", "value": 3.5}]
+                    {"task": "sep", "init": "scratch", "metric": "sdr", "value": 3.5},
+                    {"task": "pre", "init": "pretrained", "metric": "nn_audio", "value": 41.0}]
     md = rp.render_summary([{"name": "06", "status": "ok", "duration_s": 61.0, "executed": "06.ipynb",
                              "metrics": {"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "profile": "cpu"},
                              "figures": []}], "cpu", wall_s=62)
