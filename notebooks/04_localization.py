@@ -273,7 +273,8 @@ widgets.render_overlay(examples["pretrained"]["image"], preds, examples["pretrai
 # Every metric of both initializations, under the `localization/<init>/<metric>` keys. The runner builds
 # its pretrained-vs-scratch table from these. `localization_bounds/<map>/*` are the reference maps of
 # section 3 (`oracle`, `binary_gt`, `random_map`) on the first test scenes.
-# `localization_token_probe/<init>/*` are the frozen-token read-outs of section 4 (AV-Digits only).
+# `localization_token_probe/<init>/*` are the frozen-token read-outs of section 4 (scenes with per-cell
+# classes only).
 
 # %%
 results = {"localization": {init: r.metrics for init, r in runs.items()},
