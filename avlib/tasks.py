@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .audio import AudioFrontEnd, apply_mel_mask
 from .checkpoint import load_pretrained, save_checkpoint
 from .config import Config, apply_overrides, config_to_dict
-from .data.scenes import make_dataset, make_loaders
+from .data.scenes import _task_config, make_dataset, make_loaders
 from .heads import (AVClassifier, AVLocalizer, AVSegmenter, AVSeparator, localization_loss, segmentation_loss,
                     tokens_to_map)
 from .metrics import (AVSBenchEvaluator, DeepAVFusionSegEvaluator, LocalizationEvaluator, SeparationEvaluator,
@@ -94,7 +94,7 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 def _task_cfg(cfg: Config, task: str):
     if task not in TASKS:
         raise ValueError(f"task={task!r}: one of {TASKS}")
-    return getattr(cfg, task)
+    return _task_config(cfg, task)
 
 
 # ----------------------------------------------------------------------------------------------
