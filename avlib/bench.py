@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import math
@@ -53,17 +52,18 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch
 
 from avlib.config import ModelConfig, make_config
+from avlib.flops import avmae_flops, encoder_flops, explicit_pair_bytes, model_explicit_bytes, pair_shapes
+from avlib.timing import PeakMemory, measure_interleaved, torch_threads
+from avlib.utils import autocast, markdown_table
 
 __all__ = [
-    "Timing", "measure", "PeakMemory", "BenchOptions", "machine_info", "avmae_flops", "encoder_flops",
-    "explicit_pair_bytes", "run_job", "bench_models", "bench_fusion_blocks", "bench_loader", "bench_gpu",
+    "BenchOptions", "machine_info", "run_job", "bench_models", "bench_fusion_blocks", "bench_loader", "bench_gpu",
     "format_report", "main",
 ]
 
@@ -96,147 +96,7 @@ def _log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Measuring: time and memory
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Timing:
-    """Wall-clock seconds of the timed calls, plus the very first call (cold: lazy init, compile)."""
-    times: list[float]
-    first_s: float
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def min(self) -> float:
-        return min(self.times)
-
-    @property
-    def max(self) -> float:
-        return max(self.times)
-
-    @property
-    def n(self) -> int:
-        return len(self.times)
-
-
-def _timed_call(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
-
-
-def measure_interleaved(fns: dict[str, Callable[[], Any]], warmup: int = 2, repeats: int = 5, *,
-                        sync: Callable[[], None] | None = None, max_seconds: float | None = None) -> dict[str, Timing]:
-    """Like ``measure`` for several functions, called round-robin (a, b, a, b, ...), so that both sides
-    of a comparison see the same background load: on a shared machine the load changes over seconds,
-    and timing one path after the other would fold that drift into their ratio."""
-    sync = sync or (lambda: None)
-    first: dict[str, float] = {}
-    for _ in range(warmup):
-        for name, fn in fns.items():
-            t = _timed_call(fn, sync)
-            first.setdefault(name, t)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    for _ in range(max(1, repeats)):
-        for name, fn in fns.items():
-            times[name].append(_timed_call(fn, sync))
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            break
-    return {name: Timing(times=t, first_s=first.get(name, t[0])) for name, t in times.items()}
-
-
-def measure(fn: Callable[[], Any], warmup: int = 2, repeats: int = 5, *, sync: Callable[[], None] | None = None,
-            max_seconds: float | None = None) -> Timing:
-    """Call ``fn`` ``warmup`` times untimed, then time up to ``repeats`` calls (median, min, max in ``Timing``).
-
-    Args:
-        sync: called before every clock read (``torch.cuda.synchronize`` on GPU: kernels are asynchronous).
-        max_seconds: stop the timed calls once they have used this much wall time (at least one call
-            is always timed): a slow reference path gets fewer repeats instead of hours.
-    """
-    return measure_interleaved({"fn": fn}, warmup, repeats, sync=sync, max_seconds=max_seconds)["fn"]
-
-
-def _proc_status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
-        return int(m.group(1)) if m else None
-    except OSError:
-        return None
-
-
-def _malloc_trim() -> None:
-    """Return glibc's cached free heap pages to the OS, so their re-use shows up in RSS again."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class PeakMemory:
-    """Context manager: peak memory of the enclosed region (see the module docstring for the meaning).
-
-    After exit: ``peak_bytes`` (rise above the start), ``absolute_bytes`` (process RSS high-water /
-    CUDA max allocated) and ``method`` (how it was measured). ``before`` runs first (e.g. drop gradients).
-    """
-
-    def __init__(self, device: torch.device, before: Callable[[], None] | None = None):
-        self.device, self.before = torch.device(device), before
-        self.peak_bytes = self.absolute_bytes = None
-        self.method = ""
-
-    def __enter__(self):
-        if self.before is not None:
-            self.before()
-        gc.collect(1)                                   # young cycles only: a full collect costs ~0.3 s
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            self.method = "cuda max_memory_allocated"
-            return self
-        _malloc_trim()
-        self._start = (_proc_status_kib("VmRSS") or 0) * 1024
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")                            # reset the RSS high-water mark (Linux >= 4.0)
-            self.method = "RSS high-water rise (VmHWM after clear_refs)"
-        except OSError:                                 # no reset possible: ru_maxrss, may include earlier peaks
-            self.method = "ru_maxrss rise (high-water not resettable: may include earlier peaks)"
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.absolute_bytes = torch.cuda.max_memory_allocated(self.device)
-        else:
-            hwm = _proc_status_kib("VmHWM")
-            if hwm is None or self.method.startswith("ru_maxrss"):
-                import resource
-                hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
-            self.absolute_bytes = hwm * 1024
-        self.peak_bytes = max(0, self.absolute_bytes - self._start)
-        return False
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run with ``torch.set_num_threads(n)`` and restore the previous count afterwards."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-# ----------------------------------------------------------------------------------------------
-# 2. Options and the machine
+# 1. Options and the machine
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class BenchOptions:
@@ -329,129 +189,6 @@ def machine_info(opts: BenchOptions) -> dict[str, Any]:
     return info
 
 
-# ----------------------------------------------------------------------------------------------
-# 3. Analytic models: FLOPs and the explicit path's memory
-# ----------------------------------------------------------------------------------------------
-def _vit_block_flops(n: int, dim: int, mlp_ratio: float) -> int:
-    """One timm ViT block on n tokens: qkv 2n·D·3D, scores + weighted sum 2·2n²·D (summed over heads),
-    proj 2n·D², MLP 2·2n·D·int(rD)."""
-    return 2 * n * dim * 3 * dim + 4 * n * n * dim + 2 * n * dim * dim + 4 * n * dim * int(dim * mlp_ratio)
-
-
-def _attn_flops(nq: int, nk: int, dk: int, dv: int) -> int:
-    """Attention of nq queries over nk keys: scores 2·nq·nk·dk, weighted sum 2·nq·nk·dv (heads summed)."""
-    return 2 * nq * nk * (dk + dv)
-
-
-def _pair_flops(nq: int, n1: int, n2: int, e1: int, e2: int, dk: int, dv: int, mode: str) -> int:
-    """Pair attention (``avlib.model.pair_attention``) without the query projection.
-
-    explicit: K, V of all n1·n2 pairs 2·n1n2·(e1+e2)·(dk+dv), then attention over n1n2 keys;
-    separable: K, V of each side 2·(n1·e1 + n2·e2)·(dk+dv), then two attentions over n1 and n2 keys."""
-    if mode == "explicit":
-        return 2 * n1 * n2 * (e1 + e2) * (dk + dv) + _attn_flops(nq, n1 * n2, dk, dv)
-    return (2 * (n1 * e1 + n2 * e2) * (dk + dv) + _attn_flops(nq, n1, dk, dv)
-            + _attn_flops(nq, n2, dk, dv))
-
-
-def fusion_block_flops(cfg: ModelConfig, nv: int, na: int, mode: str | None = None) -> int:
-    """One fusion block (per sample) on nv visual and na audio tokens; MLP 2·2·Nf·D·int(r·D)."""
-    mode = mode or cfg.pair_attention
-    D, nf_all = cfg.embed_dim, cfg.num_fusion_total
-    d = int(D * cfg.fusion_attn_ratio)
-    mlp = 4 * nf_all * D * int(D * cfg.fusion_mlp_ratio)
-    if cfg.fusion_arch == "token":        # q D->d, kv D->2d over [a; v], proj d->D
-        attn = 2 * nf_all * D * d + 2 * (na + nv) * D * 2 * d + _attn_flops(nf_all, na + nv, d, d) \
-            + 2 * nf_all * d * D
-    elif cfg.fusion_arch == "dense":      # q D->d, pairs [a_i ‖ v_j] -> K, V of width d, proj d->D
-        attn = 2 * nf_all * D * d + _pair_flops(nf_all, na, nv, D, D, d, d, mode) + 2 * nf_all * d * D
-    elif cfg.fusion_arch == "factorized":
-        nf, nva, naa = cfg.num_fusion_tokens, cfg.num_aggr_image_tokens, cfg.num_aggr_audio_tokens
-
-        def aggregation(nq, nk):           # CrossAttention D -> D: q, kv, attention, proj
-            return 2 * nq * D * D + 2 * nk * D * 2 * D + _attn_flops(nq, nk, D, D) + 2 * nq * D * D
-        attn = (aggregation(nva, nv) + aggregation(naa, na) + 2 * nf * D * d
-                + _pair_flops(nf, nva, naa, D, D, d, D, mode) + 2 * nf * D * D)   # pairs: K width d, V width D
-    else:
-        return 0
-    return attn + mlp
-
-
-def encoder_flops(cfg: ModelConfig, batch: int, masked: bool = False, mode: str | None = None) -> int:
-    """Forward matmul FLOPs of ``DeepAVFusion`` (2 per multiply-add; norms, softmax, GELU not counted).
-
-    Patch embeddings run on every patch (2·N·C·p²·D each); layer l runs the ViT blocks on [Nf; kept
-    tokens] (or the kept tokens alone without a fusion block) plus the fusion block on the kept tokens.
-    Kept tokens: int(N · (1 - mask_ratio)) when ``masked``."""
-    p, D = cfg.patch_size, cfg.embed_dim
-    Nv, Na = math.prod(cfg.image_grid), math.prod(cfg.audio_grid)
-    nv = int(Nv * (1 - cfg.image_mask_ratio)) if masked else Nv
-    na = int(Na * (1 - cfg.audio_mask_ratio)) if masked else Na
-    total = 2 * Nv * 3 * p * p * D + 2 * Na * p * p * D
-    fusion_ids, nf = set(cfg.fusion_layer_ids), cfg.num_fusion_total
-    for layer in range(cfg.depth):
-        extra = nf if layer in fusion_ids else 0
-        total += _vit_block_flops(extra + nv, D, cfg.mlp_ratio) + _vit_block_flops(extra + na, D, cfg.mlp_ratio)
-        if layer in fusion_ids:
-            total += fusion_block_flops(cfg, nv, na, mode)
-    return batch * total
-
-
-def avmae_flops(cfg: ModelConfig, batch: int, mode: str | None = None) -> dict[str, int]:
-    """Matmul FLOPs of one ``AVMAE`` pretraining step at the configured mask ratios.
-
-    forward = masked encoder (``encoder_flops``) + per modality decoder: embed 2·(K + Nf)·D·Dd, depth
-    timm blocks on Nf + N tokens at width Dd, prediction 2·N·Dd·P. train = 3 x forward (the backward
-    of a matmul is two matmuls of the same size; the first conv's unneeded input gradient and
-    activation checkpointing's recompute are ignored: this is *model* FLOPs, as MFU uses).
-    ``mode`` (default cfg.pair_attention) picks the pair-attention formula; MFU uses "separable".
-    """
-    enc = encoder_flops(cfg, batch, masked=True, mode=mode)
-    p, D, Dd, nf = cfg.patch_size, cfg.embed_dim, cfg.decoder_embed_dim, cfg.num_fusion_total
-    dec = 0
-    for grid, ratio, chans in ((cfg.image_grid, cfg.image_mask_ratio, 3), (cfg.audio_grid, cfg.audio_mask_ratio, 1)):
-        N = math.prod(grid)
-        K = int(N * (1 - ratio))
-        dec += 2 * (K + nf) * D * Dd + cfg.decoder_depth * _vit_block_flops(nf + N, Dd, cfg.decoder_mlp_ratio) \
-            + 2 * N * Dd * p * p * chans
-    fwd = enc + batch * dec
-    return {"encoder": enc, "decoders": batch * dec, "forward": fwd, "train": 3 * fwd}
-
-
-def explicit_pair_bytes(batch: int, nq: int, n1: int, n2: int, e1: int, e2: int, dk: int, dv: int, heads: int,
-                        backward: bool = False, itemsize: int = 4) -> int:
-    """Upper estimate of what the explicit pair attention holds at once, in the official computation
-    (manual softmax): the pair tensor (B, n1·n2, e1+e2), K (B, n1·n2, dk), V (B, n1·n2, dv), the logits
-    and the softmax weights (B, h, nq, n1·n2) each. With ``backward`` their gradients too (x 2)."""
-    pairs = batch * n1 * n2
-    total = pairs * (e1 + e2 + dk + dv) + 2 * batch * heads * nq * n1 * n2
-    return itemsize * total * (2 if backward else 1)
-
-
-def _pair_shapes(cfg: ModelConfig, nv: int, na: int) -> dict[str, int] | None:
-    """The pair attention's sizes in one fusion block (None: the block has none)."""
-    D, d, h = cfg.embed_dim, int(cfg.embed_dim * cfg.fusion_attn_ratio), cfg.fusion_num_heads
-    if cfg.fusion_arch == "dense":
-        return dict(nq=cfg.num_fusion_total, n1=na, n2=nv, e1=D, e2=D, dk=d, dv=d, heads=h)
-    if cfg.fusion_arch == "factorized":
-        return dict(nq=cfg.num_fusion_tokens, n1=cfg.num_aggr_image_tokens, n2=cfg.num_aggr_audio_tokens,
-                    e1=D, e2=D, dk=d, dv=D, heads=h)
-    return None
-
-
-def model_explicit_bytes(cfg: ModelConfig, batch: int, train: bool) -> int:
-    """Explicit-path estimate for a whole model: training keeps every fusion layer's tensors for the
-    backward (plus one layer's gradients); inference holds one layer at a time."""
-    Nv, Na = math.prod(cfg.image_grid), math.prod(cfg.audio_grid)
-    nv = int(Nv * (1 - cfg.image_mask_ratio)) if train else Nv
-    na = int(Na * (1 - cfg.audio_mask_ratio)) if train else Na
-    shapes = _pair_shapes(cfg, nv, na)
-    if shapes is None or not cfg.fusion_layer_ids:
-        return 0
-    one = explicit_pair_bytes(batch, **shapes)
-    return one * (len(cfg.fusion_layer_ids) + 1) if train else one
-
-
 def _free_bytes(device: str) -> int:
     if str(device).startswith("cuda"):
         return torch.cuda.mem_get_info(torch.device(device))[0]
@@ -460,19 +197,13 @@ def _free_bytes(device: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Jobs: one measurement each, run in-process or in a fresh subprocess
+# 2. Jobs: one measurement each, run in-process or in a fresh subprocess
 # ----------------------------------------------------------------------------------------------
 def model_config(spec: str, mode: str = "separable", grad_ckpt: bool = False) -> ModelConfig:
     """``profile[:fusion_arch]`` -> its ModelConfig with the pair-attention mode, e.g. ``vggsound_release:dense``."""
     profile, _, arch = spec.partition(":")
     cfg = make_config(profile).model
     return replace(cfg, pair_attention=mode, grad_checkpointing=grad_ckpt, **({"fusion_arch": arch} if arch else {}))
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -512,7 +243,7 @@ def _model_step(job: dict, mode: str) -> Step:
     g = torch.Generator().manual_seed(job.get("seed", 0))            # same inputs for every mode
     image = torch.randn(B, 3, *cfg.image_size, generator=g).to(device)
     audio = torch.randn(B, 1, *cfg.audio_size, generator=g).to(device)
-    amp = _autocast(device, amp_mode or job.get("amp", "none"))
+    amp = autocast(amp_mode or job.get("amp", "none"), device)
     if job["kind"] == "inference":
         model = build_encoder(cfg).to(device).eval()
         fwd = torch.compile(model) if job.get("compile") else model
@@ -556,7 +287,7 @@ def _fusion_step(job: dict, mode: str) -> Step:
     block = FUSION_BLOCKS[job["block"]](cfg).to(device)
     xf, xv, xa = (torch.randn(B, n, cfg.embed_dim, device=device, requires_grad=grad)
                   for n in (cfg.num_fusion_total, dims["n_image"], dims["n_audio"]))
-    amp = _autocast(device, job.get("amp", "none"))
+    amp = autocast(job.get("amp", "none"), device)
 
     def reset():
         block.zero_grad(set_to_none=True)
@@ -576,7 +307,7 @@ def _fusion_step(job: dict, mode: str) -> Step:
 
 def _job_loader(job: dict) -> dict:
     """``loader_throughput`` over ``repeats`` fresh passes (worker start-up excluded by one warm-up batch)."""
-    from avlib.data.scenes import loader_throughput
+    from avlib.data.loaders import loader_throughput
     from avlib.paths import DataNotFoundError
     cfg = make_config(job["config"], **{"data.dataset": job["dataset"]})
     runs = []
@@ -633,7 +364,7 @@ def dispatch(job: dict, isolate: bool, timeout_s: float = 1800) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Sections
+# 3. Sections
 # ----------------------------------------------------------------------------------------------
 def _base_job(opts: BenchOptions, kind: str, **kw) -> dict:
     return dict(kind=kind, device=opts.device, threads=opts.threads, warmup=opts.warmup, repeats=opts.repeats,
@@ -716,7 +447,7 @@ def bench_fusion_blocks(opts: BenchOptions, batches: tuple[int, ...] = (8, 64), 
     dims = dict(dims or PAPER_BLOCK)
     rows = []
     for block in blocks:
-        shapes = _pair_shapes(fusion_block_config(dims, block, "explicit"), dims["n_image"], dims["n_audio"])
+        shapes = pair_shapes(fusion_block_config(dims, block, "explicit"), dims["n_image"], dims["n_audio"])
         for B in batches:
             for backward in (False, True):
                 need = explicit_pair_bytes(B, **shapes, backward=backward)
@@ -793,7 +524,7 @@ def bench_gpu(specs: list[str], opts: BenchOptions) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. The report
+# 4. The report
 # ----------------------------------------------------------------------------------------------
 def _fmt_s(t: float) -> str:
     return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
@@ -828,9 +559,7 @@ def _speedup(row: dict) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, rows))
 
 
 def _mem_legend(opts: BenchOptions) -> str:

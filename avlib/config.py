@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 __all__ = [
-    "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "ClassificationConfig",
-    "LocalizationConfig", "SegmentationConfig", "SeparationConfig", "Config",
-    "PROFILES", "RECIPES", "make_config", "config_to_dict", "config_from_dict", "config_hash",
+    "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "TaskConfig", "ClassificationConfig",
+    "LocalizationConfig", "SegmentationConfig", "SeparationConfig", "Config", "TASKS",
+    "PROFILES", "RECIPES", "make_config", "config_to_dict", "config_from_dict", "config_hash", "flatten",
 ]
 
 
@@ -240,6 +239,8 @@ class TaskConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     train_data: str | None = None
     test_data: str | None = None
+    # what a scene dataset gives this protocol: single scenes, or mix-and-separate pairs (separation)
+    mixtures: ClassVar[bool] = False
 
     def __post_init__(self):
         for name in ("train_data", "test_data"):
@@ -291,6 +292,7 @@ class SegmentationConfig(TaskConfig):
 
 @dataclass(frozen=True)
 class SeparationConfig(TaskConfig):
+    mixtures: ClassVar[bool] = True      # trained and scored on mix-and-separate pairs (MixtureDataset)
     binary_mask: bool = True             # [supp A.3] binary masks; official README: ratio masks
     # which bins a binary mask marks: "dominant" = the target is the most dominant source [supp A.3]
     # (S_src > S_mix - S_src); "official" = the official code's S_src > S_mix (rarely true for a sum)
@@ -302,6 +304,11 @@ class SeparationConfig(TaskConfig):
 # ----------------------------------------------------------------------------------------------
 # Top level
 # ----------------------------------------------------------------------------------------------
+# The downstream protocols, each a section of ``Config`` (its ``TaskConfig``) and an entry of the protocol
+# registry (``avlib.protocols``). Pre-training is not a protocol: its recipe is ``Config.pretrain``.
+TASKS = ("linprobe", "finetune", "localization", "segmentation", "separation")
+
+
 @dataclass(frozen=True)
 class Config:
     profile: str = "paper"
@@ -321,6 +328,14 @@ class Config:
                 f"audio front end gives {self.data.n_mels}x{self.data.num_frames} (n_mels x frames) but "
                 f"model.audio_size={self.model.audio_size}; change data.n_mels / clip_seconds / hop_length "
                 f"or model.audio_size together")
+
+    def task(self, name: str) -> TaskConfig:
+        """The ``TaskConfig`` of downstream protocol ``name`` (one of ``TASKS``)."""
+        if name not in TASKS:
+            close = difflib.get_close_matches(str(name), TASKS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown task {name!r}: one of {TASKS}.{hint}")
+        return getattr(self, name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,12 +479,13 @@ PAPER_PROFILES = ("paper", "vggsound_release", "as2m_release")
 # ----------------------------------------------------------------------------------------------
 # Overrides, (de)serialization
 # ----------------------------------------------------------------------------------------------
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> one level with joined keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (``sep``)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, sep, key + sep))
         else:
             out[key] = v
     return out
@@ -511,7 +527,7 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | None) -> Config:
     """Apply dotted (``"model.depth": 2``) or nested (``{"model": {"depth": 2}}``) overrides."""
     if not overrides:
         return cfg
-    for key, value in _flatten(overrides).items():   # nested dicts become dotted keys
+    for key, value in flatten(overrides).items():   # nested dicts become dotted keys
         cfg = _set(cfg, key.split("."), value, key)
     return cfg
 
@@ -547,5 +563,5 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
 
 def config_hash(cfg) -> str:
     """Short stable hash of a config (or sub-config), used to refuse stale checkpoints."""
-    blob = json.dumps(config_to_dict(cfg), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    from avlib.utils import stable_hash
+    return stable_hash(config_to_dict(cfg), 12)

@@ -149,15 +149,10 @@ def _scalar(key: str, value: Any):
                     "metrics.json is a flat table (save arrays next to it with np.save)")
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "/"))           # nested dicts follow the <task>/<init>/<metric> keys
-        else:
-            out[key] = _scalar(key, v)
-    return out
+def _flatten(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested metrics -> ``<task>/<init>/<metric>`` keys with JSON-able scalar values."""
+    from .config import flatten
+    return {k: _scalar(k, v) for k, v in flatten(d, "/").items()}
 
 
 def record(metrics: Mapping[str, Any], out_dir: str | os.PathLike, *, cfg=None, show: bool = True,

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .paths import REPORTS, ROOT, RUNS
+from .utils import markdown_table, stable_hash
 
 __all__ = [
     "MANIFEST", "KERNEL_ENV", "RUNNER_PARAMS", "ReproduceError", "NotebookFailed", "Step", "Manifest",
@@ -423,10 +424,11 @@ def _avlib_digest() -> str:
     return h.hexdigest()
 
 
-def _fingerprint(nb, params: Mapping, upstream: Iterable[str], avlib_digest: str) -> str:
-    blob = json.dumps({"cells": _cells_signature(nb), "params": params, "upstream": sorted(upstream),
-                       "avlib": avlib_digest}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _notebook_key(nb, params: Mapping, upstream: Iterable[str], avlib_digest: str) -> str:
+    """What decides a notebook's outputs (its cells, parameters, upstream results and the package code):
+    an unchanged key lets ``--resume`` skip a notebook that already ran."""
+    return stable_hash({"cells": _cells_signature(nb), "params": params, "upstream": sorted(upstream),
+                        "avlib": avlib_digest})
 
 
 @contextlib.contextmanager
@@ -574,7 +576,7 @@ def reproduce(profile: str, *, manifest: str | os.PathLike | None = None, out: s
                 continue
             params[param] = rec["outputs"][key]
             upstream_fps.append(rec.get("fingerprint", ""))
-        fp = _fingerprint(p.nb, params, upstream_fps, digest)
+        fp = _notebook_key(p.nb, params, upstream_fps, digest)
         rec = state["notebooks"].get(step.name, {})
         executed = out / f"{step.name}.ipynb"
         up_to_date = (rec.get("status") == "ok" and rec.get("fingerprint") == fp and executed.exists()
@@ -709,9 +711,7 @@ def _fmt(v) -> str:
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(_fmt, row)) + " |" for row in rows]
-    return lines + [""]
+    return markdown_table(header, rows, _fmt) + [""]
 
 
 def _collect(man: Manifest, state: Mapping, out: Path) -> list[dict]:

@@ -23,10 +23,15 @@ last optimizer step *and* at the start of the current epoch; resuming restores t
 states, rebuilds the epoch's iterator (same shuffle order, same worker seeds), replays the consumed
 micro-batches, then restores the step-boundary states. See ``fit`` for the details and limits.
 
-Loaders: build them with ``make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg_seed)``. It
-uses a ``DistributedSampler`` under torchrun and an ``EpochSampler`` otherwise; both shuffle with a
-generator seeded ``seed + epoch`` and ``fit`` calls ``set_epoch`` on them (and on the dataset, if it
-has ``set_epoch``) at the start of every epoch. Plain ``DataLoader(shuffle=True)`` works too.
+Loaders come from the data layer (``avlib.data.make_loader``: a ``DistributedSampler`` under torchrun,
+an ``EpochSampler`` otherwise, both shuffling with a generator seeded ``seed + epoch``); ``fit`` calls
+``set_epoch`` on the sampler (and on the dataset, if it has ``set_epoch``) at the start of every epoch.
+Plain ``DataLoader(shuffle=True)`` works too.
+
+Reading order: the lr schedule and optimizers, then the small pieces ``fit`` is made of (resume state
+``_RunState`` / ``_Checkpoints``, the epoch iterator with its RNG replay ``_epoch_batches``, gradient
+accumulation ``_accumulate``, logging ``_LogWindow``, evaluation ``_evaluate``, DDP ``_wrap_for_training``),
+then ``fit`` itself: setup, resume, the loop.
 
 References: MAE ``util/lr_sched.py``, ``util/lr_decay.py``, ``engine_pretrain.py`` (the recipe);
 nanoGPT ``train.py`` (the log line, ``asdict(cfg)`` in checkpoints); STYLE.md section 2, rows 8/9/16/17.
@@ -51,18 +56,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .utils import barrier, is_distributed, is_main_process, rank, resolve_device, seed_worker, world_size
+from .utils import (autocast, barrier, check_amp, is_distributed, is_main_process, rank, resolve_device,
+                    world_size)
 
 __all__ = [
     "fit", "History", "StepInfo", "NonFiniteLossError", "StopTraining", "ResumeError",
     "build_optimizer", "param_groups", "LRSchedule", "LARS", "layer_id_for", "effective_batch",
-    "resolve_lr", "make_loader", "EpochSampler", "CHECKPOINT_NAME", "RESULT_NEUTRAL_FIELDS",
+    "resolve_lr", "CHECKPOINT_NAME", "RESULT_NEUTRAL_FIELDS",
 ]
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
@@ -304,67 +309,6 @@ class LRSchedule:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loaders
-# ----------------------------------------------------------------------------------------------
-class EpochSampler(Sampler[int]):
-    """Single-process twin of ``DistributedSampler``: the order of epoch ``e`` is
-    ``randperm(n, generator=manual_seed(seed + e))`` (or ``range(n)`` without shuffling). The order
-    depends only on ``(seed, epoch)``, never on how many random numbers were drawn before."""
-
-    def __init__(self, data_source: Dataset | int, *, shuffle: bool = True, seed: int = 0):
-        self.n = data_source if isinstance(data_source, int) else len(data_source)
-        self.shuffle, self.seed, self.epoch = shuffle, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                drop_last: bool | None = None, num_workers: int = 0, pin_memory: bool = False,
-                collate_fn: Callable | None = None, persistent_workers: bool = False) -> DataLoader:
-    """The DataLoader every task should use (``batch_size`` is per process).
-
-    Distributed (torchrun): a ``DistributedSampler(shuffle, seed, drop_last)``, so each rank reads a
-    disjoint ``1/world`` of the data. Otherwise an ``EpochSampler``. ``fit`` calls ``set_epoch`` every
-    epoch; ``epoch`` here only sets the starting value (for loaders used outside ``fit``). Workers are
-    seeded from a generator seeded with ``seed`` (``worker_init_fn=seed_worker``). ``drop_last``
-    defaults to ``shuffle`` (training loaders drop the ragged last batch).
-
-    Note: ``persistent_workers=True`` keeps worker RNG streams across epochs, which makes a mid-epoch
-    resume inexact for augmentations drawn inside workers; it is off by default.
-    """
-    drop_last = shuffle if drop_last is None else drop_last
-    if is_distributed():
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    else:
-        sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed)
-    sampler.set_epoch(epoch)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
-                      worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
-                      persistent_workers=persistent_workers and num_workers > 0)
-
-
-def _set_epoch(loader: DataLoader, epoch: int) -> None:
-    """``set_epoch`` on the sampler(s) and the dataset, each object once."""
-    seen = set()
-    for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
-                getattr(getattr(loader, "batch_sampler", None), "sampler", None), getattr(loader, "dataset", None)):
-        if obj is not None and id(obj) not in seen and callable(getattr(obj, "set_epoch", None)):
-            seen.add(id(obj))
-            obj.set_epoch(epoch)
-
-
-# ----------------------------------------------------------------------------------------------
 # RNG states (stored with weights_only-safe types: tensors, ints, floats, tuples, dicts)
 # ----------------------------------------------------------------------------------------------
 def _rng_state() -> dict:
@@ -528,19 +472,6 @@ def _batch_len(batch) -> int:
     return 0
 
 
-def _autocast(amp: str, device: torch.device):
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def _check_amp(amp: str, device: torch.device) -> None:
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"amp='fp16' needs a CUDA device (got {device}); on CPU use amp='none' or 'bf16'")
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("amp='bf16' is not supported on this GPU; use amp='fp16'")
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -575,81 +506,21 @@ class _Position:
 
 
 # ----------------------------------------------------------------------------------------------
-# fit
+# fit: the pieces around the loop (setup, resume, checkpoints, logging)
 # ----------------------------------------------------------------------------------------------
-def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
-        loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]],
-        eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
-        run_dir: str | os.PathLike, device: str | torch.device = "cpu", desc: str = "train",
-        resume: bool = True, callbacks: Iterable[Callable[[StepInfo], None]] | None = None,
-        ddp: bool | Mapping | None = None, stop_after_steps: int | None = None,
-        layer_id: Callable[[str], int] | None = None, fingerprint: Mapping[str, Any] | None = None,
-        on_mismatch: str = "raise", step_bars: bool = True) -> History:
-    """Train ``model`` on ``train_loader`` following ``cfg``; checkpoint, log and evaluate on the way.
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    """``set_epoch`` on the sampler(s) and the dataset, each object once."""
+    seen = set()
+    for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
+                getattr(getattr(loader, "batch_sampler", None), "sampler", None), getattr(loader, "dataset", None)):
+        if obj is not None and id(obj) not in seen and callable(getattr(obj, "set_epoch", None)):
+            seen.add(id(obj))
+            obj.set_epoch(epoch)
 
-    Args:
-        model: any ``nn.Module``; it is moved to ``device``. With ``cfg.freeze_encoder`` (linear probe)
-            ``model.freeze(True)`` is called if the model has it (task models: no grads, eval-mode
-            encoder), else ``model.encoder.requires_grad_(False)``. Frozen parameters are never given
-            to the optimizer.
-        train_loader: a sized loader of batches (tensors / dicts / tuples of tensors), ideally from
-            ``make_loader``. Its batches are moved to ``device`` before ``loss_fn`` sees them.
-            ``len(loader) // accum_steps`` optimizer steps per epoch; a ragged tail of fewer than
-            ``accum_steps`` micro-batches is skipped.
-        cfg: the ``TrainConfig`` of this stage (e.g. ``cfg.pretrain``, ``cfg.finetune.train``).
-        loss_fn: ``loss_fn(model, batch) -> (loss, {term: float | 0-d tensor})``. ``model`` may be the
-            DDP wrapper: call ``model(...)`` (its forward), not submodules, for gradients to sync.
-            The terms are logged (averaged over ranks and accumulation micro-batches).
-        eval_fn: ``eval_fn(model) -> {metric: float}``, called with the unwrapped model in eval mode
-            under ``torch.no_grad()`` every ``cfg.eval_every`` epochs and at the end, on every rank
-            (rank 0 records it). It runs with isolated RNG state, so evaluating never changes training.
-        run_dir: where ``checkpoint_last.pt`` and ``history.json`` go (rank 0 writes).
-        device: ``"cpu"``, ``"cuda"``, ``"auto"`` ... (``avlib.utils.resolve_device``).
-        desc: label for progress bars and log lines.
-        resume: continue from ``run_dir/checkpoint_last.pt`` when it exists (a finished run returns its
-            history at once). ``False`` starts over and overwrites it. A checkpoint whose TrainConfig
-            differs in a field that changes the result (all but ``RESULT_NEUTRAL_FIELDS``), or whose
-            effective batch / steps per epoch differ, raises ``ResumeError``.
-        callbacks: called with a ``StepInfo`` after every optimizer step. Raise ``StopTraining`` to
-            stop with a resumable checkpoint; a ``KeyboardInterrupt`` (from a callback or Ctrl-C) also
-            writes one (single process; not when it lands inside the parameter update) and re-raises.
-        ddp: ``None`` wraps in ``DistributedDataParallel`` when ``torch.distributed`` is initialized with
-            more than one process; ``True``/``False`` force it; a dict gives the DDP kwargs.
-        stop_after_steps: test hook, same as a callback raising ``StopTraining`` after that global step.
-        layer_id: override for layer-wise lr decay (default: ``model.layer_id`` or ``layer_id_for``).
-        fingerprint: what else decides the result besides ``cfg`` (JSON-able: model / data config, the
-            init checkpoint's content hash, ...). Stored in the checkpoint; resuming compares it like the
-            TrainConfig, so a run directory is never re-used for a different model or initialization.
-        on_mismatch: what resuming does when the checkpoint was written by a run that trains
-            differently: ``"raise"`` (``ResumeError``) or ``"restart"`` (warn, start over, overwrite).
-        step_bars: a progress bar per epoch (besides the epoch bar); off for runs of many tiny epochs.
 
-    Returns:
-        ``History`` (also in ``run_dir/history.json``).
-
-    Raises:
-        NonFiniteLossError: the loss or a logged term is NaN/inf; raised before the update, naming the
-            step (1-based) and the offending terms.
-
-    Resume is bit-identical. The checkpoint holds model, optimizer, GradScaler, position (epoch,
-    micro-batch, step), the RNG states (python, numpy, torch, CUDA; per rank) at the last optimizer
-    step and at the start of the current epoch (with the loader's/sampler's generator states), the
-    TrainConfig and the history. Resuming mid-epoch restores the epoch-start states, calls
-    ``set_epoch``, rebuilds the iterator (same order, same worker seeds), replays the consumed
-    micro-batches (which costs their loading time) and restores the step-boundary states.
-    """
-    device = resolve_device(device)
-    _check_amp(cfg.amp, device)
-    if cfg.accum_steps < 1:
-        raise ValueError(f"accum_steps={cfg.accum_steps} must be >= 1")
-    run_dir = Path(run_dir)
-    main = is_main_process()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, hist_path = run_dir / CHECKPOINT_NAME, run_dir / HISTORY_NAME
-    save_ckpt, load_ckpt = save_checkpoint, load_checkpoint
-    callbacks = list(callbacks or [])
-
+def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Freeze the encoder of a linear probe (``cfg.freeze_encoder``), move to ``device``; returns the
+    unwrapped model."""
     raw = _unwrap(model)
     if cfg.freeze_encoder:
         encoder = getattr(raw, "encoder", None)
@@ -660,7 +531,13 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         else:
             encoder.requires_grad_(False)
     model.to(device)
+    return raw
 
+
+def _batches_per_epoch(train_loader, cfg: TrainConfig) -> tuple[int, int]:
+    """``(micro-batches, optimizer steps)`` per epoch; a ragged tail of < ``accum_steps`` is skipped."""
+    if cfg.accum_steps < 1:
+        raise ValueError(f"accum_steps={cfg.accum_steps} must be >= 1")
     try:
         num_batches = len(train_loader)
     except TypeError:
@@ -670,65 +547,13 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         raise ValueError(f"the loader has {num_batches} batches, fewer than accum_steps={cfg.accum_steps}")
     if getattr(train_loader, "batch_size", None) not in (None, cfg.batch_size):
         warnings.warn(f"loader batch_size={train_loader.batch_size} but cfg.batch_size={cfg.batch_size}: "
-                      f"the lr scaling uses cfg.batch_size", stacklevel=2)
-    world = world_size()
-    eff_batch = effective_batch(cfg, world)
-    base_lr = resolve_lr(cfg, eff_batch)
-    optimizer = build_optimizer(raw, cfg, eff_batch, layer_id=layer_id)
-    schedule = LRSchedule.from_config(cfg, base_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+                      f"the lr scaling uses cfg.batch_size", stacklevel=3)
+    return num_batches, steps_per_epoch
 
-    history = History()
-    pos = _Position()
-    window: list[dict] = []               # per-step values since the last log line
-    epoch_start_rng = None            # set when resuming mid-epoch
-    if on_mismatch not in ("raise", "restart"):
-        raise ValueError(f"on_mismatch={on_mismatch!r}: 'raise' or 'restart'")
-    fingerprint = json.loads(json.dumps(dict(fingerprint or {}), default=str))   # as it reads back
-    ckpt = load_ckpt(ckpt_path) if resume and ckpt_path.exists() else None
-    if ckpt is not None:
-        problems = _config_diff(ckpt["train_config"], cfg)
-        for key, now in (("eff_batch", eff_batch), ("steps_per_epoch", steps_per_epoch)):
-            if ckpt.get(key) != now:
-                problems.append(f"{key}: checkpoint {ckpt.get(key)!r} != now {now!r}")
-        problems += _dict_diff(ckpt.get("fingerprint", {}), fingerprint)
-        if problems:
-            msg = f"{ckpt_path} was written by a run that trains differently:\n  " + "\n  ".join(problems)
-            if on_mismatch == "raise":
-                raise ResumeError(msg + "\nUse another run_dir, delete the checkpoint, or call "
-                                        "fit(..., resume=False).")
-            if main:
-                warnings.warn(msg + "\nStarting over (the old checkpoint will be overwritten).", stacklevel=2)
-            ckpt = None
-    if ckpt is not None:
-        raw.load_state_dict(ckpt["model"])
-        flags = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for g, f in zip(optimizer.param_groups, flags):     # keep this device's fast-path choice
-            g.update(f)
-        scaler.load_state_dict(ckpt["scaler"])
-        pos = _Position(ckpt["epoch"], ckpt["batch"], ckpt["step"])
-        history = History.from_dict(ckpt["history"])
-        window = list(ckpt.get("window", []))
-        me = rank()
-        rngs = ckpt["rng"]
-        if len(rngs) != world:
-            warnings.warn(f"checkpoint has RNG states for {len(rngs)} process(es), this run has {world}: "
-                          f"resuming with rank 0's (not bit-exact)", stacklevel=2)
-        _set_rng_state(rngs[me if len(rngs) == world else 0])
-        if pos.batch:
-            starts = ckpt["epoch_start_rng"]
-            epoch_start_rng = starts[me if len(starts) == world else 0]
-        if main:
-            print(f"[{desc}] resumed from {ckpt_path} at step {pos.step} "
-                  f"(epoch {pos.epoch + pos.batch / num_batches:.2f})", flush=True)
-        history.meta.setdefault("resumed_from_step", []).append(pos.step)
-    history.meta.update(lr=base_lr, eff_batch=eff_batch, world_size=world, steps_per_epoch=steps_per_epoch,
-                        total_steps=total_steps, stopped=False)
 
+def _wrap_for_training(model: nn.Module, cfg: TrainConfig, device: torch.device, ddp) -> nn.Module:
+    """The module the loop calls: ``DistributedDataParallel`` under torchrun (or as ``ddp`` says), compiled
+    on CUDA with ``cfg.compile``. Checkpoints always hold the unwrapped model's weights."""
     train_model = model
     use_ddp = is_distributed() if ddp is None else bool(ddp)
     if use_ddp and not isinstance(model, DistributedDataParallel):
@@ -738,102 +563,280 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         train_model = DistributedDataParallel(model, **kwargs)
     if cfg.compile and device.type == "cuda":
         train_model.compile()
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    non_blocking = bool(getattr(train_loader, "pin_memory", False)) and device.type == "cuda"
+    return train_model
 
-    # -- checkpoint / eval / log helpers (closures over the loop state) -------------------------
-    boundary = {"pos": _Position(pos.epoch, pos.batch, pos.step), "rng": None}   # last consistent state
-    epoch_start_state: dict | None = epoch_start_rng
 
-    def save(at: _Position, rng_state: dict, start_state: dict | None) -> None:
+@dataclass
+class _RunState:
+    """What a checkpoint restores besides the weights: where the run is, what it logged, and the loader
+    RNG states at the start of the current epoch (``None`` unless resuming mid-epoch)."""
+    pos: _Position = field(default_factory=_Position)
+    history: History = field(default_factory=History)
+    window: list = field(default_factory=list)          # per-step values since the last log line
+    epoch_start_rng: dict | None = None
+
+
+class _Checkpoints:
+    """``run_dir/checkpoint_last.pt``: what it must match to be resumed, how it is written and read back.
+
+    A checkpoint holds model, optimizer, GradScaler, the position (epoch, micro-batch, step), the RNG
+    states of every rank at the last optimizer step and at the start of the current epoch, the
+    ``TrainConfig``, the effective batch, steps per epoch, the history, the log window and the run's
+    fingerprint. Only rank 0 writes; every rank calls ``save`` (the RNG states are gathered).
+    """
+
+    def __init__(self, run_dir: Path, raw: nn.Module, optimizer, scaler, cfg: TrainConfig, *, eff_batch: int,
+                 steps_per_epoch: int, fingerprint: Mapping[str, Any]):
+        self.path, self.history_path = run_dir / CHECKPOINT_NAME, run_dir / HISTORY_NAME
+        self.raw, self.optimizer, self.scaler, self.cfg = raw, optimizer, scaler, cfg
+        self.eff_batch, self.steps_per_epoch = eff_batch, steps_per_epoch
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint), default=str))   # as it reads back
+
+    def mismatches(self, ckpt: Mapping) -> list[str]:
+        """Why ``ckpt`` was written by a run that trains differently (empty: it may be resumed)."""
+        problems = _config_diff(ckpt["train_config"], self.cfg)
+        for key, now in (("eff_batch", self.eff_batch), ("steps_per_epoch", self.steps_per_epoch)):
+            if ckpt.get(key) != now:
+                problems.append(f"{key}: checkpoint {ckpt.get(key)!r} != now {now!r}")
+        return problems + _dict_diff(ckpt.get("fingerprint", {}), self.fingerprint)
+
+    def restore(self, *, resume: bool, on_mismatch: str, desc: str, num_batches: int) -> _RunState:
+        """Load ``checkpoint_last.pt`` into the model / optimizer / scaler and the RNGs, or start fresh."""
+        if on_mismatch not in ("raise", "restart"):
+            raise ValueError(f"on_mismatch={on_mismatch!r}: 'raise' or 'restart'")
+        ckpt = load_checkpoint(self.path) if resume and self.path.exists() else None
+        problems = self.mismatches(ckpt) if ckpt is not None else []
+        if problems:
+            msg = f"{self.path} was written by a run that trains differently:\n  " + "\n  ".join(problems)
+            if on_mismatch == "raise":
+                raise ResumeError(msg + "\nUse another run_dir, delete the checkpoint, or call "
+                                        "fit(..., resume=False).")
+            if is_main_process():
+                warnings.warn(msg + "\nStarting over (the old checkpoint will be overwritten).", stacklevel=3)
+            ckpt = None
+        if ckpt is None:
+            return _RunState()
+        self.raw.load_state_dict(ckpt["model"])
+        flags = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for g, f in zip(self.optimizer.param_groups, flags):     # keep this device's fast-path choice
+            g.update(f)
+        self.scaler.load_state_dict(ckpt["scaler"])
+        state = _RunState(_Position(ckpt["epoch"], ckpt["batch"], ckpt["step"]),
+                          History.from_dict(ckpt["history"]), list(ckpt.get("window", [])))
+        world, me = world_size(), rank()
+        rngs = ckpt["rng"]
+        if len(rngs) != world:
+            warnings.warn(f"checkpoint has RNG states for {len(rngs)} process(es), this run has {world}: "
+                          f"resuming with rank 0's (not bit-exact)", stacklevel=3)
+        _set_rng_state(rngs[me if len(rngs) == world else 0])
+        if state.pos.batch:
+            starts = ckpt["epoch_start_rng"]
+            state.epoch_start_rng = starts[me if len(starts) == world else 0]
+        if is_main_process():
+            print(f"[{desc}] resumed from {self.path} at step {state.pos.step} "
+                  f"(epoch {state.pos.epoch + state.pos.batch / num_batches:.2f})", flush=True)
+        state.history.meta.setdefault("resumed_from_step", []).append(state.pos.step)
+        return state
+
+    def save(self, at: _Position, rng_state: dict, start_state: dict | None, run: _RunState) -> None:
         rngs = _gather(rng_state)
         starts = _gather(start_state) if at.batch else None
-        if main:
-            state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "epoch": at.epoch, "batch": at.batch, "step": at.step, "rng": rngs,
-                     "epoch_start_rng": starts, "train_config": config_to_dict(cfg), "eff_batch": eff_batch,
-                     "steps_per_epoch": steps_per_epoch, "world_size": world, "history": history.to_dict(),
-                     "window": list(window), "fingerprint": fingerprint}
-            save_ckpt(ckpt_path, state)
-            history.to_json(hist_path)
+        if is_main_process():
+            save_checkpoint(self.path, {
+                "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": at.epoch, "batch": at.batch, "step": at.step,
+                "rng": rngs, "epoch_start_rng": starts, "train_config": config_to_dict(self.cfg),
+                "eff_batch": self.eff_batch, "steps_per_epoch": self.steps_per_epoch, "world_size": world_size(),
+                "history": run.history.to_dict(), "window": list(run.window), "fingerprint": self.fingerprint})
+            run.history.to_json(self.history_path)
 
-    def evaluate() -> None:
-        if eval_fn is None:
-            return
-        was_training = raw.training
-        raw.eval()
-        with _isolated_rng(), torch.no_grad():
-            metrics = {k: float(v) for k, v in eval_fn(raw).items()}
-        raw.train(was_training)
-        entry = {"epoch": round(pos.epoch + pos.batch / num_batches, 6), "step": pos.step, **metrics}
-        history.evals.append(entry)
-        if main:
-            tqdm.write(f"[{desc}] eval @ step {pos.step} (epoch {entry['epoch']:.2f}) | {_format_logs(metrics)}")
-            history.to_json(hist_path)
 
-    window_samples, window_t0 = 0, time.perf_counter()
+def _epoch_batches(train_loader: DataLoader, run: _RunState):
+    """The iterator of the current epoch. A fresh epoch records the loader RNG states first; a
+    mid-epoch resume restores the epoch-start states, rebuilds the iterator (same order, same worker
+    seeds), skips the micro-batches already consumed, then restores the step-boundary states."""
+    _set_epoch(train_loader, run.pos.epoch)
+    if not run.pos.batch:
+        run.epoch_start_rng = _loader_rng_state(train_loader)
+        return iter(train_loader)
+    now_state = _rng_state()
+    _set_loader_rng_state(train_loader, run.epoch_start_rng)
+    batches = iter(train_loader)
+    for _ in range(run.pos.batch):
+        next(batches)
+    _set_rng_state(now_state)
+    return batches
 
-    def log(lr: float) -> None:
-        nonlocal window_samples, window_t0
+
+def _accumulate(train_model: nn.Module, batches, loss_fn, cfg: TrainConfig, scaler, device: torch.device,
+                non_blocking: bool) -> tuple[dict[str, float], int]:
+    """Forward + backward of ``cfg.accum_steps`` micro-batches (gradients sync on the last one under DDP);
+    returns the mean loss terms over micro-batches and ranks (one host sync) and the samples seen."""
+    sums: dict[str, torch.Tensor] = {}
+    samples = 0
+    for micro in range(cfg.accum_steps):
+        batch = _to_device(next(batches), device, non_blocking)
+        samples += _batch_len(batch) * world_size()
+        sync = (train_model.no_sync() if isinstance(train_model, DistributedDataParallel)
+                and micro < cfg.accum_steps - 1 else contextlib.nullcontext())
+        with sync:
+            with autocast(cfg.amp, device):
+                loss, logs = loss_fn(train_model, batch)
+            scaler.scale(loss / cfg.accum_steps).backward()
+        terms = {"loss": loss.detach().float(), **{k: torch.as_tensor(v).detach().float().to(device)
+                                                    for k, v in logs.items() if k != "loss"}}
+        for k, v in terms.items():
+            sums[k] = sums[k] + v if k in sums else v
+    keys = list(sums)
+    stacked = torch.stack([sums[k].reshape(()) for k in keys]) / cfg.accum_steps
+    if is_distributed():
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        stacked /= world_size()
+    return dict(zip(keys, stacked.tolist())), samples
+
+
+class _LogWindow:
+    """The plain log line every ``log_every`` steps: means of the loss terms since the last line and the
+    throughput; each line also lands in ``history.steps`` and ``history.json``."""
+
+    def __init__(self, desc: str, total_steps: int, history_path: Path):
+        self.desc, self.total_steps, self.history_path = desc, total_steps, history_path
+        self.samples, self.t0 = 0, time.perf_counter()
+
+    def log(self, run: _RunState, lr: float, num_batches: int) -> None:
         now = time.perf_counter()
+        window = run.window
         means = {k: sum(w[k] for w in window) / len(window) for k in window[-1]}
-        entry = {"step": pos.step, "epoch": round(pos.epoch + pos.batch / num_batches, 6), "lr": lr, **means,
-                 "samples_per_s": window_samples / max(now - window_t0, 1e-9)}
-        history.steps.append(entry)
+        entry = {"step": run.pos.step, "epoch": round(run.pos.epoch + run.pos.batch / num_batches, 6), "lr": lr,
+                 **means, "samples_per_s": self.samples / max(now - self.t0, 1e-9)}
+        run.history.steps.append(entry)
         window.clear()
-        window_samples, window_t0 = 0, now
-        if main:
-            tqdm.write(f"[{desc}] step {pos.step}/{total_steps} | epoch {entry['epoch']:.2f} | "
+        self.samples, self.t0 = 0, now
+        if is_main_process():
+            tqdm.write(f"[{self.desc}] step {run.pos.step}/{self.total_steps} | epoch {entry['epoch']:.2f} | "
                        f"{_format_logs(means)} | lr {lr:.3e} | {entry['samples_per_s']:.0f} samples/s")
-            history.to_json(hist_path)
+            run.history.to_json(self.history_path)
 
-    # -- the loop --------------------------------------------------------------------------------
-    boundary["rng"] = _rng_state()
-    updating = False
-    lr = schedule.lr(pos.epoch + pos.batch / num_batches)
+
+def _evaluate(eval_fn, raw: nn.Module, run: _RunState, num_batches: int, desc: str, history_path: Path) -> None:
+    """``eval_fn(raw)`` in eval mode, without gradients and with the training RNG streams untouched."""
+    was_training = raw.training
+    raw.eval()
+    with _isolated_rng(), torch.no_grad():
+        metrics = {k: float(v) for k, v in eval_fn(raw).items()}
+    raw.train(was_training)
+    entry = {"epoch": round(run.pos.epoch + run.pos.batch / num_batches, 6), "step": run.pos.step, **metrics}
+    run.history.evals.append(entry)
+    if is_main_process():
+        tqdm.write(f"[{desc}] eval @ step {run.pos.step} (epoch {entry['epoch']:.2f}) | {_format_logs(metrics)}")
+        run.history.to_json(history_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------------
+def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
+        loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]],
+        eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+        run_dir: str | os.PathLike, device: str | torch.device = "cpu", desc: str = "train",
+        resume: bool = True, callbacks: Iterable[Callable[[StepInfo], None]] | None = None,
+        ddp: bool | Mapping | None = None, fingerprint: Mapping[str, Any] | None = None,
+        on_mismatch: str = "raise", step_bars: bool = True) -> History:
+    """Train ``model`` on ``train_loader`` following ``cfg``; checkpoint, log and evaluate on the way.
+
+    Args:
+        model: any ``nn.Module``; it is moved to ``device``. With ``cfg.freeze_encoder`` (linear probe)
+            ``model.freeze(True)`` is called if the model has it (task models: no grads, eval-mode
+            encoder), else ``model.encoder.requires_grad_(False)``. Frozen parameters are never given
+            to the optimizer. Layer-wise lr decay uses ``model.layer_id`` when the model has one.
+        train_loader: a sized loader of batches (tensors / dicts / tuples of tensors), ideally from
+            ``avlib.data.make_loader``. Its batches are moved to ``device`` before ``loss_fn`` sees them.
+            ``len(loader) // accum_steps`` optimizer steps per epoch; a ragged tail of fewer than
+            ``accum_steps`` micro-batches is skipped.
+        cfg: the ``TrainConfig`` of this stage (e.g. ``cfg.pretrain``, ``cfg.task("finetune").train``).
+        loss_fn: ``loss_fn(model, batch) -> (loss, {term: float | 0-d tensor})``. ``model`` may be the
+            DDP wrapper: call ``model(...)`` (its forward), not submodules, for gradients to sync.
+            The terms are logged (averaged over ranks and accumulation micro-batches).
+        eval_fn: ``eval_fn(model) -> {metric: float}``, called with the unwrapped model in eval mode
+            under ``torch.no_grad()`` every ``cfg.eval_every`` epochs and at the end, on every rank
+            (rank 0 records it). It runs with isolated RNG state, so evaluating never changes training.
+        run_dir: where ``checkpoint_last.pt`` and ``history.json`` go (rank 0 writes).
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` ... (``avlib.utils.resolve_device``).
+        desc: label for progress bars and log lines.
+        resume: continue from ``run_dir/checkpoint_last.pt`` when it exists (a finished run returns its
+            history at once). ``False`` starts over and overwrites it.
+        callbacks: called with a ``StepInfo`` after every optimizer step. Raise ``StopTraining`` to
+            stop with a resumable checkpoint; a ``KeyboardInterrupt`` (from a callback or Ctrl-C) also
+            writes one (single process; not when it lands inside the parameter update) and re-raises.
+        ddp: ``None`` wraps in ``DistributedDataParallel`` when ``torch.distributed`` is initialized with
+            more than one process; ``True``/``False`` force it; a dict gives the DDP kwargs.
+        fingerprint: what else decides the result besides ``cfg`` (JSON-able: model / data config, the
+            init checkpoint's content hash, ...). Stored in the checkpoint and compared on resume.
+        on_mismatch: what resuming does when the checkpoint was written by a run that trains differently
+            (a ``TrainConfig`` field outside ``RESULT_NEUTRAL_FIELDS``, the effective batch, the steps per
+            epoch or the fingerprint differ): ``"raise"`` (``ResumeError``) or ``"restart"`` (warn, start
+            over, overwrite).
+        step_bars: a progress bar per epoch (besides the epoch bar); off for runs of many tiny epochs.
+
+    Returns:
+        ``History`` (also in ``run_dir/history.json``).
+
+    Raises:
+        NonFiniteLossError: the loss or a logged term is NaN/inf; raised before the update, naming the
+            step (1-based) and the offending terms.
+
+    Resume is bit-identical to an uninterrupted run (``_Checkpoints``, ``_epoch_batches``).
+    """
+    # -- setup ------------------------------------------------------------------------------------
+    device = resolve_device(device)
+    check_amp(cfg.amp, device)
+    num_batches, steps_per_epoch = _batches_per_epoch(train_loader, cfg)
+    run_dir = Path(run_dir)
+    main = is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    raw = _prepare_model(model, cfg, device)
+    eff_batch = effective_batch(cfg)
+    base_lr = resolve_lr(cfg, eff_batch)
+    optimizer = build_optimizer(raw, cfg, eff_batch)
+    schedule = LRSchedule.from_config(cfg, base_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    # -- resume -----------------------------------------------------------------------------------
+    ckpts = _Checkpoints(run_dir, raw, optimizer, scaler, cfg, eff_batch=eff_batch,
+                         steps_per_epoch=steps_per_epoch, fingerprint=fingerprint or {})
+    run = ckpts.restore(resume=resume, on_mismatch=on_mismatch, desc=desc, num_batches=num_batches)
+    run.history.meta.update(lr=base_lr, eff_batch=eff_batch, world_size=world_size(),
+                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, stopped=False)
+    pos, history = run.pos, run.history
+
+    train_model = _wrap_for_training(model, cfg, device, ddp)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    non_blocking = bool(getattr(train_loader, "pin_memory", False)) and device.type == "cuda"
+    logger = _LogWindow(desc, total_steps, ckpts.history_path)
+    callbacks = list(callbacks or [])
+    boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state())   # the last consistent state
+    updating = False                       # inside the parameter update: an interrupt writes no checkpoint
     quiet = {} if main else {"disable": True}      # rank 0 only; TQDM_DISABLE etc. still apply there
     epoch_bar = tqdm(total=cfg.epochs, initial=pos.epoch, desc=desc, dynamic_ncols=True, **quiet)
     step_bar = None
+
+    # -- the loop ---------------------------------------------------------------------------------
     try:
         while pos.epoch < cfg.epochs and pos.step < total_steps:
             train_model.train()
-            _set_epoch(train_loader, pos.epoch)
-            if pos.batch:                        # mid-epoch resume: replay this epoch's first micro-batches
-                now_state = _rng_state()
-                _set_loader_rng_state(train_loader, epoch_start_state)
-                batches = iter(train_loader)
-                for _ in range(pos.batch):
-                    next(batches)
-                _set_rng_state(now_state)
-            else:
-                epoch_start_state = _loader_rng_state(train_loader)
-                batches = iter(train_loader)
+            batches = _epoch_batches(train_loader, run)
             step_bar = tqdm(total=steps_per_epoch, initial=pos.batch // cfg.accum_steps, leave=False,
                             desc=f"{desc} epoch {pos.epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
                             **(quiet if step_bars else {"disable": True}))
             while pos.batch + cfg.accum_steps <= steps_per_epoch * cfg.accum_steps and pos.step < total_steps:
                 epoch_float = pos.epoch + pos.batch / num_batches
-                sums: dict[str, torch.Tensor] = {}
-                for micro in range(cfg.accum_steps):
-                    batch = _to_device(next(batches), device, non_blocking)
-                    window_samples += _batch_len(batch) * world
-                    sync = (train_model.no_sync() if isinstance(train_model, DistributedDataParallel)
-                            and micro < cfg.accum_steps - 1 else contextlib.nullcontext())
-                    with sync:
-                        with _autocast(cfg.amp, device):
-                            loss, logs = loss_fn(train_model, batch)
-                        scaler.scale(loss / cfg.accum_steps).backward()
-                    terms = {"loss": loss.detach().float(), **{k: torch.as_tensor(v).detach().float().to(device)
-                                                                for k, v in logs.items() if k != "loss"}}
-                    for k, v in terms.items():
-                        sums[k] = sums[k] + v if k in sums else v
-                # one host sync per optimizer step: the mean terms over micro-batches (and ranks)
-                keys = list(sums)
-                stacked = torch.stack([sums[k].reshape(()) for k in keys]) / cfg.accum_steps
-                if is_distributed():
-                    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-                    stacked /= world
-                values = dict(zip(keys, stacked.tolist()))
+                values, samples = _accumulate(train_model, batches, loss_fn, cfg, scaler, device, non_blocking)
+                logger.samples += samples
                 bad = {k: v for k, v in values.items() if not math.isfinite(v)}
                 if bad:
                     raise NonFiniteLossError(pos.step + 1, epoch_float, bad)
@@ -841,44 +844,39 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                 if cfg.clip_grad is not None:
                     scaler.unscale_(optimizer)
                     values["grad_norm"] = float(nn.utils.clip_grad_norm_(trainable, cfg.clip_grad))
-                updating = True                  # a KeyboardInterrupt from here on leaves no checkpoint
+                updating = True
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 pos.step += 1
                 pos.batch += cfg.accum_steps
-                window.append(values)
-                boundary["pos"] = _Position(pos.epoch, pos.batch, pos.step)
-                boundary["rng"] = _rng_state()
+                run.window.append(values)
+                boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state())
                 updating = False
                 step_bar.update(1)
                 step_bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
                 if (cfg.log_every and pos.step % cfg.log_every == 0) or pos.step == total_steps:
-                    log(lr)
+                    logger.log(run, lr, num_batches)
                 info = StepInfo(pos.step, pos.epoch + pos.batch / num_batches, lr, values, raw, optimizer)
                 for cb in callbacks:
                     cb(info)
-                if stop_after_steps is not None and pos.step >= stop_after_steps:
-                    raise StopTraining(f"stop_after_steps={stop_after_steps}")
             step_bar.close()
             if pos.batch >= steps_per_epoch * cfg.accum_steps:     # the epoch is complete
                 pos.epoch, pos.batch = pos.epoch + 1, 0
-                boundary["pos"] = _Position(pos.epoch, 0, pos.step)
+                boundary = (_Position(pos.epoch, 0, pos.step), boundary[1])
                 epoch_bar.update(1)
             finished = pos.epoch >= cfg.epochs or pos.step >= total_steps
             if eval_fn is not None and (finished or (cfg.eval_every and pos.batch == 0
                                                      and pos.epoch % cfg.eval_every == 0)):
-                evaluate()
+                _evaluate(eval_fn, raw, run, num_batches, desc, ckpts.history_path)
             if finished or (cfg.ckpt_every and pos.batch == 0 and pos.epoch % cfg.ckpt_every == 0):
                 history.meta["completed"] = finished
-                save(pos, _rng_state(), epoch_start_state)
+                ckpts.save(pos, _rng_state(), run.epoch_start_rng, run)
     except StopTraining as e:
         history.meta.update(stopped=True, stop_reason=str(e), completed=False)
-        if step_bar is not None:
-            step_bar.close()
-        save(boundary["pos"], boundary["rng"], epoch_start_state)
+        ckpts.save(boundary[0], boundary[1], run.epoch_start_rng, run)
         if main:
-            tqdm.write(f"[{desc}] stopped at step {pos.step}: {e}; checkpoint written to {ckpt_path}")
+            tqdm.write(f"[{desc}] stopped at step {pos.step}: {e}; checkpoint written to {ckpts.path}")
     except KeyboardInterrupt:
         if updating or is_distributed():
             if main:
@@ -886,8 +884,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                       f"no new checkpoint (the previous one, if any, is intact)", flush=True)
         else:
             history.meta.update(stopped=True, stop_reason="KeyboardInterrupt", completed=False)
-            save(boundary["pos"], boundary["rng"], epoch_start_state)
-            print(f"[{desc}] interrupted: checkpoint at step {boundary['pos'].step} written to {ckpt_path}; "
+            ckpts.save(boundary[0], boundary[1], run.epoch_start_rng, run)
+            print(f"[{desc}] interrupted: checkpoint at step {boundary[0].step} written to {ckpts.path}; "
                   f"call fit again to resume", flush=True)
         raise
     finally:
@@ -895,6 +893,6 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             step_bar.close()
         epoch_bar.close()
     if main and not history.meta.get("stopped"):
-        history.to_json(hist_path)
+        history.to_json(ckpts.history_path)
     barrier()                     # every rank sees the final checkpoint before anyone moves on
     return history

@@ -6,7 +6,7 @@
 
 Determinism follows ``STYLE.md`` (section 2, row 16): seeds first, ``cudnn.benchmark = False``,
 ``torch.use_deterministic_algorithms(True, warn_only=True)``; DataLoaders get a seeded ``generator``
-and ``worker_init_fn=seed_worker`` (``avlib.train.make_loader`` does both).
+and ``worker_init_fn=seed_worker`` (``avlib.data.make_loader`` does both).
 
 Distributed: launch with ``torchrun --nproc_per_node=N -m your.module``; torchrun sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``. ``init_distributed`` picks NCCL on
@@ -15,8 +15,10 @@ GPUs and gloo on CPU. Every helper below also works (as the trivial single-proce
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "seed_everything", "resolve_device", "seed_worker", "DistInfo", "init_distributed",
+    "seed_everything", "resolve_device", "check_amp", "autocast", "stable_hash", "markdown_table", "Registry", "seed_worker", "DistInfo", "init_distributed",
     "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_mean", "barrier", "cleanup",
     "sha256_file",
 ]
@@ -94,6 +96,65 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if device == "cuda":   # plain "cuda": the GPU this process owns
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(device)
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """Refuse a mixed-precision mode the device cannot run (``"none"`` | ``"bf16"`` | ``"fp16"``)."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device (got {device}); on CPU use amp='none' or 'bf16'")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("amp='bf16' is not supported on this GPU; use amp='fp16'")
+
+
+def autocast(amp: str, device: torch.device | str):
+    """The autocast context of a ``TrainConfig.amp`` mode: ``"none"`` (a no-op context), ``"bf16"`` or
+    ``"fp16"`` on ``device``'s type. Used by the training loop and the benchmark alike."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp={amp!r}: none | bf16 | fp16")
+    return torch.autocast(device_type=torch.device(device).type,
+                          dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small shared helpers: hashes and markdown tables
+# ----------------------------------------------------------------------------------------------
+def stable_hash(obj, length: int = 16) -> str:
+    """Short sha256 of a JSON-able object (sorted keys; other objects by ``str``): the same value in
+    every process and session, unlike ``hash()``."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+class Registry(dict):
+    """Named entries of one kind (downstream protocols, pre-training objectives): ``register`` adds one,
+    ``[name]`` finds it, an unknown name raises a ``KeyError`` that lists the registered ones."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, entry, name: str | None = None):
+        """Add ``entry`` under ``name`` (default ``entry.name``); returns it, so it works as a decorator
+        on a class whose instances take no arguments."""
+        if isinstance(entry, type):
+            self.register(entry(), name)
+            return entry
+        name = name or entry.name
+        if name in self:
+            raise ValueError(f"{self.kind} {name!r} is already registered ({type(self[name]).__name__})")
+        self[name] = entry
+        return entry
+
+    def __missing__(self, name):
+        raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(self) or 'none'}")
+
+
+def markdown_table(header, rows, fmt=str) -> list[str]:
+    """A GitHub-markdown table as lines (no trailing blank line); ``fmt`` renders each cell."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------

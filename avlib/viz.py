@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .image import IMAGENET_MEAN, IMAGENET_STD   # one home for the constants (STYLE pitfall 3)
+from . import image as image_lib                  # one home for ImageNet normalization (STYLE pitfall 3)
 
 __all__ = ["to_numpy", "denormalize", "show_scene", "show_spectrogram", "show_masking", "show_reconstruction",
            "plot_history", "show_attention", "localization_figure", "segmentation_figure",
@@ -75,8 +76,8 @@ def denormalize(image, normalized: bool = True) -> np.ndarray:
         x = np.moveaxis(x, 0, -1)                         # (3, H, W) -> (H, W, 3)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
-    if normalized:
-        x = x * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)
+    if normalized:                                        # the one inverse: avlib.image.denormalize
+        x = image_lib.denormalize(torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)).permute(1, 2, 0).numpy()
     return np.clip(x, 0.0, 1.0)
 
 

@@ -49,7 +49,8 @@ from matplotlib.figure import Figure
 from avlib import nb, viz, widgets
 from avlib.audio import AudioFrontEnd, mirror_pad
 from avlib.config import make_config
-from avlib.data.scenes import SHAPE_NAMES, MixtureDataset, SceneDataset, loader_throughput
+from avlib.data import MixtureDataset, SceneDataset, loader_throughput
+from avlib.data.scenes import SHAPE_NAMES
 
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | cpu | paper

@@ -45,9 +45,10 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from avlib import bench, nb, viz
+from avlib import flops, nb, viz
+from avlib.timing import measure_interleaved
 from avlib.config import make_config
-from avlib.data.scenes import make_loaders
+from avlib.data import make_loaders
 from avlib.model import (DeepAVFusion, FactorizedFusionBlock, FUSION_BLOCKS, build_avmae, build_encoder, merge_heads,
                          pair_attention, random_masking, split_heads, vit_block)
 
@@ -79,7 +80,7 @@ torch.manual_seed(seed)
 avmae = build_avmae(m).to(device).eval()
 enc: DeepAVFusion = avmae.encoder
 scene_cfg = cfg if cfg.data.dataset in ("avdigits", "synthetic") else replace(cfg, data=replace(cfg.data, dataset="avdigits"))
-batch = next(iter(make_loaders(scene_cfg, "pretrain", batch_size=num_scenes, num_workers=0)[1]))
+batch = next(iter(make_loaders(scene_cfg, batch_size=num_scenes, num_workers=0)[1]))
 image, audio = batch["image"].to(device), batch["audio"].to(device)
 B, D, p = image.shape[0], m.embed_dim, m.patch_size
 print(f"image {tuple(image.shape)} | audio {tuple(audio.shape)} | embed_dim D={D} | patch {p}x{p}")
@@ -389,12 +390,12 @@ pd.DataFrame(diffs).T.astype({"pairs per fusion block": int}).style.format(
 # %%
 pm = replace(make_config("paper").model, fusion_arch="dense")
 nv_paper, na_paper = (g0 * g1 for g0, g1 in (pm.image_grid, pm.audio_grid))
-flops = {mode: bench.fusion_block_flops(pm, nv_paper, na_paper, mode) for mode in ("explicit", "separable")}
+block_flops = {mode: flops.fusion_block_flops(pm, nv_paper, na_paper, mode) for mode in ("explicit", "separable")}
 d_qk = int(pm.embed_dim * pm.fusion_attn_ratio)
-gib = bench.explicit_pair_bytes(64, pm.num_fusion_total, na_paper, nv_paper, pm.embed_dim, pm.embed_dim, d_qk, d_qk,
+gib = flops.explicit_pair_bytes(64, pm.num_fusion_total, na_paper, nv_paper, pm.embed_dim, pm.embed_dim, d_qk, d_qk,
                                 pm.fusion_num_heads, backward=True) / 2 ** 30
-print(f"forward FLOPs per sample: explicit {flops['explicit'] / 1e9:.1f} G vs separable {flops['separable'] / 1e9:.2f} G "
-      f"({flops['explicit'] / flops['separable']:.0f}x); explicit pair tensors at batch 64 (fwd+bwd): ~{gib:.0f} GiB per layer")
+print(f"forward FLOPs per sample: explicit {block_flops['explicit'] / 1e9:.1f} G vs separable "
+      f"{block_flops['separable'] / 1e9:.2f} G ({block_flops['explicit'] / block_flops['separable']:.0f}x); explicit pair tensors at batch 64 (fwd+bwd): ~{gib:.0f} GiB per layer")
 
 # %%
 timing = {}
@@ -404,7 +405,7 @@ if timing_repeats > 0:
     xs = [torch.randn(1, n, pm.embed_dim, device=device) for n in (pm.num_fusion_total, nv_paper, na_paper)]
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     with torch.no_grad():
-        t = bench.measure_interleaved({mode: (lambda b=b: b(*xs)) for mode, b in blocks.items()},
+        t = measure_interleaved({mode: (lambda b=b: b(*xs)) for mode, b in blocks.items()},
                                       warmup=1, repeats=timing_repeats, sync=sync)
     timing = {mode: tm.median for mode, tm in t.items()}
     print(f"paper-sized dense block, batch 1, {device.type}: explicit {timing['explicit'] * 1e3:.0f} ms | "
@@ -448,7 +449,7 @@ metrics = {
     "layer_by_hand_max_abs_diff": by_hand,
     "pair_attention/dense_max_abs_diff": diffs["dense"]["max |diff| outputs"],
     "pair_attention/factorized_max_abs_diff": diffs["factorized"]["max |diff| outputs"],
-    "pair_attention/paper_dense_flops_ratio": flops["explicit"] / flops["separable"],
+    "pair_attention/paper_dense_flops_ratio": block_flops["explicit"] / block_flops["separable"],
     **{f"pair_attention/paper_dense_block_{k}_s": v for k, v in timing.items()},
 }
 nb.record(metrics, paths.out_dir, cfg=cfg)

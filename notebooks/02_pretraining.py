@@ -43,9 +43,9 @@
 import torch
 from IPython.display import display
 
-from avlib import nb, tasks, viz
+from avlib import nb, probes, tasks, viz
 from avlib.config import make_config
-from avlib.data.scenes import NUM_CLASSES, make_loaders
+from avlib.data import NUM_CLASSES, make_loaders
 from avlib.model import AVMAE, build_avmae
 
 # %% tags=["parameters"]
@@ -103,7 +103,7 @@ display(nb.show_source(AVMAE.forward_decoder), nb.show_source(AVMAE.forward_loss
 # from a seeded generator):
 
 # %%
-batch = next(iter(make_loaders(cfg, "pretrain", batch_size=4)[1]))
+batch = next(iter(make_loaders(cfg, batch_size=4)[1]))
 image, audio = batch["image"].to(device), batch["audio"].to(device)
 torch.manual_seed(seed)
 avmae0 = build_avmae(m).to(device).eval()
@@ -171,8 +171,8 @@ fig
 # projections of a spectrogram already group similar sounds.
 
 # %%
-_, test_loader = make_loaders(cfg, "pretrain")
-nn_init = tasks.knn_probe(avmae0.encoder, test_loader, device)
+_, test_loader = make_loaders(cfg)
+nn_init = probes.knn_probe(avmae0.encoder, test_loader, device)
 print("1-NN accuracy (%) of the untrained encoder:", {k: round(v, 1) for k, v in nn_init.items()})
 
 # %%

@@ -58,7 +58,7 @@ from IPython.display import display
 
 from avlib import heads, metrics, tasks, viz, widgets
 from avlib.config import make_config
-from avlib.data.scenes import make_loaders
+from avlib.data import make_loaders
 
 device = nb.setup(seed, device)
 cfg = make_config(profile, recipe=recipe, overrides=nb.parse_overrides(overrides), seed=seed)

@@ -63,7 +63,7 @@ from IPython.display import display
 from avlib import heads, tasks, viz, widgets
 from avlib.audio import LOG_EPS
 from avlib.config import make_config
-from avlib.data.scenes import make_loaders
+from avlib.data import make_loaders
 
 device = nb.setup(seed, device)
 cfg = make_config(profile, recipe=recipe, overrides=nb.parse_overrides(overrides), seed=seed)
@@ -279,7 +279,7 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 # 2. Try the official README recipe (`recipe="official"`: ratio masks, weighted BCE, AdamW). Ratio masks
 #    are soft targets; which of SIR or SAR do they help?
 # 3. Give the U-Net the *wrong* image (the other source's). What should SIR do? (Hint: look at how
-#    `tasks._separation_inputs` pairs images and sources.)
+#    `protocols.separation_inputs` pairs images and sources.)
 # 4. Freeze the encoder (`{"separation.train.freeze_encoder": True}`). How much of the separation comes
 #    from the pre-trained features alone?
 # 5. Train longer (`{"separation.train.epochs": 10}`, a new `run_dir`). When does the loss leave the

@@ -55,7 +55,7 @@ recipe: str = "supplement"  # supplement | official (the probe's recipe)
 overrides: dict = {}  # config overrides for every variant, applied after ablation_overrides
 ablation_overrides: dict = {}  # budget for every variant, e.g. {"pretrain.epochs": 2, "data.train_size": 512}
 sweeps: list = ["fusion", "tokens", "mask_ratio"]  # which sweeps run: fusion | tokens | mask_ratio
-probe: str = "linprobe"  # downstream protocol that judges each variant (a key of tasks.MAIN_METRIC)
+probe: str = "linprobe"  # downstream protocol that judges each variant (a key of avlib.protocols.PROTOCOLS)
 
 # %%
 import pandas as pd
@@ -63,12 +63,13 @@ from matplotlib.figure import Figure
 
 from avlib import tasks, viz
 from avlib.config import make_config
+from avlib.protocols import PROTOCOLS
 
 device = nb.setup(seed, device)
 budget = {**nb.parse_overrides(ablation_overrides), **nb.parse_overrides(overrides)}
 cfg = make_config(profile, recipe=recipe, overrides=budget, seed=seed)
 paths = nb.paths_for("07_ablations", profile, out_dir, run_dir)
-metric = f"{probe}_{tasks.MAIN_METRIC[probe]}"          # the column each variant is judged by
+metric = f"{probe}_{PROTOCOLS[probe].main_metric}"          # the column each variant is judged by
 budget, cfg.pretrain, cfg.model
 
 # %% [markdown]
@@ -158,18 +159,18 @@ reference
 # here is short (about 130 steps) and not converged, so the same 02 checkpoint scores lower here than with
 # notebook 03's converged probe (30 epochs on 3,000 scenes). Compare the bars with each other and with the
 # dashed line, not with notebook 03's numbers. Bottom row: the 1-nearest-neighbour accuracy of the
-# fusion tokens on the test scenes. This is the official pre-training monitor (`tasks.knn_probe`) and needs
+# fusion tokens on the test scenes. This is the official pre-training monitor (`probes.knn_probe`) and needs
 # no training on labels. It shows directly what the fusion stream learned. With `none`, the fusion tokens
 # are never updated by a fusion block, so they serve as a floor.
 
 # %%
-panels = {metric: f"{probe} {tasks.MAIN_METRIC[probe]}",
+panels = {metric: f"{probe} {PROTOCOLS[probe].main_metric}",
           "pretrain_nn_fusion": "1-NN accuracy, fusion tokens (%)"}
 fig = Figure(figsize=(4.2 * len(sweeps), 3.4 * len(panels)), layout="constrained")
 axes = fig.subplots(len(panels), len(sweeps), squeeze=False, sharey="row")
 for row, (column, label) in zip(axes, panels.items()):
     for ax, s in zip(row, sweeps):
-        refs = ({"02 checkpoint (full budget)": reference[tasks.MAIN_METRIC[probe]]}
+        refs = ({"02 checkpoint (full budget)": reference[PROTOCOLS[probe].main_metric]}
                 if reference and column == metric else None)
         viz.ablation_plot(rows.loc[list(SWEEPS[s])].reset_index(), x="variant", y=column, ax=ax,
                           title=f"sweep: {s}", ylabel=label, references=refs,

@@ -27,7 +27,7 @@
 #
 # 1. **Does masked audio-visual pre-training help?** For each task, the pre-trained encoder
 #    (notebook 02) is compared with the same model trained from scratch, on the task's main metric
-#    (`avlib.tasks.MAIN_METRIC`).
+#    (`main_metric` of each protocol in `avlib.protocols.PROTOCOLS`).
 # 2. **What matters in the fusion design?** The ablation tables of notebook 07.
 # 3. **What do the predictions look like?** Supplement Figures 1-3, rebuilt on AV-Digits by notebooks 04-06.
 #
@@ -47,7 +47,7 @@ from avlib import nb, viz
 from avlib.config import make_config
 from avlib.paths import REPORTS, ROOT
 from avlib.reproduce import comparisons, load_manifest
-from avlib.tasks import MAIN_METRIC
+from avlib.protocols import PROTOCOLS
 
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | cpu | paper (whose reports are collected)
@@ -116,12 +116,13 @@ print(f"{len(rows)} comparison rows from {rows['notebook'].nunique()} notebook(s
 # the **cpu** profile for the AV-Digits story, and the **paper** profile for the benchmarks.
 
 # %%
-tasks_order = [t for t in MAIN_METRIC if t in set(rows["task"])]
-main = rows[rows["task"].isin(tasks_order) & (rows["metric"] == rows["task"].map(MAIN_METRIC))]
+main_metric = {t: p.main_metric for t, p in PROTOCOLS.items()}       # protocol -> its headline metric
+tasks_order = [t for t in main_metric if t in set(rows["task"])]
+main = rows[rows["task"].isin(tasks_order) & (rows["metric"] == rows["task"].map(main_metric))]
 headline = (main.pivot_table(index=["task", "metric"], columns="init", values="value", aggfunc="first")
             .reindex(columns=["pretrained", "scratch"]))
 headline["Δ (pretrained − scratch)"] = headline["pretrained"] - headline["scratch"]
-headline = headline.reindex([(t, MAIN_METRIC[t]) for t in tasks_order])
+headline = headline.reindex([(t, main_metric[t]) for t in tasks_order])
 headline.style.format("{:+.3f}", subset=["Δ (pretrained − scratch)"], na_rep="–").format(
     "{:.3f}", subset=["pretrained", "scratch"], na_rep="–") if len(headline) else print("no downstream results yet (03-06 missing)")
 
@@ -219,7 +220,7 @@ for name, stem, caption in figures:
 # The report's own record: what it found, and the pretrained − scratch gap on each task's main metric.
 
 # %%
-deltas = {f"delta/{t}": headline.loc[(t, MAIN_METRIC[t]), "Δ (pretrained − scratch)"] for t in tasks_order}
+deltas = {f"delta/{t}": headline.loc[(t, main_metric[t]), "Δ (pretrained − scratch)"] for t in tasks_order}
 record = {"report/notebooks_with_metrics": len(metrics), "report/notebooks_missing": ", ".join(missing) or "none",
           "report/comparison_rows": len(rows), "report/figures_shown": shown, **deltas}
 nb.record(record, paths.out_dir, cfg=cfg)

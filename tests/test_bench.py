@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from avlib import bench
+from avlib import bench, flops, timing
 from avlib.config import make_config
 from avlib.model import build_avmae, build_encoder
 
@@ -22,7 +22,7 @@ SECTIONS = ["## Machine", "## 1. Pretraining step", "## 2. Inference", "## 3. Fu
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One torch thread: the suite shares a small CPU with other tests, where OpenMP barriers stall."""
-    with bench.torch_threads(1):
+    with timing.torch_threads(1):
         yield
 
 
@@ -85,14 +85,14 @@ def test_memory_guard_skips_the_explicit_path():
 
 def test_explicit_pair_bytes_at_paper_sizes():
     cfg = bench.fusion_block_config(bench.PAPER_BLOCK, "dense", "explicit")
-    shapes = bench._pair_shapes(cfg, 196, 96)
+    shapes = flops.pair_shapes(cfg, 196, 96)
     assert shapes["n1"] * shapes["n2"] == 96 * 196
-    b64 = bench.explicit_pair_bytes(64, **shapes)
+    b64 = flops.explicit_pair_bytes(64, **shapes)
     pair_tensor = 64 * 96 * 196 * 2 * 768 * 4                     # (B, Na·Nv, 2D) fp32
     logits = 64 * 12 * 32 * 96 * 196 * 4                          # (B, h, Nf, Na·Nv)
     assert b64 > pair_tensor + 2 * logits and b64 > 8 * 2 ** 30
-    assert bench.explicit_pair_bytes(8, **shapes) * 8 == b64
-    assert bench.explicit_pair_bytes(8, **shapes, backward=True) == 2 * bench.explicit_pair_bytes(8, **shapes)
+    assert flops.explicit_pair_bytes(8, **shapes) * 8 == b64
+    assert flops.explicit_pair_bytes(8, **shapes, backward=True) == 2 * flops.explicit_pair_bytes(8, **shapes)
 
 
 def _counted(model, *args) -> int:
@@ -108,24 +108,24 @@ def test_analytic_flops_equal_torch_flop_counter():
     for arch in ("none", "token", "dense", "factorized"):
         for mode in ("separable", "explicit"):
             cfg = replace(base, fusion_arch=arch, pair_attention=mode)
-            assert _counted(build_avmae(cfg), image, audio) == bench.avmae_flops(cfg, 2)["forward"], (arch, mode)
+            assert _counted(build_avmae(cfg), image, audio) == flops.avmae_flops(cfg, 2)["forward"], (arch, mode)
     cfg = replace(base, fusion_arch="dense", pair_attention="explicit")       # unmasked: all pairs
-    assert _counted(build_encoder(cfg).eval(), image, audio) == bench.encoder_flops(cfg, 2)
+    assert _counted(build_encoder(cfg).eval(), image, audio) == flops.encoder_flops(cfg, 2)
 
 
 def test_measure_helpers():
     calls = []
-    t = bench.measure(lambda: calls.append("f"), warmup=2, repeats=3)
+    t = timing.measure(lambda: calls.append("f"), warmup=2, repeats=3)
     assert len(calls) == 5 and t.n == 3 and t.min <= t.median <= t.max and t.first_s > 0
     order = []
-    timings = bench.measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+    timings = timing.measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
                                         warmup=1, repeats=2)
     assert order == ["a", "b"] * 3 and timings["a"].n == timings["b"].n == 2
-    assert bench.measure(lambda: None, warmup=0, repeats=100, max_seconds=0.0).n == 1
+    assert timing.measure(lambda: None, warmup=0, repeats=100, max_seconds=0.0).n == 1
 
 
 def test_peak_memory_sees_an_allocation():
-    with bench.PeakMemory("cpu") as mem:
+    with timing.PeakMemory("cpu") as mem:
         x = torch.ones(16 * 2 ** 20)                                 # 64 MiB, touched
     assert mem.peak_bytes >= 48 * 2 ** 20, (mem.peak_bytes, mem.method)
     del x

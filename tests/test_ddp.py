@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from avlib.config import TrainConfig
-from avlib.train import CHECKPOINT_NAME, fit, make_loader
+from avlib.data import make_loader
+from avlib.train import CHECKPOINT_NAME, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,8 @@ SCRIPT = textwrap.dedent('''
     from pathlib import Path
     import torch
     from torch.utils.data.distributed import DistributedSampler
-    from avlib.train import fit, make_loader
+    from avlib.data import make_loader
+    from avlib.train import fit
     from avlib.utils import cleanup, init_distributed, rank
     sys.path.insert(0, sys.argv[2])
     from test_ddp import CASES, data, loss_fn, make_model, make_cfg

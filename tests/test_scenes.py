@@ -104,7 +104,7 @@ def test_ground_truth_consistency(dataset, request):
 def test_pretrain_distractors_clear_the_other_cells(distractors):
     # task scenes with every object (data.distractors=None), pre-training scenes with fewer
     cfg = _cfg("synthetic", distractors=None, pretrain_distractors=distractors, p_two_sources=0.3, test_size=20)
-    pre, task = SceneDataset(cfg, "test", "pretrain"), SceneDataset(cfg, "test", "localization")
+    pre, task = SceneDataset(cfg, "test", pretraining=True), SceneDataset(cfg, "test")
     for i in range(len(pre)):
         sc, full = pre.scene(i), task.scene(i)
         drawn = [k for k, (x0, y0, x1, y1) in enumerate(sc.cells) if sc.alpha[y0:y1, x0:x1].max() > 0]
@@ -121,14 +121,14 @@ def test_pretrain_distractors_clear_the_other_cells(distractors):
             assert np.array_equal(sc.image[y0:y1, x0:x1], full.image[y0:y1, x0:x1])
     # without pretrain_distractors, pre-training scenes are the task scenes
     cpu = make_config("cpu", **{"data.dataset": "synthetic"})
-    assert cpu.data.distractors is None and SceneDataset(cpu, "test", "pretrain").distractors is None
+    assert cpu.data.distractors is None and SceneDataset(cpu, "test", pretraining=True).distractors is None
     two = make_config("cpu", **{"data.dataset": "synthetic", "data.distractors": 1})
-    assert SceneDataset(two, "test", "pretrain").distractors == 1
+    assert SceneDataset(two, "test", pretraining=True).distractors == 1
 
 
 def test_task_distractors_empty_cells_in_every_dataset():
     cfg = _cfg("synthetic", distractors=1, p_two_sources=0.3, p_offscreen=0.2, test_size=30)
-    ds = SceneDataset(cfg, "test", "localization")
+    ds = SceneDataset(cfg, "test")
     for i in range(len(ds)):
         _check_item(ds, ds[i], i)                                       # counts the objects on screen
     empty = [int((ds[i]["cell_classes"] < 0).sum()) for i in range(len(ds))]
@@ -143,7 +143,7 @@ def test_task_distractors_empty_cells_in_every_dataset():
 
 def test_pretrain_distractors_p_mixes_curated_and_full_scenes():
     cfg = _cfg("synthetic", distractors=1, pretrain_distractors=0, pretrain_distractors_p=0.5, test_size=40)
-    pre, task = SceneDataset(cfg, "test", "pretrain"), SceneDataset(cfg, "test", "localization")
+    pre, task = SceneDataset(cfg, "test", pretraining=True), SceneDataset(cfg, "test")
     curated = 0
     for i in range(len(pre)):
         sc, full = pre.scene(i), task.scene(i)
@@ -221,8 +221,8 @@ def test_worker_count_does_not_change_batches():
     b0 = list(DataLoader(ds, batch_size=4, num_workers=0))
     b2 = list(DataLoader(ds, batch_size=4, num_workers=2))
     assert all(_equal_items(x, y) for x, y in zip(b0, b2))
-    tl0, _ = make_loaders(cfg, "pretrain", batch_size=4, num_workers=0, train_size=16, test_size=8)
-    tl2, _ = make_loaders(cfg, "pretrain", batch_size=4, num_workers=2, train_size=16, test_size=8)
+    tl0, _ = make_loaders(cfg, batch_size=4, num_workers=0, train_size=16, test_size=8)
+    tl2, _ = make_loaders(cfg, batch_size=4, num_workers=2, train_size=16, test_size=8)
     assert all(_equal_items(x, y) for x, y in zip(tl0, tl2))           # same shuffle, same items
 
 
@@ -296,11 +296,11 @@ def test_mixture_dataset(dataset, request):
 # ----------------------------------------------------------------------------------------------
 # Loaders
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("task", ["pretrain", "classification", "localization", "segmentation", "separation"])
+@pytest.mark.parametrize("task", [None, "linprobe", "finetune", "localization", "segmentation", "separation"])
 def test_make_loaders(task):
     cfg = _cfg("synthetic", "smoke")
     train, test = make_loaders(cfg, task, train_size=20, test_size=10)
-    bs = (cfg.separation.train if task == "separation" else cfg.pretrain).batch_size   # a task's own batch
+    bs = (cfg.pretrain if task is None else cfg.task(task).train).batch_size    # the stage's own batch
     assert train.batch_size == bs and train.drop_last and not test.drop_last
     batches = list(train)
     assert len(batches) == 20 // bs
@@ -314,7 +314,7 @@ def test_make_loaders(task):
         assert b["image"].shape == (bs, 3, H, W) and b["audio"].shape == (bs, 1, *cfg.model.audio_size)
         assert b["label"].dtype == torch.long and b["labels"].shape == (bs, 10) and b["box"].shape == (bs, 4)
     assert sum(len(x["index"]) for x in test) == 10
-    with pytest.raises(ValueError, match="task"):
+    with pytest.raises(ValueError, match="unknown task 'dance'"):
         make_loaders(cfg, "dance")
 
 

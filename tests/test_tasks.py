@@ -75,7 +75,7 @@ class _PixelEncoder(torch.nn.Module):
 
 
 def test_linear_probe_accuracy_finds_linear_labels_and_not_random_ones():
-    from avlib.tasks import linear_probe_accuracy
+    from avlib.probes import linear_probe_accuracy
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (800,), generator=g)
     x = torch.randn(800, 16, generator=g) + 4.0 * torch.nn.functional.one_hot(y, 16)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from avlib import train as T
+from avlib.data import make_loader
 from avlib.config import TrainConfig, config_to_dict
 from avlib.utils import resolve_device, seed_everything, world_size
 
@@ -129,7 +130,7 @@ def test_lr_scaling_rule():
 
 def test_schedule_is_applied_per_optimizer_step(tmp_path):
     cfg = small_cfg(epochs=2, warmup_epochs=0.5, min_lr=1e-4, accum_steps=2)
-    loader = T.make_loader(NoisyRegression(32), 4, seed=0)   # 8 batches -> 4 steps per epoch
+    loader = make_loader(NoisyRegression(32), 4, seed=0)   # 8 batches -> 4 steps per epoch
     seen = []
     T.fit(mlp(), loader, cfg, loss_fn=mse_loss, run_dir=tmp_path, callbacks=[lambda i: seen.append((i.step, i.lr))])
     sched = T.LRSchedule.from_config(cfg, 1e-2)
@@ -232,7 +233,7 @@ def test_lars_step_matches_definition():
 @pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "lars"])
 def test_every_optimizer_trains(name, tmp_path):
     cfg = small_cfg(optimizer=name, epochs=1, lr=1e-3 if name != "lars" else 1.0, warmup_epochs=0)
-    h = T.fit(mlp(0.0), T.make_loader(NoisyRegression(16), 4), cfg, loss_fn=mse_loss, run_dir=tmp_path)
+    h = T.fit(mlp(0.0), make_loader(NoisyRegression(16), 4), cfg, loss_fn=mse_loss, run_dir=tmp_path)
     assert h.meta["completed"] and all(math.isfinite(s["loss"]) for s in h.steps)
 
 
@@ -249,7 +250,7 @@ def test_grad_accumulation_matches_big_batch(tmp_path):
         model = nn.Linear(4, 1)
         cfg = TrainConfig(epochs=1, batch_size=bs, accum_steps=accum, optimizer="sgd", momentum=0.0, lr=0.1,
                           weight_decay=0.0, schedule="constant", max_steps=1)
-        T.fit(model, T.make_loader(ds, bs, shuffle=False), cfg, loss_fn=tuple_mse, run_dir=tmp_path / f"{bs}")
+        T.fit(model, make_loader(ds, bs, shuffle=False), cfg, loss_fn=tuple_mse, run_dir=tmp_path / f"{bs}")
         results.append(state(model))
     for other in results[1:]:
         for k in results[0]:
@@ -259,11 +260,11 @@ def test_grad_accumulation_matches_big_batch(tmp_path):
 def _loader(kind: str, seed: int = 0):
     ds = NoisyRegression(40)
     if kind == "make_loader":
-        return T.make_loader(ds, 4, shuffle=True, seed=seed)
+        return make_loader(ds, 4, shuffle=True, seed=seed)
     if kind == "plain_shuffle":                    # RandomSampler drawing its seed from the global RNG
         return DataLoader(ds, batch_size=4, shuffle=True)
     if kind == "workers":                          # augmentation RNG inside 2 worker processes
-        return T.make_loader(ds, 4, shuffle=True, seed=seed, num_workers=2)
+        return make_loader(ds, 4, shuffle=True, seed=seed, num_workers=2)
     raise ValueError(kind)
 
 
@@ -273,6 +274,14 @@ def _run(run_dir, kind, cfg, **kw):
     loader = _loader(kind)
     return model, T.fit(model, loader, cfg, loss_fn=mse_loss, eval_fn=lambda m: {"one": 1.0},
                         run_dir=run_dir, **kw)
+
+
+def _stop_at(step):
+    """A callback that stops training (with a resumable checkpoint) after optimizer step ``step``."""
+    def callback(info):
+        if info.step >= step:
+            raise T.StopTraining(f"stop at step {step}")
+    return callback
 
 
 def _ckpt(run_dir):
@@ -289,7 +298,7 @@ def test_resume_is_bit_identical(tmp_path, kind, stop_at):
     # 40 samples / batch 4 = 10 micro-batches, accum 2 -> 5 steps per epoch; 3 epochs = 15 steps
     cfg = small_cfg(accum_steps=2, clip_grad=1.0)
     ref_model, ref_hist = _run(tmp_path / "ref", kind, cfg)
-    _, stopped = _run(tmp_path / "b", kind, cfg, stop_after_steps=stop_at)
+    _, stopped = _run(tmp_path / "b", kind, cfg, callbacks=[_stop_at(stop_at)])
     assert stopped.meta["stopped"] and not stopped.meta["completed"]
     torch.manual_seed(999)                         # the resumed process starts from a different RNG state
     model, hist = _run(tmp_path / "b", kind, cfg)
@@ -397,7 +406,7 @@ def test_non_finite_loss_names_step_and_term(tmp_path):
 
     model = mlp()
     with pytest.raises(T.NonFiniteLossError, match=r"step 3 .*loss_audio=nan") as err:
-        T.fit(model, T.make_loader(NoisyRegression(), 4), small_cfg(), loss_fn=loss_fn, run_dir=tmp_path)
+        T.fit(model, make_loader(NoisyRegression(), 4), small_cfg(), loss_fn=loss_fn, run_dir=tmp_path)
     assert err.value.step == 3 and set(err.value.terms) == {"loss", "loss_audio"}
     assert all(torch.isfinite(p).all() for p in model.parameters())   # raised before the update
 
@@ -409,7 +418,7 @@ def test_frozen_params_untouched(tmp_path):
     before = state(model)
     cfg = small_cfg(epochs=1, freeze_encoder=True)
     ds = TensorDataset(torch.randn(16, 4), torch.randn(16))
-    T.fit(model, T.make_loader(ds, 4), cfg, loss_fn=tuple_mse, run_dir=tmp_path)
+    T.fit(model, make_loader(ds, 4), cfg, loss_fn=tuple_mse, run_dir=tmp_path)
     after = state(model)
     assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("encoder.") or k == "head.bias")
     assert not torch.equal(after["head.weight"], before["head.weight"])
@@ -429,7 +438,7 @@ def test_history_json_and_eval_cadence(tmp_path):
     cfg = small_cfg(epochs=5, eval_every=2, log_every=4)   # 10 steps per epoch
     torch.manual_seed(0)
     m1 = mlp()
-    h = T.fit(m1, T.make_loader(NoisyRegression(), 4), cfg, loss_fn=mse_loss, eval_fn=eval_fn, run_dir=tmp_path)
+    h = T.fit(m1, make_loader(NoisyRegression(), 4), cfg, loss_fn=mse_loss, eval_fn=eval_fn, run_dir=tmp_path)
     assert [e["epoch"] for e in h.evals] == [2, 4, 5] and [e["step"] for e in h.evals] == [20, 40, 50]
     assert h.last_eval["metric"] == 3.0
     on_disk = json.loads((tmp_path / T.HISTORY_NAME).read_text())
@@ -440,19 +449,19 @@ def test_history_json_and_eval_cadence(tmp_path):
     evals.clear()
     torch.manual_seed(0)
     m2 = mlp()
-    h0 = T.fit(m2, T.make_loader(NoisyRegression(), 4), small_cfg(epochs=5, eval_every=0), loss_fn=mse_loss,
+    h0 = T.fit(m2, make_loader(NoisyRegression(), 4), small_cfg(epochs=5, eval_every=0), loss_fn=mse_loss,
                eval_fn=eval_fn, run_dir=tmp_path / "b")
     assert len(evals) == 1 and h0.evals[0]["step"] == 50
     torch.manual_seed(0)
     m3 = mlp()
-    T.fit(m3, T.make_loader(NoisyRegression(), 4), cfg, loss_fn=mse_loss, run_dir=tmp_path / "c")
+    T.fit(m3, make_loader(NoisyRegression(), 4), cfg, loss_fn=mse_loss, run_dir=tmp_path / "c")
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m3.parameters()))
 
 
 def test_learns_a_simple_task(tmp_path, capsys):
     torch.manual_seed(0)
     cfg = small_cfg(epochs=15, lr=3e-2, warmup_epochs=1, weight_decay=0.0, log_every=10, batch_size=8)
-    h = T.fit(mlp(0.0), T.make_loader(NoisyRegression(64), 8), cfg, loss_fn=mse_loss, run_dir=tmp_path,
+    h = T.fit(mlp(0.0), make_loader(NoisyRegression(64), 8), cfg, loss_fn=mse_loss, run_dir=tmp_path,
               desc="sanity")
     assert h.steps[-1]["loss"] < 0.05 * h.steps[0]["loss"]
     out = capsys.readouterr().out
@@ -461,9 +470,9 @@ def test_learns_a_simple_task(tmp_path, capsys):
 
 def test_amp_rules_on_cpu(tmp_path):
     with pytest.raises(ValueError, match="fp16"):
-        T.fit(mlp(), T.make_loader(NoisyRegression(), 4), small_cfg(amp="fp16"), loss_fn=mse_loss,
+        T.fit(mlp(), make_loader(NoisyRegression(), 4), small_cfg(amp="fp16"), loss_fn=mse_loss,
               run_dir=tmp_path)
-    h = T.fit(mlp(), T.make_loader(NoisyRegression(16), 4), small_cfg(amp="bf16", epochs=1), loss_fn=mse_loss,
+    h = T.fit(mlp(), make_loader(NoisyRegression(16), 4), small_cfg(amp="bf16", epochs=1), loss_fn=mse_loss,
               run_dir=tmp_path / "bf16")
     assert h.meta["completed"] and math.isfinite(h.steps[-1]["loss"])
 

@@ -56,9 +56,10 @@ def scene():
 
 
 def test_denormalize_undoes_imagenet_normalization():
+    from avlib.image import normalize
     rgb = np.full((H, W, 3), 0.5, np.float32)
-    normalized = (rgb - np.asarray(viz.IMAGENET_MEAN)) / np.asarray(viz.IMAGENET_STD)
-    out = viz.denormalize(torch.from_numpy(normalized).permute(2, 0, 1))
+    normalized = normalize(torch.from_numpy(rgb).permute(2, 0, 1))               # (3, H, W)
+    out = viz.denormalize(normalized)
     assert out.shape == (H, W, 3)
     np.testing.assert_allclose(out, rgb, atol=1e-6)
 

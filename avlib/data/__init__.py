@@ -1,19 +1,20 @@
-"""Data: AV-Digits and synthetic scenes (``scenes``), the raw sources (``sources``), the download step
-(``python -m avlib.data.download``, or ``avlib.data.download.download()``); the real benchmarks live in
-``benchmarks`` and media decoding in ``media``.
+"""Data: what every stage reads (``loaders``), AV-Digits and synthetic scenes (``scenes``), the raw sources
+(``sources``), the download step (``python -m avlib.data.download``); the real benchmarks live in
+``benchmarks`` and media decoding in ``media``. Nothing here imports the training loop or the tasks.
 
     from avlib.data import make_loaders
-    train_loader, test_loader = make_loaders(cfg, "pretrain")
+    train_loader, test_loader = make_loaders(cfg)                   # pre-training
+    train_loader, test_loader = make_loaders(cfg, "segmentation")   # a downstream protocol
 """
 from __future__ import annotations
 
-from avlib.data.scenes import (NUM_CLASSES, TASKS, MixtureDataset, SceneDataset, loader_throughput,
-                               make_dataset, make_loaders)
+from avlib.data.loaders import EpochSampler, loader_throughput, make_dataset, make_loader, make_loaders
+from avlib.data.scenes import NUM_CLASSES, MixtureDataset, SceneDataset
 from avlib.data.sources import load_fsdd, load_mnist
 from avlib.paths import DataNotFoundError
 
-__all__ = ["NUM_CLASSES", "TASKS", "SceneDataset", "MixtureDataset", "make_dataset", "make_loaders",
-           "loader_throughput", "load_fsdd", "load_mnist", "DataNotFoundError"]
+__all__ = ["NUM_CLASSES", "SceneDataset", "MixtureDataset", "EpochSampler", "make_loader", "make_dataset",
+           "make_loaders", "loader_throughput", "load_fsdd", "load_mnist", "DataNotFoundError"]
 
 
 def __getattr__(name):

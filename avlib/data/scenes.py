@@ -24,25 +24,19 @@ Generalization splits: MNIST train vs test images, FSDD takes 5-49 vs 0-4 (or he
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from avlib.audio import AudioFrontEnd, random_gain
-from avlib.image import IMAGENET_MEAN, IMAGENET_STD
-from avlib.train import make_loader
-from avlib.utils import seed_worker
+from avlib.image import normalize
 
-__all__ = ["NUM_CLASSES", "TASKS", "SceneDataset", "MixtureDataset", "make_loaders", "make_dataset",
-           "loader_throughput", "DigitContent", "ShapeContent", "SHAPE_NAMES", "seed_worker"]
+__all__ = ["NUM_CLASSES", "SceneDataset", "MixtureDataset", "DigitContent", "ShapeContent", "SHAPE_NAMES"]
 
 NUM_CLASSES = 10
-TASKS = ("pretrain", "classification", "localization", "segmentation", "separation")
-_TASK_ALIASES = {"linprobe": "classification", "finetune": "classification"}
 _SPLIT_ID = {"train": 0, "test": 1}
 GLYPH_FILL = 0.875            # object size relative to its cell
 SEG_THRESHOLD = 0.5           # seg_mask = object intensity > this
@@ -330,15 +324,11 @@ class _Composer:
         sounding = np.zeros(len(sc.classes), np.float32)
         sounding[sc.sounding] = 1.0
         sid = (sc.source_ids + [-1, -1])[:2]
-        img = (torch.from_numpy(sc.image).permute(2, 0, 1) - _MEAN) / _STD
+        img = normalize(torch.from_numpy(sc.image).permute(2, 0, 1))
         return {"image": img.contiguous(), "label": torch.tensor(label, dtype=torch.long),
                 "labels": torch.from_numpy(labels), "loc_map": torch.from_numpy(loc), "box": torch.from_numpy(box),
                 "seg_mask": torch.from_numpy(seg), "cell_classes": torch.from_numpy(sc.classes),
                 "sounding": torch.from_numpy(sounding), "source_ids": torch.tensor(sid, dtype=torch.long)}
-
-
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
 
 
 class _one_thread:
@@ -379,6 +369,11 @@ class _ComposedDataset(Dataset):
     def content(self):
         return self.composer.content
 
+    @property
+    def num_classes(self) -> int:
+        """Classes of objects / sounds (digits 0-9, or the ten synthetic shapes)."""
+        return NUM_CLASSES
+
     def set_epoch(self, epoch: int) -> None:
         """Fresh training scenes for ``epoch`` (the test split ignores it)."""
         self.epoch = int(epoch)
@@ -395,18 +390,13 @@ class SceneDataset(_ComposedDataset):
     aligned with the grid. ``root`` overrides ``cfg.data.root`` (then ``$AVLIB_DATA_ROOT``, then the cache).
     """
 
-    def __init__(self, cfg, split: str = "train", task: str | None = None, *, root=None, epoch: int = 0,
+    def __init__(self, cfg, split: str = "train", *, pretraining: bool = False, root=None, epoch: int = 0,
                  size: int | None = None):
-        task = _TASK_ALIASES.get(task, task)
-        if task is not None and task not in TASKS:
-            raise ValueError(f"task={task!r}: one of {TASKS}")
-        if task == "separation":
-            raise ValueError("separation uses MixtureDataset(cfg, split) (mix-and-separate pairs)")
         super().__init__(cfg, split, root, epoch, size)
-        self.task = task
+        self.pretraining = bool(pretraining)
         # pre-training scenes may show fewer non-sounding objects than the task scenes (data.pretrain_distractors)
         d = cfg.data
-        own = task == "pretrain" and d.pretrain_distractors is not None
+        own = self.pretraining and d.pretrain_distractors is not None
         self.distractors = d.pretrain_distractors if own else d.distractors
         self.distractors_p = float(d.pretrain_distractors_p) if own else 1.0
 
@@ -497,94 +487,3 @@ class MixtureDataset(_ComposedDataset):
                 "boxes": torch.stack([t["box"] for t in tg]),
                 "source_ids": torch.stack([t["source_ids"][0] for t in tg]),
                 "index": torch.tensor(index, dtype=torch.long)}
-
-
-# ----------------------------------------------------------------------------------------------
-# Loaders
-# ----------------------------------------------------------------------------------------------
-def _task_config(cfg, task: str):
-    """The protocol's ``TaskConfig`` (``None`` for pre-training, which reads ``data.dataset``)."""
-    if task == "pretrain":
-        return None
-    return {"classification": cfg.finetune, "linprobe": cfg.linprobe, "finetune": cfg.finetune,
-            "localization": cfg.localization, "segmentation": cfg.segmentation,
-            "separation": cfg.separation}[task]
-
-
-def _train_cfg(cfg, task: str):
-    return cfg.pretrain if task == "pretrain" else _task_config(cfg, task).train
-
-
-def make_dataset(cfg, split: str, task: str = "pretrain", *, root=None, size: int | None = None):
-    """The dataset a task uses for ``split`` (``"train"`` / ``"test"``): the task's ``train_data`` /
-    ``test_data`` (``"<dataset>[:<split>]"``, default ``data.dataset``). AV-Digits / synthetic scenes give
-    ``MixtureDataset`` for separation and ``SceneDataset`` otherwise; other names go to
-    ``avlib.data.benchmarks.build_benchmark`` (``root`` and ``size`` apply to the scenes only)."""
-    tcfg = _task_config(cfg, task)
-    name, split = tcfg.data_spec(cfg.data.dataset, split) if tcfg is not None else (cfg.data.dataset, split)
-    if name not in ("avdigits", "synthetic"):
-        try:
-            from avlib.data.benchmarks import build_benchmark
-        except ImportError as e:
-            raise ValueError(f"dataset {name!r} needs avlib.data.benchmarks ({e})") from e
-        return build_benchmark(name, split, cfg)
-    if split not in _SPLIT_ID:
-        raise ValueError(f"{name}: split {split!r} does not exist (train or test)")
-    if name != cfg.data.dataset:
-        cfg = replace(cfg, data=replace(cfg.data, dataset=name))
-    if _TASK_ALIASES.get(task, task) == "separation":
-        return MixtureDataset(cfg, split, root=root, size=size)
-    return SceneDataset(cfg, split, task, root=root, size=size)
-
-
-def make_loaders(cfg, task: str = "pretrain", *, root=None, batch_size: int | None = None,
-                 num_workers: int | None = None, pin_memory: bool | None = None, seed: int | None = None,
-                 train_size: int | None = None, test_size: int | None = None) -> tuple[DataLoader, DataLoader]:
-    """``(train_loader, test_loader)`` for ``task`` in pretrain | classification (linprobe, finetune) |
-    localization | segmentation | separation.
-
-    Batch size defaults to the task's ``TrainConfig.batch_size``; workers / pinning to ``cfg.data``.
-    The train loader shuffles with a generator seeded from ``seed`` (default ``cfg.seed``) and drops the
-    last partial batch; the test loader keeps order and every item.
-    """
-    key = task if task in ("linprobe", "finetune") else _TASK_ALIASES.get(task, task)
-    if key not in TASKS and key not in ("linprobe", "finetune"):
-        raise ValueError(f"task={task!r}: one of {TASKS} (or linprobe / finetune)")
-    bs = int(batch_size or _train_cfg(cfg, key).batch_size)
-    nw = int(cfg.data.num_workers if num_workers is None else num_workers)
-    pin = bool(cfg.data.pin_memory if pin_memory is None else pin_memory) and torch.cuda.is_available()
-    train_ds = make_dataset(cfg, "train", key, root=root, size=train_size)
-    test_ds = make_dataset(cfg, "test", key, root=root, size=test_size)
-    # training: the kit's one loader (a DistributedSampler under torchrun, reshuffled every epoch by fit)
-    train = make_loader(train_ds, bs, shuffle=True, seed=int(cfg.seed if seed is None else seed),
-                        drop_last=len(train_ds) >= bs, num_workers=nw, pin_memory=pin)
-    # evaluation: every item, in order, on every process
-    test = DataLoader(test_ds, batch_size=bs, shuffle=False, drop_last=False, num_workers=nw, pin_memory=pin,
-                      worker_init_fn=seed_worker if nw > 0 else None)
-    return train, test
-
-
-def loader_throughput(cfg, *, task: str = "pretrain", split: str = "train", batch_size: int | None = None,
-                      num_workers: int | None = None, num_batches: int = 20, warmup: int = 1, root=None
-                      ) -> dict[str, float]:
-    """Time a DataLoader over ``split``: ``{batches_per_s, samples_per_s, batch_size, num_workers,
-    num_batches, seconds, setup_s}``. ``warmup`` batches (worker start-up) are not timed."""
-    t0 = time.perf_counter()
-    key = _TASK_ALIASES.get(task, task)
-    bs = int(batch_size or _train_cfg(cfg, key).batch_size)
-    nw = int(cfg.data.num_workers if num_workers is None else num_workers)
-    size = bs * (num_batches + warmup)
-    ds = make_dataset(cfg, split, key, root=root, size=size)
-    loader = DataLoader(ds, batch_size=bs, shuffle=False, drop_last=True, num_workers=nw,
-                        worker_init_fn=seed_worker if nw > 0 else None)
-    setup = time.perf_counter() - t0
-    it = iter(loader)
-    for _ in range(warmup):
-        next(it)
-    t1 = time.perf_counter()
-    n = 0
-    for _ in it:
-        n += 1
-    dt = time.perf_counter() - t1
-    return {"batches_per_s": n / dt, "samples_per_s": n * bs / dt, "batch_size": bs, "num_workers": nw,
-            "num_batches": n, "seconds": dt, "setup_s": setup, "dataset": cfg.data.dataset}
