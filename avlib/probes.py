@@ -72,7 +72,7 @@ class PooledProbe(nn.Module):
 
 def fit_cached_probe(classifier: AVClassifier, feats: Mapping[str, torch.Tensor], labels: torch.Tensor,
                      tcfg, *, seed: int, run_dir, device, desc, eval_fn=None, resume=True,
-                     fingerprint=None) -> History:
+                     fingerprint=None, eval_fingerprint=None) -> History:
     """Train ``classifier``'s heads on cached pooled features with the one training loop (``fit``)."""
     names = classifier.features
     data = TensorDataset(*[feats[f] for f in names], labels)
@@ -87,8 +87,8 @@ def fit_cached_probe(classifier: AVClassifier, feats: Mapping[str, torch.Tensor]
     quiet = replace(tcfg, freeze_encoder=False, log_every=max(tcfg.log_every, 5 * len(loader)))
     return fit(probe, loader, quiet, loss_fn=loss,
                eval_fn=None if eval_fn is None else (lambda _: eval_fn(classifier)), run_dir=run_dir,
-               device=device, desc=desc, resume=resume, fingerprint=fingerprint, on_mismatch="restart",
-               step_bars=False)
+               device=device, desc=desc, resume=resume, fingerprint=fingerprint, eval_fingerprint=eval_fingerprint,
+               on_mismatch="restart", step_bars=False)
 
 
 @torch.no_grad()

@@ -56,6 +56,8 @@ class Protocol:
 
     name: str = ""
     main_metric: str = ""
+    # TaskConfig fields that decide only what the evaluation scores (not the trained weights)
+    eval_fields: tuple[str, ...] = ("test_data",)
 
     def config(self, cfg: Config):
         """This protocol's ``TaskConfig`` (recipe, data, head options)."""
@@ -81,15 +83,23 @@ class Protocol:
         raise NotImplementedError
 
     def fingerprint(self, cfg: Config) -> dict[str, Any]:
-        """What of the protocol's config decides a run besides its ``TrainConfig`` (head, data, targets)."""
-        return {k: v for k, v in config_to_dict(self.config(cfg)).items() if k != "train"}
+        """What of the protocol's config decides the trained weights besides its ``TrainConfig`` (head,
+        training data, targets)."""
+        return {k: v for k, v in config_to_dict(self.config(cfg)).items()
+                if k != "train" and k not in self.eval_fields}
+
+    def eval_fingerprint(self, cfg: Config) -> dict[str, Any]:
+        """What of the protocol's config decides only its evaluation (``eval_fields``)."""
+        d = config_to_dict(self.config(cfg))
+        return {k: d[k] for k in self.eval_fields}
 
     def train(self, model: nn.Module, train_loader, cfg: Config, *, eval_fn, run_dir, device, desc: str,
-              resume: bool = True, fingerprint: Mapping[str, Any] | None = None) -> History:
+              resume: bool = True, fingerprint: Mapping[str, Any] | None = None,
+              eval_fingerprint: Mapping[str, Any] | None = None) -> History:
         """Train ``model`` with the protocol's recipe: the one training loop (``avlib.train.fit``)."""
         return fit(model, train_loader, self.config(cfg).train, loss_fn=self.loss, eval_fn=eval_fn,
                    run_dir=run_dir, device=device, desc=desc, resume=resume, fingerprint=fingerprint,
-                   on_mismatch="restart")
+                   eval_fingerprint=eval_fingerprint, on_mismatch="restart")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,16 +152,18 @@ class Classification(Protocol):
         logits = model(batch["image"].to(device), batch["audio"].to(device)).cpu()
         return {"image": batch["image"], "audio": batch["audio"], "label": batch["label"], "pred": logits.argmax(1)}
 
-    def train(self, model, train_loader, cfg, *, eval_fn, run_dir, device, desc, resume=True, fingerprint=None):
+    def train(self, model, train_loader, cfg, *, eval_fn, run_dir, device, desc, resume=True, fingerprint=None,
+              eval_fingerprint=None):
         tcfg = self.config(cfg)
         if not tcfg.cache_features:
             return super().train(model, train_loader, cfg, eval_fn=eval_fn, run_dir=run_dir, device=device,
-                                 desc=desc, resume=resume, fingerprint=fingerprint)
+                                 desc=desc, resume=resume, fingerprint=fingerprint, eval_fingerprint=eval_fingerprint)
         if not tcfg.train.freeze_encoder:
             raise ValueError(f"{self.name}.cache_features needs a frozen encoder ({self.name}.train.freeze_encoder=True)")
         feats, labels = feature_table(model.encoder, train_loader, device)
         return fit_cached_probe(model, feats, labels, tcfg.train, seed=cfg.seed, run_dir=run_dir, device=device,
-                                desc=desc, eval_fn=eval_fn, resume=resume, fingerprint=fingerprint)
+                                desc=desc, eval_fn=eval_fn, resume=resume, fingerprint=fingerprint,
+                                eval_fingerprint=eval_fingerprint)
 
 
 register_protocol(Classification("linprobe"))
@@ -266,6 +278,7 @@ class Separation(Protocol):
     mel-grid mask per source image; masks are scored as waveforms (``AVSeparator``, ``separate``)."""
 
     name, main_metric = "separation", "sdr"
+    eval_fields = ("test_data", "eval_mixtures")        # BSS-eval scores the first eval_mixtures test items
 
     def build(self, encoder, cfg, train_data=None):
         tcfg = self.config(cfg)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import load_pretrained, save_checkpoint
+from .checkpoint import extract_state_dict, load_checkpoint, load_pretrained, save_checkpoint
 from .config import Config, apply_overrides, config_to_dict
 from .data.loaders import make_dataset, make_loaders
 from .heads import AVClassifier
@@ -41,7 +41,24 @@ from .utils import barrier, is_main_process, resolve_device, seed_everything, sh
 __all__ = ["INITS", "RunResult", "pretrain", "build_task_model", "run_task", "compare_inits",
            "evaluate", "predict_examples", "ablation", "feature_subsets", "token_probe", "run_fingerprint"]
 
-INITS = ("pretrained", "scratch")
+# How a run's encoder starts: "scratch" (random), "warm_start" (the two modality ViTs from a checkpoint,
+# everything else random: the official recipe's starting point, e.g. the unimodal MAEs) or "pretrained"
+# (the whole encoder from a checkpoint).
+INITS = ("pretrained", "scratch", "warm_start")
+BRANCHES = ("image.", "audio.")          # the modality ViTs of a DeepAVFusion encoder (train.PRETRAINED_PREFIXES)
+
+# Config fields that never change the trained weights: how fast the data arrives and where the files
+# live (0 and 2 workers give bit-identical weights, tests/test_scenes.py), activation checkpointing, and
+# which test items the evaluation scores. Run fingerprints leave them out, so changing one re-uses a
+# finished run (a changed evaluation field re-runs the evaluation only: ``eval_fingerprint``).
+PERFORMANCE_FIELDS = {"data": ("num_workers", "pin_memory", "root"), "model": ("grad_checkpointing",)}
+EVAL_FIELDS = {"data": ("test_size",)}
+# ModelConfig fields that decide the encoder's architecture (and so its state dict): a checkpoint must
+# agree with the config on every one of them. Mask ratios, decoders, drop_path and the pair-attention
+# evaluation mode may differ between pre-training and a downstream run.
+ENCODER_FIELDS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "image_size", "audio_size",
+                  "fusion_arch", "fusion_layers", "num_fusion_tokens", "num_aggr_image_tokens",
+                  "num_aggr_audio_tokens", "fusion_num_heads", "fusion_attn_ratio", "fusion_mlp_ratio")
 
 
 @dataclass
@@ -57,16 +74,30 @@ class RunResult:
     seconds: float = 0.0
 
 
+def _without(section: str, d: dict, *skip: Mapping[str, tuple[str, ...]]) -> dict:
+    drop = {f for s in skip for f in s.get(section, ())}
+    return {k: v for k, v in d.items() if k not in drop}
+
+
 def run_fingerprint(cfg: Config, **extra) -> dict[str, Any]:
-    """What decides a run besides its TrainConfig: model, data and seed, plus ``extra`` (task, init,
-    the init checkpoint's content hash, the protocol's options). ``fit`` refuses to resume a run
-    directory written under a different fingerprint; tasks start such a run over (``on_mismatch="restart"``)."""
-    return {"seed": cfg.seed, "model": config_to_dict(cfg.model), "data": config_to_dict(cfg.data), **extra}
+    """What decides a run's trained weights besides its TrainConfig: model, data and seed (without
+    ``PERFORMANCE_FIELDS`` and ``EVAL_FIELDS``), plus ``extra`` (task, init, the init checkpoint's content
+    hash, the protocol's options). ``fit`` refuses to resume a run directory written under a different
+    fingerprint; tasks start such a run over (``on_mismatch="restart"``)."""
+    return {"seed": cfg.seed,
+            "model": _without("model", config_to_dict(cfg.model), PERFORMANCE_FIELDS, EVAL_FIELDS),
+            "data": _without("data", config_to_dict(cfg.data), PERFORMANCE_FIELDS, EVAL_FIELDS), **extra}
+
+
+def eval_fingerprint(cfg: Config, **extra) -> dict[str, Any]:
+    """What decides only a run's evaluation (``EVAL_FIELDS`` plus ``extra``, e.g. a protocol's test data)."""
+    sections = {"data": config_to_dict(cfg.data), "model": config_to_dict(cfg.model)}
+    return {f"{s}.{k}": sections[s][k] for s, keys in EVAL_FIELDS.items() for k in keys} | extra
 
 
 def _checkpoint_id(init: str, checkpoint: str | Path | None) -> str | None:
-    """Content hash of the checkpoint a ``pretrained`` run starts from (``None`` for scratch)."""
-    if init != "pretrained" or not checkpoint:
+    """Content hash of the checkpoint a run starts from (``None`` for scratch)."""
+    if init == "scratch" or not checkpoint:
         return None
     st = Path(checkpoint).stat()
     return _sha256_cached(str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns)
@@ -79,17 +110,41 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
+def load_branches(encoder: DeepAVFusion, checkpoint: str | Path) -> list[str]:
+    """Warm start: copy the two modality ViTs (``image.*``, ``audio.*``) of the encoder in ``checkpoint``
+    into ``encoder``, leaving its fusion stream as initialized. The official pre-training starts this way
+    from unimodal MAE checkpoints (DeepAVFusion's ``pt_lr_mult`` ramp then brings the branches in).
+    Any fusion architecture can start from any checkpoint with the same ViT sizes. Returns the loaded keys."""
+    sd = extract_state_dict(load_checkpoint(checkpoint))
+    if any(k.startswith("encoder.") for k in sd):
+        sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
+    own = encoder.state_dict()
+    wanted = [k for k in own if k.startswith(BRANCHES)]
+    missing = [k for k in wanted if k not in sd]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in wanted
+             if k in sd and sd[k].shape != own[k].shape]
+    if missing or wrong:
+        raise ValueError(f"cannot warm-start the modality ViTs from {checkpoint}: missing {missing[:4]}, "
+                         f"shapes differ {wrong[:4]} (the checkpoint's ViTs must have this config's sizes)")
+    encoder.load_state_dict({**own, **{k: sd[k].to(own[k].dtype) for k in wanted}})
+    return wanted
+
+
 # ----------------------------------------------------------------------------------------------
 # Pre-training
 # ----------------------------------------------------------------------------------------------
-def pretrain(cfg: Config, run_dir: str | Path, *, objective: str = "deepavfusion", device: str = "auto",
-             resume: bool = True) -> RunResult:
+def pretrain(cfg: Config, run_dir: str | Path, *, objective: str = "deepavfusion",
+             warm_start: str | Path | None = None, device: str = "auto", resume: bool = True,
+             label: str = "") -> RunResult:
     """Pre-train with ``cfg.pretrain`` and the registered ``objective`` (``avlib.objectives``).
 
-    Evaluation (every ``eval_every`` epochs and at the end): the objective's monitors on the test split
-    (DeepAVFusion: masked-reconstruction losses with fixed masks and the official 1-NN probes).
-    Writes ``run_dir/<objective.checkpoint_name>`` (DeepAVFusion: ``avmae.pt`` in the official
-    checkpoint layout, ``{'state_dict', 'config', ...}``), the ``checkpoint`` of the result.
+    ``warm_start``: a checkpoint whose modality ViTs the encoder starts from (``load_branches``; the
+    official staged recipe, with ``cfg.pretrain.pretrained_lr_ramp``). ``label`` names the run in log
+    lines (e.g. an ablation variant). Evaluation (every ``eval_every`` epochs and at the end): the
+    objective's monitors on the test split (DeepAVFusion: masked-reconstruction losses with fixed masks
+    and the official 1-NN probes). Writes ``run_dir/<objective.checkpoint_name>`` (DeepAVFusion:
+    ``avmae.pt`` in the official checkpoint layout, ``{'state_dict', 'config', ...}``), the
+    ``checkpoint`` of the result.
     """
     obj = OBJECTIVES[objective]
     run_dir = Path(run_dir)
@@ -98,10 +153,15 @@ def pretrain(cfg: Config, run_dir: str | Path, *, objective: str = "deepavfusion
     t0 = time.time()
     train_loader, test_loader = make_loaders(cfg, mixtures=obj.mixtures)
     model = obj.build(cfg)
+    if warm_start:
+        load_branches(obj.encoder(model), warm_start)
+    desc = f"pretrain {objective}" + (f" [{label}]" if label else "")
     history = fit(model, train_loader, cfg.pretrain, loss_fn=obj.loss,
                   eval_fn=lambda m: obj.evaluate(m, test_loader, cfg, device), run_dir=run_dir, device=device,
-                  desc=f"pretrain {objective}", resume=resume,
-                  fingerprint=run_fingerprint(cfg, task="pretrain", objective=objective), on_mismatch="restart")
+                  desc=desc, resume=resume,
+                  fingerprint=run_fingerprint(cfg, task="pretrain", objective=objective,
+                                              warm_start=_checkpoint_id("warm_start", warm_start)),
+                  eval_fingerprint=eval_fingerprint(cfg), on_mismatch="restart")
     ckpt = run_dir / obj.checkpoint_name
     if is_main_process():                   # under torchrun only rank 0 writes
         save_checkpoint(ckpt, obj.checkpoint(model, cfg))
@@ -114,18 +174,27 @@ def pretrain(cfg: Config, run_dir: str | Path, *, objective: str = "deepavfusion
 # Downstream
 # ----------------------------------------------------------------------------------------------
 def _encoder(cfg: Config, init: str, checkpoint: str | Path | None) -> DeepAVFusion:
+    if init not in INITS:
+        raise ValueError(f"init={init!r}: one of {INITS}")
     if init == "scratch":
         return build_encoder(cfg.model)
-    if init != "pretrained":
-        raise ValueError(f"init={init!r}: one of {INITS}")
     if not checkpoint:
-        raise ValueError("init='pretrained' needs a checkpoint path (run pre-training first, "
+        raise ValueError(f"init={init!r} needs a checkpoint path (run pre-training first, "
                          "or pass an official checkpoint)")
-    model, mcfg = load_pretrained(checkpoint)
+    if init == "warm_start":
+        encoder = build_encoder(cfg.model)
+        load_branches(encoder, checkpoint)
+        return encoder
+    # how the encoder is evaluated is the run's choice, not the checkpoint's (exact either way)
+    model, mcfg = load_pretrained(checkpoint, pair_attention=cfg.model.pair_attention,
+                                  grad_checkpointing=cfg.model.grad_checkpointing)
     encoder = model.encoder if isinstance(model, AVMAE) else model
-    if (mcfg.image_size, mcfg.audio_size) != (cfg.model.image_size, cfg.model.audio_size):
-        raise ValueError(f"checkpoint {checkpoint} expects image {mcfg.image_size} / audio {mcfg.audio_size} "
-                         f"inputs but the config gives {cfg.model.image_size} / {cfg.model.audio_size}")
+    differ = [f"{f}: checkpoint {getattr(mcfg, f)!r} != config {getattr(cfg.model, f)!r}"
+              for f in ENCODER_FIELDS if getattr(mcfg, f) != getattr(cfg.model, f)]
+    if differ:
+        raise ValueError(f"checkpoint {checkpoint} holds another encoder than the config describes:\n  "
+                         + "\n  ".join(differ) + "\nUse the profile / overrides it was pre-trained with "
+                         "(its stored config), or another checkpoint.")
     # downstream regularization comes from the task config (e.g. fine-tune drop_path)
     for m in encoder.modules():
         if hasattr(m, "drop_prob"):
@@ -148,8 +217,10 @@ def evaluate(task: str, model: nn.Module, loader, cfg: Config, device="cpu") -> 
 
 
 def run_task(task: str, cfg: Config, run_dir: str | Path, *, init: str = "pretrained",
-             checkpoint: str | Path | None = None, device: str = "auto", resume: bool = True) -> RunResult:
-    """Train and evaluate one downstream protocol; metrics land in ``result.metrics``."""
+             checkpoint: str | Path | None = None, device: str = "auto", resume: bool = True,
+             label: str = "") -> RunResult:
+    """Train and evaluate one downstream protocol from an ``init`` (``INITS``) and its ``checkpoint``;
+    metrics land in ``result.metrics``. ``label`` names the run in log lines (default: ``init``)."""
     protocol = PROTOCOLS[task]
     run_dir = Path(run_dir)
     device = resolve_device(device)
@@ -163,17 +234,26 @@ def run_task(task: str, cfg: Config, run_dir: str | Path, *, init: str = "pretra
                          protocol=protocol.fingerprint(cfg))
     history = protocol.train(model, train_loader, cfg, eval_fn=lambda m: protocol.evaluate(model, test_loader,
                                                                                           cfg, device),
-                             run_dir=run_dir, device=device, desc=f"{task} ({init})", resume=resume, fingerprint=fp)
+                             run_dir=run_dir, device=device, desc=f"{task} ({label or init})", resume=resume,
+                             fingerprint=fp,
+                             eval_fingerprint=eval_fingerprint(cfg, **protocol.eval_fingerprint(cfg)))
     metrics = {k: v for k, v in (history.last_eval or {}).items() if k not in ("epoch", "step")}
-    return RunResult(task, init, metrics, history, model, run_dir, run_dir / "checkpoint_last.pt",
+    return RunResult(task, label or init, metrics, history, model, run_dir, run_dir / "checkpoint_last.pt",
                      time.time() - t0)
 
 
-def compare_inits(task: str, cfg: Config, run_root: str | Path, *, checkpoint: str | Path | None,
-                  device: str = "auto", inits: tuple[str, ...] = INITS) -> dict[str, RunResult]:
-    """The same protocol from the pre-trained encoder and from scratch (``run_root/<init>/``)."""
-    return {init: run_task(task, cfg, Path(run_root) / init, init=init, checkpoint=checkpoint, device=device)
-            for init in inits}
+def compare_inits(task: str, cfg: Config, run_root: str | Path, inits: Mapping[str, tuple] | None = None, *,
+                  checkpoint: str | Path | None = None, device: str = "auto") -> dict[str, RunResult]:
+    """The same protocol from several initializations, each in ``run_root/<name>/``.
+
+    ``inits``: ``{name: (init, checkpoint)}``, e.g. ``{"scratch": ("scratch", None), "unimodal":
+    ("warm_start", unimodal_ckpt), "deepavfusion": ("pretrained", av_ckpt)}``; default: the pre-trained
+    ``checkpoint`` vs scratch (``{"pretrained": ("pretrained", checkpoint), "scratch": ("scratch", None)}``).
+    """
+    if inits is None:
+        inits = {"pretrained": ("pretrained", checkpoint), "scratch": ("scratch", None)}
+    return {name: run_task(task, cfg, Path(run_root) / name, init=init, checkpoint=ckpt, device=device, label=name)
+            for name, (init, ckpt) in inits.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,8 +352,9 @@ def ablation(cfg: Config, variants: Mapping[str, Mapping[str, Any]], run_root: s
     rows = []
     for name, overrides in tqdm(list(variants.items()), desc="ablation", disable=not progress):
         vcfg = apply_overrides(cfg, overrides)
-        pre = pretrain(vcfg, Path(run_root) / name / "pretrain", device=device)
-        res = run_task(probe, vcfg, Path(run_root) / name / probe, checkpoint=pre.checkpoint, device=device)
+        pre = pretrain(vcfg, Path(run_root) / name / "pretrain", device=device, label=name)
+        res = run_task(probe, vcfg, Path(run_root) / name / probe, checkpoint=pre.checkpoint, device=device,
+                       label=name)
         rows.append({"variant": name, **{f"{probe}_{k}": v for k, v in res.metrics.items()},
                      **{f"pretrain_{k}": v for k, v in pre.metrics.items() if k not in ("epoch", "step")},
                      "seconds": pre.seconds + res.seconds})

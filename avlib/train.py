@@ -574,6 +574,7 @@ class _RunState:
     history: History = field(default_factory=History)
     window: list = field(default_factory=list)          # per-step values since the last log line
     epoch_start_rng: dict | None = None
+    eval_stale: bool = False         # the checkpoint's evaluation scored different data than this run's
 
 
 class _Checkpoints:
@@ -586,11 +587,12 @@ class _Checkpoints:
     """
 
     def __init__(self, run_dir: Path, raw: nn.Module, optimizer, scaler, cfg: TrainConfig, *, eff_batch: int,
-                 steps_per_epoch: int, fingerprint: Mapping[str, Any]):
+                 steps_per_epoch: int, fingerprint: Mapping[str, Any], eval_fingerprint: Mapping[str, Any]):
         self.path, self.history_path = run_dir / CHECKPOINT_NAME, run_dir / HISTORY_NAME
         self.raw, self.optimizer, self.scaler, self.cfg = raw, optimizer, scaler, cfg
         self.eff_batch, self.steps_per_epoch = eff_batch, steps_per_epoch
-        self.fingerprint = json.loads(json.dumps(dict(fingerprint), default=str))   # as it reads back
+        as_read_back = lambda d: json.loads(json.dumps(dict(d), default=str))     # noqa: E731
+        self.fingerprint, self.eval_fingerprint = as_read_back(fingerprint), as_read_back(eval_fingerprint)
 
     def mismatches(self, ckpt: Mapping) -> list[str]:
         """Why ``ckpt`` was written by a run that trains differently (empty: it may be resumed)."""
@@ -623,7 +625,8 @@ class _Checkpoints:
             g.update(f)
         self.scaler.load_state_dict(ckpt["scaler"])
         state = _RunState(_Position(ckpt["epoch"], ckpt["batch"], ckpt["step"]),
-                          History.from_dict(ckpt["history"]), list(ckpt.get("window", [])))
+                          History.from_dict(ckpt["history"]), list(ckpt.get("window", [])),
+                          eval_stale=ckpt.get("eval_fingerprint", {}) != self.eval_fingerprint)
         world, me = world_size(), rank()
         rngs = ckpt["rng"]
         if len(rngs) != world:
@@ -648,7 +651,8 @@ class _Checkpoints:
                 "scaler": self.scaler.state_dict(), "epoch": at.epoch, "batch": at.batch, "step": at.step,
                 "rng": rngs, "epoch_start_rng": starts, "train_config": config_to_dict(self.cfg),
                 "eff_batch": self.eff_batch, "steps_per_epoch": self.steps_per_epoch, "world_size": world_size(),
-                "history": run.history.to_dict(), "window": list(run.window), "fingerprint": self.fingerprint})
+                "history": run.history.to_dict(), "window": list(run.window), "fingerprint": self.fingerprint,
+                "eval_fingerprint": self.eval_fingerprint})
             run.history.to_json(self.history_path)
 
 
@@ -728,6 +732,7 @@ def _evaluate(eval_fn, raw: nn.Module, run: _RunState, num_batches: int, desc: s
     raw.train(was_training)
     entry = {"epoch": round(run.pos.epoch + run.pos.batch / num_batches, 6), "step": run.pos.step, **metrics}
     run.history.evals.append(entry)
+    run.eval_stale = False
     if is_main_process():
         tqdm.write(f"[{desc}] eval @ step {run.pos.step} (epoch {entry['epoch']:.2f}) | {_format_logs(metrics)}")
         run.history.to_json(history_path)
@@ -742,7 +747,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         run_dir: str | os.PathLike, device: str | torch.device = "cpu", desc: str = "train",
         resume: bool = True, callbacks: Iterable[Callable[[StepInfo], None]] | None = None,
         ddp: bool | Mapping | None = None, fingerprint: Mapping[str, Any] | None = None,
-        on_mismatch: str = "raise", step_bars: bool = True) -> History:
+        eval_fingerprint: Mapping[str, Any] | None = None, on_mismatch: str = "raise",
+        step_bars: bool = True) -> History:
     """Train ``model`` on ``train_loader`` following ``cfg``; checkpoint, log and evaluate on the way.
 
     Args:
@@ -771,8 +777,11 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             writes one (single process; not when it lands inside the parameter update) and re-raises.
         ddp: ``None`` wraps in ``DistributedDataParallel`` when ``torch.distributed`` is initialized with
             more than one process; ``True``/``False`` force it; a dict gives the DDP kwargs.
-        fingerprint: what else decides the result besides ``cfg`` (JSON-able: model / data config, the
-            init checkpoint's content hash, ...). Stored in the checkpoint and compared on resume.
+        fingerprint: what else decides the trained weights besides ``cfg`` (JSON-able: model / data
+            config, the init checkpoint's content hash, ...). Stored in the checkpoint and compared on resume.
+        eval_fingerprint: what decides the evaluation only (e.g. which test items ``eval_fn`` scores).
+            A finished run whose checkpoint was evaluated under another one keeps its weights and is
+            evaluated again (no retraining).
         on_mismatch: what resuming does when the checkpoint was written by a run that trains differently
             (a ``TrainConfig`` field outside ``RESULT_NEUTRAL_FIELDS``, the effective batch, the steps per
             epoch or the fingerprint differ): ``"raise"`` (``ResumeError``) or ``"restart"`` (warn, start
@@ -808,7 +817,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
 
     # -- resume -----------------------------------------------------------------------------------
     ckpts = _Checkpoints(run_dir, raw, optimizer, scaler, cfg, eff_batch=eff_batch,
-                         steps_per_epoch=steps_per_epoch, fingerprint=fingerprint or {})
+                         steps_per_epoch=steps_per_epoch, fingerprint=fingerprint or {},
+                         eval_fingerprint=eval_fingerprint or {})
     run = ckpts.restore(resume=resume, on_mismatch=on_mismatch, desc=desc, num_batches=num_batches)
     run.history.meta.update(lr=base_lr, eff_batch=eff_batch, world_size=world_size(),
                             steps_per_epoch=steps_per_epoch, total_steps=total_steps, stopped=False)
@@ -892,6 +902,9 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         if step_bar is not None:
             step_bar.close()
         epoch_bar.close()
+    if run.eval_stale and eval_fn is not None and history.meta.get("completed"):
+        _evaluate(eval_fn, raw, run, num_batches, desc, ckpts.history_path)     # same weights, new test data
+        ckpts.save(pos, _rng_state(), run.epoch_start_rng, run)
     if main and not history.meta.get("stopped"):
         history.to_json(ckpts.history_path)
     barrier()                     # every rank sees the final checkpoint before anyone moves on

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from avlib.config import make_config
-from avlib.tasks import feature_subsets, pretrain, run_task
+from avlib.tasks import compare_inits, feature_subsets, pretrain, run_task
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,73 @@ def test_token_probe_reads_each_cell_in_the_order_of_its_class(monkeypatch):
     monkeypatch.setattr(tasks, "_encoder", lambda cfg, init, checkpoint: _PixelEncoder(cfg, flip=True))
     flipped = tasks.token_probe(cfg, init="scratch", train_size=200, test_size=100, device="cpu")
     assert flipped["visual_cell"] < res["visual_cell"] - 30.0, (res, flipped)
+
+
+# ---------------------------------------------------------------------------------------------- fingerprints
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_a_performance_setting_reuses_a_finished_pretraining(cfg, tmp_path):
+    small = make_config("smoke", **{"data.dataset": "synthetic", "pretrain.max_steps": 2})
+    first = pretrain(small, tmp_path, device="cpu")
+    before = _weights(tmp_path / "checkpoint_last.pt")
+    again = pretrain(make_config("smoke", **{"data.dataset": "synthetic", "pretrain.max_steps": 2,
+                                             "data.num_workers": 1}), tmp_path, device="cpu")
+    assert again.history.meta.get("resumed_from_step") == [2] and again.history.steps == first.history.steps
+    for k, v in _weights(tmp_path / "checkpoint_last.pt").items():
+        assert torch.equal(v, before[k]), k                                  # not retrained
+
+
+def test_an_evaluation_setting_re_evaluates_without_retraining(tmp_path):
+    base = {"data.dataset": "synthetic", "pretrain.max_steps": 2}
+    first = pretrain(make_config("smoke", **base), tmp_path, device="cpu")
+    before = _weights(tmp_path / "checkpoint_last.pt")
+    again = pretrain(make_config("smoke", **base, **{"data.test_size": 8}), tmp_path, device="cpu")
+    assert len(again.history.evals) == len(first.history.evals) + 1          # one more evaluation
+    assert again.history.steps == first.history.steps                        # no more training
+    for k, v in _weights(tmp_path / "checkpoint_last.pt").items():
+        assert torch.equal(v, before[k]), k
+    with pytest.warns(UserWarning, match="data.train_size: checkpoint 32 != now 24"):   # a result-relevant field
+        pretrain(make_config("smoke", **base, **{"data.train_size": 24}), tmp_path, device="cpu")
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(cfg, tmp_path):
+    other = make_config("smoke", **{"data.dataset": "synthetic", "pretrain.max_steps": 1, "model.depth": 3,
+                                    "model.embed_dim": 48, "model.fusion_arch": "dense"})
+    ckpt = pretrain(other, tmp_path / "pre", device="cpu").checkpoint
+    with pytest.raises(ValueError, match=r"(?s)another encoder.*embed_dim: checkpoint 48 != config 32.*"
+                                         r"depth: checkpoint 3 != config 2.*fusion_arch: checkpoint 'dense'"):
+        run_task("finetune", cfg, tmp_path / "ft", checkpoint=ckpt, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------- warm starts
+def test_warm_start_takes_the_modality_vits_and_keeps_the_fresh_fusion_stream(tmp_path):
+    from avlib.model import build_encoder
+    from avlib.tasks import load_branches
+    base = {"data.dataset": "synthetic", "pretrain.max_steps": 2}
+    unimodal = make_config("smoke", **base, **{"model.fusion_arch": "none"})        # two independent MAEs
+    stage1 = pretrain(unimodal, tmp_path / "unimodal", device="cpu")
+    av = make_config("smoke", **base, **{"pretrain.pretrained_lr_ramp": True})
+    torch.manual_seed(av.seed)
+    fresh = build_encoder(av.model).state_dict()
+    torch.manual_seed(av.seed)
+    encoder = build_encoder(av.model)
+    loaded = load_branches(encoder, stage1.checkpoint)
+    assert loaded and all(k.startswith(("image.", "audio.")) for k in loaded)
+    trained = {k.removeprefix("encoder."): v for k, v in torch.load(stage1.checkpoint, weights_only=True)["state_dict"].items()}
+    for k, v in encoder.state_dict().items():
+        want = trained[k] if k in loaded else fresh[k]                  # fusion blocks / tokens: as initialized
+        assert torch.equal(v, want), k
+    assert any(k.startswith("fusion_blocks.") for k in fresh)
+    # the AV stage starts from it (with the lr ramp), and so does a downstream warm-start run
+    stage2 = pretrain(av, tmp_path / "av", warm_start=stage1.checkpoint, device="cpu")
+    assert stage2.history.meta["total_steps"] == 2
+    runs = compare_inits("linprobe", av, tmp_path / "probe", {"scratch": ("scratch", None),
+                                                             "unimodal": ("warm_start", stage1.checkpoint),
+                                                             "av": ("pretrained", stage2.checkpoint)}, device="cpu")
+    assert list(runs) == ["scratch", "unimodal", "av"] and runs["unimodal"].init == "unimodal"
+    for k, v in runs["unimodal"].model.encoder.state_dict().items():
+        assert torch.equal(v, encoder.state_dict()[k]), k                # linprobe: the encoder stays frozen
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        load_branches(build_encoder(make_config("smoke", **{"model.embed_dim": 48}).model), stage1.checkpoint)
