@@ -6,7 +6,11 @@
     cfg = make_config("paper", recipe="official")              # the official code's downstream recipes
 
 Unknown keys raise a ``ConfigError`` that names the closest valid key (papermill itself only warns).
-Profiles shrink sizes, never structure: every profile builds the same modules, masking and losses.
+Every field's value is checked when a config is made, overridden or read back (``_validate``: the type
+from its annotation, the range or choices from ``_RULES``); the error names the full key, the value, what
+was expected and how to fix it. Command-line text (``--set pretrain.epochs=10``) is parsed to the field's
+type by ``parse_assignments`` first. Profiles shrink sizes, never structure: every profile builds the
+same modules, masking and losses.
 
 Sources for the values: ``[code]`` = the official implementation (``../shared/reference/DEEPAVFUSION.md``),
 ``[supp]`` = the seed paper's supplementary material (``SEED_SUPPLEMENT.md``).
@@ -111,7 +115,7 @@ _RULES: dict[str, dict[str, _Rule]] = {
 
 
 def _type_name(tp) -> str:
-    """``tuple[int, int]`` -> "a pair of int", ``str | None`` -> "str or None", for messages."""
+    """``tuple[int, int]`` -> "a list of 2 int", ``str | None`` -> "str or None", for messages."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
@@ -216,8 +220,8 @@ OFFICIAL_FUSION_ARCH = {"factorized_mmi": "factorized", "dense_mmi": "dense", "t
 
 
 def _fusion_layers(fl: Any, depth: int) -> str | tuple[int, ...]:
-    """``model.fusion_layers`` normalized: ``"all"`` | ``"none"`` | a sorted-as-given tuple of block indices,
-    from a tuple / list / single int or the official ``"a-b-c"`` string."""
+    """``model.fusion_layers`` normalized: ``"all"`` | ``"none"`` | a tuple of block indices (in the order
+    given), from a tuple / list / single int or the official ``"a-b-c"`` string."""
     expected = "'all', 'none', a list of block indices or the official 'a-b-c' string"
     if fl in ("all", "none"):
         return fl
@@ -680,7 +684,7 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, value in flat.items():
         node, parts = tree, key.split(".")
-        for i, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):           # "model.depth" set, then "model.depth.x"
                 raise _unknown(key)
@@ -702,7 +706,7 @@ def _apply(obj, tree: Mapping[str, Any], prefix: str = ""):
             if not is_dataclass(current):
                 raise _unknown(f"{key}.{next(iter(value), '')}")
             changes[name] = _apply(current, value, key + ".")
-        elif is_dataclass(current):
+        elif is_dataclass(current) and not is_dataclass(value):   # a whole section may be replaced
             raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{fields(current)[0].name}")
         else:
             changes[name] = value
@@ -774,7 +778,7 @@ def parse_value(key: str, text: str) -> Any:
 def _key_type(key: str):
     """The annotation of dotted ``key`` in ``Config`` (unknown keys and sections raise)."""
     cls: Any = Config
-    for i, part in enumerate(parts := key.split(".")):
+    for part in key.split("."):
         hints = _field_types(cls) if is_dataclass(cls) else {}
         if part not in hints:
             raise _unknown(key)

@@ -338,7 +338,6 @@ def test_set_reaches_every_notebooks_overrides_and_is_checked_first(project, tmp
 @pytest.mark.slow
 def test_sigint_is_recorded_as_interrupted_with_a_one_line_reason(tmp_path):
     import signal
-    import sys
     import time
 
     nbs = tmp_path / "notebooks"
