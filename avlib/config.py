@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 __all__ = [
-    "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "ClassificationConfig",
+    "ConfigError", "ConfigValueError", "ModelConfig", "DataConfig", "TrainConfig", "ClassificationConfig",
     "LocalizationConfig", "SegmentationConfig", "SeparationConfig", "Config",
     "PROFILES", "RECIPES", "make_config", "apply_overrides", "parse_assignments", "parse_value",
     "config_to_dict", "config_from_dict", "config_hash",
@@ -47,9 +47,10 @@ class ConfigError(ValueError):
 # entry point (Python, dotted / nested overrides, ``--set`` strings, notebooks, stored configs):
 # each dataclass's ``__post_init__`` calls ``_validate(self)`` first.
 # ----------------------------------------------------------------------------------------------
-class _FieldError(ConfigError):
-    """A bad value of one field. ``apply_overrides`` re-raises it under the full dotted key
-    (``epochs`` -> ``pretrain.epochs``): a dataclass does not know where it sits in ``Config``."""
+class ConfigValueError(ConfigError):
+    """A bad value of one field (``key``, ``value``, ``expected``, ``fix``). ``apply_overrides`` re-raises it
+    under the full dotted key (``epochs`` -> ``pretrain.epochs``): a dataclass does not know where it sits
+    in ``Config``."""
 
     def __init__(self, key: str, value: Any, expected: str, fix: str | None = None):
         self.key, self.value, self.expected, self.fix = key, value, expected, fix
@@ -57,8 +58,8 @@ class _FieldError(ConfigError):
         fix = fix or f"change {key} in your overrides (or --set {key}=...) to {expected}"
         super().__init__(f"config key {key!r} = {got}: expected {expected}. Fix: {fix}")
 
-    def under(self, prefix: str) -> _FieldError:
-        return _FieldError(f"{prefix}.{self.key}", self.value, self.expected, self.fix)
+    def under(self, prefix: str) -> ConfigValueError:
+        return ConfigValueError(f"{prefix}.{self.key}", self.value, self.expected, self.fix)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _type_name(tp) -> str:
 
 
 def _check_type(key: str, value: Any, tp) -> Any:
-    """``value`` as a ``tp`` (the field's annotation), or a ``_FieldError``. Strict: an int field takes
+    """``value`` as a ``tp`` (the field's annotation), or a ``ConfigValueError``. Strict: an int field takes
     no bool or float, a bool field only a bool; a float field takes an int (kept as given, so a
     config's hash does not change); a tuple field takes a list (JSON has no tuples)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -140,47 +141,47 @@ def _check_type(key: str, value: Any, tp) -> Any:
         if len(others) == 1:                           # X | None: X's own message ("a finite number" ...)
             try:
                 return _check_type(key, value, others[0])
-            except _FieldError as e:
-                raise _FieldError(key, value, f"{e.expected} or None", e.fix) from None
+            except ConfigValueError as e:
+                raise ConfigValueError(key, value, f"{e.expected} or None", e.fix) from None
         for arg in others:
             try:
                 return _check_type(key, value, arg)
-            except _FieldError:
+            except ConfigValueError:
                 pass
-        raise _FieldError(key, value, _type_name(tp))
+        raise ConfigValueError(key, value, _type_name(tp))
     if origin is tuple:
         if not isinstance(value, (tuple, list)):
             example = "['theo']" if args[0] is str else "[1, 2]"
-            raise _FieldError(key, value, _type_name(tp), f"pass a list, e.g. {example}")
+            raise ConfigValueError(key, value, _type_name(tp), f"pass a list, e.g. {example}")
         elems = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
         if len(elems) != len(value):
-            raise _FieldError(key, value, _type_name(tp))
+            raise ConfigValueError(key, value, _type_name(tp))
         return tuple(_check_type(key, v, t) for v, t in zip(value, elems))
     if is_dataclass(tp):
         if not isinstance(value, tp):
-            raise _FieldError(key, value, f"a {tp.__name__} section", f"set its fields, e.g. {key}.<field>")
+            raise ConfigValueError(key, value, f"a {tp.__name__} section", f"set its fields, e.g. {key}.<field>")
         return value
     if tp is bool:
         if isinstance(value, bool) or type(value).__name__ == "bool_":   # numpy's bool from an array
             return bool(value)
-        raise _FieldError(key, value, "true or false",
+        raise ConfigValueError(key, value, "true or false",
                           "write true / false (in Python True / False); a string such as 'false' is not a boolean")
     if tp is int:
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):   # numpy ints too
             return int(value)
         fix = (f"use a whole number, e.g. {int(value)}" if isinstance(value, float) and value.is_integer()
                else "use a whole number" + (" (without quotes)" if isinstance(value, str) else ""))
-        raise _FieldError(key, value, "an int", fix)
+        raise ConfigValueError(key, value, "an int", fix)
     if tp is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise _FieldError(key, value, "a finite number")
+                raise ConfigValueError(key, value, "a finite number")
             return value if type(value) in (int, float) else float(value)
-        raise _FieldError(key, value, "a number", "use a number" + (" (without quotes)" if isinstance(value, str) else ""))
+        raise ConfigValueError(key, value, "a number", "use a number" + (" (without quotes)" if isinstance(value, str) else ""))
     if tp is str:
         if isinstance(value, str):
             return value
-        raise _FieldError(key, value, "a string")
+        raise ConfigValueError(key, value, "a string")
     raise TypeError(f"config field {key}: unsupported annotation {tp!r}")   # a new field type: extend here
 
 
@@ -189,7 +190,7 @@ def _check_rule(key: str, value: Any, rule: _Rule | None) -> None:
         return
     for v in (value if isinstance(value, tuple) else (value,)):
         if not rule.ok(v):
-            raise _FieldError(key, value, ("items, each " if isinstance(value, tuple) else "") + rule.expected)
+            raise ConfigValueError(key, value, ("items, each " if isinstance(value, tuple) else "") + rule.expected)
 
 
 @functools.cache
@@ -229,16 +230,16 @@ def _fusion_layers(fl: Any, depth: int) -> str | tuple[int, ...]:
         try:
             fl = [int(i) for i in fl.split("-")]
         except ValueError:
-            raise _FieldError("fusion_layers", fl, expected) from None
+            raise ConfigValueError("fusion_layers", fl, expected) from None
     elif isinstance(fl, numbers.Integral) and not isinstance(fl, bool):
         fl = [fl]
     if not isinstance(fl, (list, tuple)) or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
                                                      for i in fl):
-        raise _FieldError("fusion_layers", fl, expected)
+        raise ConfigValueError("fusion_layers", fl, expected)
     fl = tuple(int(i) for i in fl)
     bad = [i for i in fl if not 0 <= i < depth]
     if bad:
-        raise _FieldError("fusion_layers", fl, f"block indices in 0..{depth - 1} (model.depth={depth})",
+        raise ConfigValueError("fusion_layers", fl, f"block indices in 0..{depth - 1} (model.depth={depth})",
                           f"drop {bad} or raise model.depth")
     return fl
 
@@ -286,7 +287,7 @@ class ModelConfig:
         object.__setattr__(self, "fusion_arch", OFFICIAL_FUSION_ARCH.get(self.fusion_arch, self.fusion_arch))
         _validate(self)
         if self.fusion_arch not in FUSION_ARCHS:
-            raise _FieldError("fusion_arch", self.fusion_arch, "one of " + " | ".join(FUSION_ARCHS),
+            raise ConfigValueError("fusion_arch", self.fusion_arch, "one of " + " | ".join(FUSION_ARCHS),
                               "choose a fusion block (the official names factorized_mmi / dense_mmi work too)")
         object.__setattr__(self, "fusion_layers", _fusion_layers(self.fusion_layers, self.depth))
         for name in ("image_size", "audio_size"):
@@ -304,7 +305,7 @@ class ModelConfig:
         for m in ("image", "audio"):   # the masking keeps int(L * (1 - ratio)) tokens (avlib.model.random_masking)
             n, ratio = math.prod(getattr(self, f"{m}_grid")), getattr(self, f"{m}_mask_ratio")
             if int(n * (1 - ratio)) < 1:
-                raise _FieldError(f"{m}_mask_ratio", ratio, f"a ratio that keeps at least one of the {n} {m} "
+                raise ConfigValueError(f"{m}_mask_ratio", ratio, f"a ratio that keeps at least one of the {n} {m} "
                                   f"tokens (< {1 - 1 / n:.4g})", "lower the mask ratio or use a finer patch grid")
 
     @property
@@ -440,7 +441,7 @@ class TaskConfig:
         for name in ("train_data", "test_data"):
             spec = getattr(self, name)
             if spec is not None and (spec.startswith(":") or parse_data_spec(spec, "train")[1] not in DATA_SPLITS):
-                raise _FieldError(name, spec, f"'<dataset>' or '<dataset>:<split>' with split one of {DATA_SPLITS}")
+                raise ConfigValueError(name, spec, f"'<dataset>' or '<dataset>:<split>' with split one of {DATA_SPLITS}")
 
     def data_spec(self, default_dataset: str, split: str) -> tuple[str, str]:
         """``(dataset, split)`` this protocol reads for ``split`` (``"train"`` or ``"test"``)."""
@@ -469,7 +470,7 @@ class ClassificationConfig(TaskConfig):
     def __post_init__(self):
         super().__post_init__()
         if not self.features or len(set(self.features)) != len(self.features):
-            raise _FieldError("features", self.features, "a non-empty list of distinct streams: audio, visual, fusion")
+            raise ConfigValueError("features", self.features, "a non-empty list of distinct streams: audio, visual, fusion")
 
 
 @dataclass(frozen=True)
@@ -712,7 +713,7 @@ def _apply(obj, tree: Mapping[str, Any], prefix: str = ""):
             changes[name] = value
     try:
         return replace(obj, **changes)
-    except _FieldError as e:
+    except ConfigValueError as e:
         raise (e.under(prefix[:-1]) if prefix else e) from None
 
 
@@ -806,12 +807,12 @@ def _from_text(key: str, text: str, tp) -> Any:
     if tp is bool:
         if text.lower() in _TRUE + _FALSE:
             return text.lower() in _TRUE
-        raise _FieldError(key, text, "true or false", "write true or false (also accepted: 1 or 0)")
+        raise ConfigValueError(key, text, "true or false", "write true or false (also accepted: 1 or 0)")
     if tp in (int, float):
         try:
             return tp(text)
         except ValueError:
-            raise _FieldError(key, text, f"{'an int' if tp is int else 'a number'}",
+            raise ConfigValueError(key, text, f"{'an int' if tp is int else 'a number'}",
                               f"write a {'whole number' if tp is int else 'number'}, e.g. {key}="
                               f"{'2' if tp is int else '0.5'}") from None
     if tp is str:
