@@ -6,23 +6,34 @@
     cfg = make_config("paper", recipe="official")              # the official code's downstream recipes
 
 Unknown keys raise a ``ConfigError`` that names the closest valid key (papermill itself only warns).
-Profiles shrink sizes, never structure: every profile builds the same modules, masking and losses.
+Every field's value is checked when a config is made, overridden or read back (``_validate``: the type
+from its annotation, the range or choices from ``_RULES``); the error names the full key, the value, what
+was expected and how to fix it. Command-line text (``--set pretrain.epochs=10``) is parsed to the field's
+type by ``parse_assignments`` first. Profiles shrink sizes, never structure: every profile builds the
+same modules, masking and losses.
 
 Sources for the values: ``[code]`` = the official implementation (``../shared/reference/DEEPAVFUSION.md``),
 ``[supp]`` = the seed paper's supplementary material (``SEED_SUPPLEMENT.md``).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 __all__ = [
-    "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "TaskConfig", "ClassificationConfig",
-    "LocalizationConfig", "SegmentationConfig", "SeparationConfig", "Config", "TASKS",
-    "PROFILES", "RECIPES", "make_config", "config_to_dict", "config_from_dict", "config_hash", "flatten",
+    "ConfigError", "ConfigValueError", "ModelConfig", "DataConfig", "TrainConfig", "TaskConfig",
+    "ClassificationConfig", "LocalizationConfig", "SegmentationConfig", "SeparationConfig", "Config", "TASKS",
+    "PROFILES", "RECIPES", "make_config", "apply_overrides", "parse_assignments", "parse_value",
+    "config_to_dict", "config_from_dict", "config_hash", "flatten",
 ]
 
 
@@ -31,11 +42,205 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
+# Validation: one place checks every field's type (from its annotation) and range, whatever the
+# entry point (Python, dotted / nested overrides, ``--set`` strings, notebooks, stored configs):
+# each dataclass's ``__post_init__`` calls ``_validate(self)`` first.
+# ----------------------------------------------------------------------------------------------
+class ConfigValueError(ConfigError):
+    """A bad value of one field (``key``, ``value``, ``expected``, ``fix``). ``apply_overrides`` re-raises it
+    under the full dotted key (``epochs`` -> ``pretrain.epochs``): a dataclass does not know where it sits
+    in ``Config``."""
+
+    def __init__(self, key: str, value: Any, expected: str, fix: str | None = None):
+        self.key, self.value, self.expected, self.fix = key, value, expected, fix
+        got = f"{value!r}" + ("" if value is None else f" ({type(value).__name__})")
+        fix = fix or f"change {key} in your overrides (or --set {key}=...) to {expected}"
+        super().__init__(f"config key {key!r} = {got}: expected {expected}. Fix: {fix}")
+
+    def under(self, prefix: str) -> ConfigValueError:
+        return ConfigValueError(f"{prefix}.{self.key}", self.value, self.expected, self.fix)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A range or choice check: ``ok(value)`` for a value that already has the field's type."""
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+def _choice(*names: str) -> _Rule:
+    return _Rule(lambda v: v in names, "one of " + " | ".join(names))
+
+
+_POSITIVE = _Rule(lambda v: v > 0, "a value > 0")
+_AT_LEAST_1 = _Rule(lambda v: v >= 1, "a value >= 1")
+_NON_NEGATIVE = _Rule(lambda v: v >= 0, "a value >= 0")
+_FRACTION = _Rule(lambda v: 0 <= v <= 1, "a value in [0, 1]")
+_BELOW_ONE = _Rule(lambda v: 0 <= v < 1, "a value in [0, 1)")          # mask ratios, drop rates, betas
+_SHARE = _Rule(lambda v: 0 < v <= 1, "a value in (0, 1]")               # a scale or share that must keep something
+
+# Range / choice rules per dataclass (looked up along the MRO, so subclasses inherit them). A field
+# without a rule only gets the type check; for tuples the rule applies to every element, for
+# ``X | None`` only when the value is not None.
+_RULES: dict[str, dict[str, _Rule]] = {
+    "ModelConfig": dict(
+        embed_dim=_AT_LEAST_1, depth=_AT_LEAST_1, num_heads=_AT_LEAST_1, mlp_ratio=_POSITIVE,
+        patch_size=_AT_LEAST_1, image_size=_AT_LEAST_1, audio_size=_AT_LEAST_1, drop_path=_BELOW_ONE,
+        pair_attention=_choice("separable", "explicit"), num_fusion_tokens=_AT_LEAST_1,
+        num_aggr_image_tokens=_NON_NEGATIVE, num_aggr_audio_tokens=_NON_NEGATIVE, fusion_num_heads=_AT_LEAST_1,
+        fusion_attn_ratio=_POSITIVE, fusion_mlp_ratio=_POSITIVE, image_mask_ratio=_BELOW_ONE,
+        audio_mask_ratio=_BELOW_ONE, decoder_embed_dim=_AT_LEAST_1, decoder_depth=_AT_LEAST_1,
+        decoder_num_heads=_AT_LEAST_1, decoder_mlp_ratio=_POSITIVE),
+    "DataConfig": dict(
+        dataset=_Rule(bool, "a non-empty dataset name"), sample_rate=_AT_LEAST_1, clip_seconds=_POSITIVE,
+        n_fft=_AT_LEAST_1, hop_length=_AT_LEAST_1, n_mels=_AT_LEAST_1, gain_db=_NON_NEGATIVE, crop_min=_SHARE,
+        eval_resize_ratio=_SHARE, grid=_AT_LEAST_1, p_two_sources=_FRACTION, p_offscreen=_FRACTION,
+        holdout_speakers=_Rule(bool, "non-empty speaker names"),
+        distractors=_Rule(lambda v: v >= 0, "a count >= 0 (or None: every cell)"),
+        pretrain_distractors=_Rule(lambda v: v >= 0, "a count >= 0 (or None: as distractors)"),
+        pretrain_distractors_p=_FRACTION, train_size=_AT_LEAST_1, test_size=_AT_LEAST_1,
+        num_workers=_NON_NEGATIVE),
+    "TrainConfig": dict(
+        epochs=_AT_LEAST_1, batch_size=_AT_LEAST_1, accum_steps=_AT_LEAST_1,
+        optimizer=_choice("adamw", "adam", "sgd", "lars"), lr=_POSITIVE, blr=_POSITIVE, min_lr=_NON_NEGATIVE,
+        warmup_epochs=_NON_NEGATIVE, schedule=_choice("cosine", "constant"), weight_decay=_NON_NEGATIVE,
+        betas=_BELOW_ONE, momentum=_BELOW_ONE, layer_decay=_SHARE, pretrained_ramp_epochs=_FRACTION,
+        clip_grad=_POSITIVE, amp=_choice("none", "bf16", "fp16"), max_steps=_AT_LEAST_1, log_every=_AT_LEAST_1,
+        eval_every=_NON_NEGATIVE, ckpt_every=_NON_NEGATIVE),
+    "ClassificationConfig": dict(features=_choice("audio", "visual", "fusion"), head=_choice("linear", "official")),
+    "SegmentationConfig": dict(head=_choice("upsample", "official_unet")),
+    "SeparationConfig": dict(mask_rule=_choice("dominant", "official"), eval_mixtures=_AT_LEAST_1),
+    "Config": dict(profile=_Rule(bool, "a non-empty profile name")),
+}
+
+
+def _type_name(tp) -> str:
+    """``tuple[int, int]`` -> "a list of 2 int", ``str | None`` -> "str or None", for messages."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} {' / '.join(dict.fromkeys(_type_name(a) for a in args))}"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join("None" if a is type(None) else _type_name(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_type(key: str, value: Any, tp) -> Any:
+    """``value`` as a ``tp`` (the field's annotation), or a ``ConfigValueError``. Strict: an int field takes
+    no bool or float, a bool field only a bool; a float field takes an int (kept as given, so a
+    config's hash does not change); a tuple field takes a list (JSON has no tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value                                   # checked by the field's own __post_init__ code
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:                           # X | None: X's own message ("a finite number" ...)
+            try:
+                return _check_type(key, value, others[0])
+            except ConfigValueError as e:
+                raise ConfigValueError(key, value, f"{e.expected} or None", e.fix) from None
+        for arg in others:
+            try:
+                return _check_type(key, value, arg)
+            except ConfigValueError:
+                pass
+        raise ConfigValueError(key, value, _type_name(tp))
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            example = "['theo']" if args[0] is str else "[1, 2]"
+            raise ConfigValueError(key, value, _type_name(tp), f"pass a list, e.g. {example}")
+        elems = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(elems) != len(value):
+            raise ConfigValueError(key, value, _type_name(tp))
+        return tuple(_check_type(key, v, t) for v, t in zip(value, elems))
+    if is_dataclass(tp):
+        if not isinstance(value, tp):
+            raise ConfigValueError(key, value, f"a {tp.__name__} section", f"set its fields, e.g. {key}.<field>")
+        return value
+    if tp is bool:
+        if isinstance(value, bool) or type(value).__name__ == "bool_":   # numpy's bool from an array
+            return bool(value)
+        raise ConfigValueError(key, value, "true or false",
+                          "write true / false (in Python True / False); a string such as 'false' is not a boolean")
+    if tp is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):   # numpy ints too
+            return int(value)
+        fix = (f"use a whole number, e.g. {int(value)}" if isinstance(value, float) and value.is_integer()
+               else "use a whole number" + (" (without quotes)" if isinstance(value, str) else ""))
+        raise ConfigValueError(key, value, "an int", fix)
+    if tp is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigValueError(key, value, "a finite number")
+            return value if type(value) in (int, float) else float(value)
+        raise ConfigValueError(key, value, "a number", "use a number" + (" (without quotes)" if isinstance(value, str) else ""))
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigValueError(key, value, "a string")
+    raise TypeError(f"config field {key}: unsupported annotation {tp!r}")   # a new field type: extend here
+
+
+def _check_rule(key: str, value: Any, rule: _Rule | None) -> None:
+    if rule is None or value is None:
+        return
+    for v in (value if isinstance(value, tuple) else (value,)):
+        if not rule.ok(v):
+            raise ConfigValueError(key, value, ("items, each " if isinstance(value, tuple) else "") + rule.expected)
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _rules(cls) -> dict[str, _Rule]:
+    return {k: r for c in reversed(cls.__mro__) for k, r in _RULES.get(c.__name__, {}).items()}
+
+
+def _validate(obj) -> None:
+    """Type- and range-check every field of a config dataclass, normalizing in place (lists -> tuples,
+    numpy scalars -> Python numbers). Called first by each ``__post_init__``."""
+    hints, rules = _field_types(type(obj)), _rules(type(obj))
+    for f in fields(obj):
+        value = _check_type(f.name, getattr(obj, f.name), hints[f.name])
+        _check_rule(f.name, value, rules.get(f.name))
+        object.__setattr__(obj, f.name, value)
+
+
+# ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
 FUSION_ARCHS = ("none", "token", "dense", "factorized")
 # the official code's names for the same blocks
 OFFICIAL_FUSION_ARCH = {"factorized_mmi": "factorized", "dense_mmi": "dense", "token": "token", "none": "none"}
+
+
+def _fusion_layers(fl: Any, depth: int) -> str | tuple[int, ...]:
+    """``model.fusion_layers`` normalized: ``"all"`` | ``"none"`` | a tuple of block indices (in the order
+    given), from a tuple / list / single int or the official ``"a-b-c"`` string."""
+    expected = "'all', 'none', a list of block indices or the official 'a-b-c' string"
+    if fl in ("all", "none"):
+        return fl
+    if isinstance(fl, str):
+        try:
+            fl = [int(i) for i in fl.split("-")]
+        except ValueError:
+            raise ConfigValueError("fusion_layers", fl, expected) from None
+    elif isinstance(fl, numbers.Integral) and not isinstance(fl, bool):
+        fl = [fl]
+    if not isinstance(fl, (list, tuple)) or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                                                     for i in fl):
+        raise ConfigValueError("fusion_layers", fl, expected)
+    fl = tuple(int(i) for i in fl)
+    bad = [i for i in fl if not 0 <= i < depth]
+    if bad:
+        raise ConfigValueError("fusion_layers", fl, f"block indices in 0..{depth - 1} (model.depth={depth})",
+                          f"drop {bad} or raise model.depth")
+    return fl
 
 
 @dataclass(frozen=True)
@@ -79,29 +284,28 @@ class ModelConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "fusion_arch", OFFICIAL_FUSION_ARCH.get(self.fusion_arch, self.fusion_arch))
+        _validate(self)
         if self.fusion_arch not in FUSION_ARCHS:
-            raise ConfigError(f"model.fusion_arch={self.fusion_arch!r}: choose one of {FUSION_ARCHS}")
-        if self.pair_attention not in ("separable", "explicit"):
-            raise ConfigError(f"model.pair_attention={self.pair_attention!r}: 'separable' or 'explicit'")
-        fl = self.fusion_layers
-        if isinstance(fl, list):
-            object.__setattr__(self, "fusion_layers", tuple(int(i) for i in fl))
-        elif isinstance(fl, str) and fl not in ("all", "none"):
-            # the official 'a-b-c' string form
-            object.__setattr__(self, "fusion_layers", tuple(int(i) for i in fl.split("-")))
-        elif isinstance(fl, int) and not isinstance(fl, bool):
-            object.__setattr__(self, "fusion_layers", (fl,))
-        if isinstance(self.fusion_layers, tuple):
-            bad = [i for i in self.fusion_layers if not 0 <= i < self.depth]
-            if bad:
-                raise ConfigError(f"model.fusion_layers {bad} outside 0..{self.depth - 1}")
+            raise ConfigValueError("fusion_arch", self.fusion_arch, "one of " + " | ".join(FUSION_ARCHS),
+                              "choose a fusion block (the official names factorized_mmi / dense_mmi work too)")
+        object.__setattr__(self, "fusion_layers", _fusion_layers(self.fusion_layers, self.depth))
         for name in ("image_size", "audio_size"):
-            v = tuple(int(x) for x in getattr(self, name))
-            object.__setattr__(self, name, v)
+            v = getattr(self, name)
             if any(x % self.patch_size for x in v):
                 raise ConfigError(f"model.{name}={v} must be a multiple of patch_size={self.patch_size}")
         if self.embed_dim % self.num_heads or self.embed_dim % self.fusion_num_heads:
             raise ConfigError("model.embed_dim must be divisible by num_heads and fusion_num_heads")
+        if self.decoder_embed_dim % self.decoder_num_heads:
+            raise ConfigError(f"model.decoder_embed_dim={self.decoder_embed_dim} must be divisible by "
+                              f"decoder_num_heads={self.decoder_num_heads}")
+        if self.fusion_arch == "factorized" and not (self.num_aggr_image_tokens and self.num_aggr_audio_tokens):
+            raise ConfigError("model.fusion_arch='factorized' needs num_aggr_image_tokens >= 1 and "
+                              "num_aggr_audio_tokens >= 1 (its fusion tokens attend to aggregation-token pairs)")
+        for m in ("image", "audio"):   # the masking keeps int(L * (1 - ratio)) tokens (avlib.model.random_masking)
+            n, ratio = math.prod(getattr(self, f"{m}_grid")), getattr(self, f"{m}_mask_ratio")
+            if int(n * (1 - ratio)) < 1:
+                raise ConfigValueError(f"{m}_mask_ratio", ratio, f"a ratio that keeps at least one of the {n} {m} "
+                                  f"tokens (< {1 - 1 / n:.4g})", "lower the mask ratio or use a finer patch grid")
 
     @property
     def image_grid(self) -> tuple[int, int]:
@@ -170,12 +374,7 @@ class DataConfig:
     pin_memory: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "holdout_speakers", tuple(self.holdout_speakers))
-        for name in ("distractors", "pretrain_distractors"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigError(f"data.{name}={getattr(self, name)}: a count >= 0 (or None: every cell)")
-        if not 0.0 <= self.pretrain_distractors_p <= 1.0:
-            raise ConfigError(f"data.pretrain_distractors_p={self.pretrain_distractors_p}: a fraction in [0, 1]")
+        _validate(self)
 
     @property
     def clip_samples(self) -> int:
@@ -217,11 +416,7 @@ class TrainConfig:
     compile: bool = False                # torch.compile on GPU
 
     def __post_init__(self):
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if self.optimizer not in ("adamw", "adam", "sgd", "lars"):
-            raise ConfigError(f"optimizer={self.optimizer!r}: adamw | adam | sgd | lars")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"amp={self.amp!r}: none | bf16 | fp16")
+        _validate(self)
 
 
 DATA_SPLITS = ("train", "val", "test")
@@ -243,10 +438,11 @@ class TaskConfig:
     mixtures: ClassVar[bool] = False
 
     def __post_init__(self):
+        _validate(self)
         for name in ("train_data", "test_data"):
             spec = getattr(self, name)
-            if spec is not None and parse_data_spec(spec, "train")[1] not in DATA_SPLITS:
-                raise ConfigError(f"{name}={spec!r}: '<dataset>' or '<dataset>:<split>', split one of {DATA_SPLITS}")
+            if spec is not None and (spec.startswith(":") or parse_data_spec(spec, "train")[1] not in DATA_SPLITS):
+                raise ConfigValueError(name, spec, f"'<dataset>' or '<dataset>:<split>' with split one of {DATA_SPLITS}")
 
     def data_spec(self, default_dataset: str, split: str) -> tuple[str, str]:
         """``(dataset, split)`` this protocol reads for ``split`` (``"train"`` or ``"test"``)."""
@@ -274,10 +470,8 @@ class ClassificationConfig(TaskConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "features", tuple(self.features))
-        bad = set(self.features) - {"audio", "visual", "fusion"}
-        if not self.features or bad:
-            raise ConfigError(f"features={self.features}: a non-empty subset of audio, visual, fusion")
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ConfigValueError("features", self.features, "a non-empty list of distinct streams: audio, visual, fusion")
 
 
 @dataclass(frozen=True)
@@ -323,6 +517,7 @@ class Config:
     separation: SeparationConfig = field(default_factory=SeparationConfig)
 
     def __post_init__(self):
+        _validate(self)
         if self.data.n_mels != self.model.audio_size[0] or self.data.num_frames != self.model.audio_size[1]:
             raise ConfigError(
                 f"audio front end gives {self.data.n_mels}x{self.data.num_frames} (n_mels x frames) but "
@@ -501,22 +696,44 @@ def _valid_keys(obj, prefix: str = "") -> list[str]:
     return keys
 
 
-def _set(obj, path: list[str], value, full_key: str):
-    name = path[0]
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> a tree of dicts (``{"model.depth": 2}`` -> ``{"model": {"depth": 2}}``)."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node, parts = tree, key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):           # "model.depth" set, then "model.depth.x"
+                raise _unknown(key)
+        node[parts[-1]] = value
+    return tree
+
+
+def _apply(obj, tree: Mapping[str, Any], prefix: str = ""):
+    """``obj`` with the changes of ``tree``, each dataclass rebuilt once (so its checks see every change
+    together, e.g. ``data.n_mels`` and ``model.audio_size``); a bad value is reported under its full key."""
     names = {f.name for f in fields(obj)}
-    if name not in names:
-        raise _unknown(full_key, obj)
-    current = getattr(obj, name)
-    if len(path) == 1:
-        if is_dataclass(current) and not is_dataclass(value):
-            raise ConfigError(f"{full_key} is a section; set its fields, e.g. {full_key}.{fields(current)[0].name}")
-        return replace(obj, **{name: value})
-    if not is_dataclass(current):
-        raise _unknown(full_key, obj)
-    return replace(obj, **{name: _set(current, path[1:], value, full_key)})
+    changes = {}
+    for name, value in tree.items():
+        key = prefix + name
+        if name not in names:
+            raise _unknown(key)
+        current = getattr(obj, name)
+        if isinstance(value, dict):
+            if not is_dataclass(current):
+                raise _unknown(f"{key}.{next(iter(value), '')}")
+            changes[name] = _apply(current, value, key + ".")
+        elif is_dataclass(current) and not is_dataclass(value):   # a whole section may be replaced
+            raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{fields(current)[0].name}")
+        else:
+            changes[name] = value
+    try:
+        return replace(obj, **changes)
+    except ConfigValueError as e:
+        raise (e.under(prefix[:-1]) if prefix else e) from None
 
 
-def _unknown(key: str, obj) -> ConfigError:
+def _unknown(key: str) -> ConfigError:
     valid = _valid_keys(Config())
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -524,12 +741,11 @@ def _unknown(key: str, obj) -> ConfigError:
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | None) -> Config:
-    """Apply dotted (``"model.depth": 2``) or nested (``{"model": {"depth": 2}}``) overrides."""
+    """Apply dotted (``"model.depth": 2``) or nested (``{"model": {"depth": 2}}``) overrides, all at once
+    (a key given twice: the later wins). Unknown keys and bad values raise ``ConfigError`` naming the key."""
     if not overrides:
         return cfg
-    for key, value in flatten(overrides).items():   # nested dicts become dotted keys
-        cfg = _set(cfg, key.split("."), value, key)
-    return cfg
+    return _apply(cfg, _nest(flatten(overrides)))   # nested dicts become dotted keys, then one tree
 
 
 def make_config(profile: str = "cpu", recipe: str = "supplement", overrides: Mapping[str, Any] | None = None,
@@ -543,9 +759,91 @@ def make_config(profile: str = "cpu", recipe: str = "supplement", overrides: Map
     cfg = apply_overrides(cfg, RECIPES[recipe])
     if recipe == "official" and profile in PAPER_PROFILES:
         cfg = apply_overrides(cfg, OFFICIAL_SCHEDULES)
-    cfg = apply_overrides(cfg, overrides)
-    cfg = apply_overrides(cfg, dotted)
-    return cfg
+    return apply_overrides(cfg, {**flatten(overrides or {}), **flatten(dotted)})   # dotted wins
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line values: ``--set key=value`` text parsed to the field's type
+# ----------------------------------------------------------------------------------------------
+_TRUE, _FALSE, _NONE = ("true", "1"), ("false", "0"), ("none", "null")
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
+    """``["pretrain.epochs=10", "model.norm_pix_loss=false"]`` (the ``--set`` arguments of the CLIs) ->
+    ``{"pretrain.epochs": 10, "model.norm_pix_loss": False}``, each text parsed by ``parse_value``.
+    Pass the result to ``make_config(profile, overrides=...)``, which checks the values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.epochs=10")
+        out[key.strip()] = parse_value(key.strip(), text)
+    return out
+
+
+def parse_value(key: str, text: str) -> Any:
+    """The text of a command-line value as the type of field ``key`` (a dotted key of ``Config``).
+
+    bool: ``true`` / ``false`` / ``1`` / ``0`` (any case; nothing else); int / float: Python number
+    syntax; ``X | None``: ``none`` / ``null`` give None; tuples: ``a,b`` or a ``[a, b]`` literal; str:
+    the text (a quoted Python string literal is unquoted); ``fusion_layers``: a Python literal or the
+    text. Raises ``ConfigError`` naming the key for an unknown key or text that is not of that type.
+    """
+    return _from_text(key, text.strip(), _key_type(key))
+
+
+def _key_type(key: str):
+    """The annotation of dotted ``key`` in ``Config`` (unknown keys and sections raise)."""
+    cls: Any = Config
+    for part in key.split("."):
+        hints = _field_types(cls) if is_dataclass(cls) else {}
+        if part not in hints:
+            raise _unknown(key)
+        cls = hints[part]
+    if is_dataclass(cls):
+        raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{fields(cls)[0].name}")
+    return cls
+
+
+def _from_text(key: str, text: str, tp) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if type(None) in args and text.lower() in _NONE:
+            return None
+        tp = next(a for a in args if a is not type(None))   # every optional field has one other type
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        if text[:1] in "([":
+            value = _literal(text)
+            if isinstance(value, (list, tuple)):
+                return list(value)                     # element types are checked by make_config
+        parts = [p.strip() for p in text.split(",")] if text else []
+        return [_from_text(key, p, args[0] if args[-1] is Ellipsis or i >= len(args) else args[i])
+                for i, p in enumerate(parts)]
+    if tp is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ConfigValueError(key, text, "true or false", "write true or false (also accepted: 1 or 0)")
+    if tp in (int, float):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ConfigValueError(key, text, f"{'an int' if tp is int else 'a number'}",
+                              f"write a {'whole number' if tp is int else 'number'}, e.g. {key}="
+                              f"{'2' if tp is int else '0.5'}") from None
+    if tp is str:
+        value = _literal(text) if text[:1] in "'\"" else None
+        return value if isinstance(value, str) else text
+    value = _literal(text)                             # Any (fusion_layers): a literal or the text
+    return text if value is None else value
+
+
+def _literal(text: str) -> Any:
+    """``ast.literal_eval(text)``, or None when the text is not a Python literal."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
 
 
 def config_to_dict(cfg) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .paths import REPORTS, ROOT, RUNS
-from .utils import resolve_device, seed_everything
+from .utils import atomic_write, resolve_device, seed_everything
 
 __all__ = ["setup", "resolve_device", "paths_for", "NotebookPaths", "record", "check_shape", "show_source",
            "save_fig", "audio_player", "parse_overrides", "git_sha"]
@@ -181,9 +181,7 @@ def record(metrics: Mapping[str, Any], out_dir: str | os.PathLike, *, cfg=None, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)                                 # readers never see half a file
+    atomic_write(path, json.dumps(data, indent=2, allow_nan=False) + "\n", mode="w")   # never half a file
     if show:
         import pandas as pd
         from IPython.display import display

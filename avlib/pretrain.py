@@ -12,19 +12,11 @@ The checkpoint ``<run-dir>/avmae.pt`` is what the downstream notebooks take as `
 from __future__ import annotations
 
 import argparse
-import ast
 from typing import Sequence
 
-from .config import make_config
+from .config import make_config, parse_assignments
 from .tasks import pretrain
 from .utils import cleanup, init_distributed, is_main_process
-
-
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text                         # a bare string such as a path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,10 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True, help="checkpoints, history.json and avmae.pt go here")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="config overrides with dotted keys, e.g. pretrain.epochs=100")
+                    help="config overrides with dotted keys, e.g. pretrain.epochs=100 model.norm_pix_loss=false "
+                         "(each value is parsed to its field's type and checked)")
     args = ap.parse_args(argv)
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    cfg = make_config(args.profile, overrides={k: _value(v) for k, v in overrides.items()})
+    cfg = make_config(args.profile, overrides=parse_assignments(args.set))
     init_distributed()
     try:
         result = pretrain(cfg, args.run_dir, device=args.device)

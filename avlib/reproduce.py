@@ -4,6 +4,7 @@
     python -m avlib.reproduce --profile cpu --only 03            # re-run one notebook (upstream from state.json)
     python -m avlib.reproduce --profile cpu --from 04_localization --force
     python -m avlib.reproduce --profile cpu --dry-run            # validate parameters, print the plan, run nothing
+    python -m avlib.reproduce --profile paper --set data.num_workers=16   # config overrides for every notebook
     python -m avlib.reproduce --check-notebooks                  # CI: committed notebooks are clean and paired
 
 What it does, per notebook of ``notebooks/manifest.yaml`` (the format is documented in that file):
@@ -15,14 +16,19 @@ What it does, per notebook of ``notebooks/manifest.yaml`` (the format is documen
 2. The kernel gets a reproducible environment (``KERNEL_ENV``; ``MPLBACKEND`` removed so the inline
    backend is used) and runs with ``cwd=notebooks/``, as in JupyterLab.
 3. Parameters: ``profile, seed, device, out_dir, run_dir`` from the runner, the manifest's per-profile
-   values, and upstream outputs (e.g. ``pretrain_ckpt``, which 02 records in its ``metrics.json``).
+   values, and upstream outputs (e.g. ``pretrain_ckpt``, which 02 records in its ``metrics.json``);
+   ``--set key=value`` goes into every notebook's ``overrides`` (after the manifest's, so it wins).
 4. The executed copy goes to ``reports/<profile>/<name>.ipynb`` (papermill never writes into
    ``notebooks/``); the notebook's ``metrics.json`` and ``figures/`` live in ``reports/<profile>/<name>/``.
-5. The first failure stops the run with the notebook, the cell and the exception; exit status 1.
+5. The first failure stops the run with the notebook, the cell and the exception; exit status 1. Ctrl-C
+   (SIGINT) or SIGTERM stops it too: recorded as ``interrupted`` with what finished, one line, exit 130.
 6. ``reports/<profile>/state.json`` records each notebook's parameters, outputs and a fingerprint
    (notebook source + parameters + upstream fingerprints + ``avlib`` sources) so ``--only`` can re-use
    upstream outputs and unchanged notebooks are skipped; ``summary.md`` / ``summary.json`` are rewritten
-   after every notebook.
+   after every notebook. Its ``run`` record (and the summary's ``status``) says running | ok | failed |
+   interrupted, with the notebooks finished and not run.
+7. One runner per output folder: the run holds a lock on ``--out`` (``utils.folder_lock``); a second one
+   is refused with the holder's pid, and a lock left by a killed runner is taken over.
 
 Notebook files: each notebook is committed as a pair, ``notebooks/NN_name.py`` (jupytext percent: the
 reviewed, diffable source) and ``notebooks/NN_name.ipynb`` (what students open in JupyterLab), both
@@ -41,6 +47,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -52,7 +59,7 @@ from .paths import REPORTS, ROOT, RUNS
 from .utils import markdown_table, stable_hash
 
 __all__ = [
-    "MANIFEST", "KERNEL_ENV", "RUNNER_PARAMS", "ReproduceError", "NotebookFailed", "Step", "Manifest",
+    "MANIFEST", "KERNEL_ENV", "RUNNER_PARAMS", "ReproduceError", "NotebookFailed", "RunInterrupted", "Step", "Manifest",
     "load_manifest", "load_notebook", "notebook_parameters", "reproduce", "comparisons",
     "render_summary", "verify_notebooks_clean", "main",
 ]
@@ -77,6 +84,10 @@ META_KEYS = ("profile", "seed", "git_sha", "config_hash", "notebook")
 
 class ReproduceError(RuntimeError):
     """A problem found before or between notebooks (manifest, parameters, missing state): exit 2."""
+
+
+class RunInterrupted(RuntimeError):
+    """SIGINT / SIGTERM stopped the run; state.json and summary.json say so (exit 130)."""
 
 
 class NotebookFailed(RuntimeError):
@@ -409,11 +420,14 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Old or new file, never half of one (imported here: avlib.utils imports torch, the CLI need not)."""
+    from .utils import atomic_write
+    atomic_write(path, text, mode="w")
+
+
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)                                # atomic: a crash never leaves half a file
+    _write_text(path, json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def _avlib_digest() -> str:
@@ -487,23 +501,45 @@ class _Planned:
 def reproduce(profile: str, *, manifest: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               runs: str | os.PathLike | None = None, only: Sequence[str] | None = None, start: str | None = None,
               force: bool = False, timeout: float | None = None, seed: int = 0, device: str = "auto",
-              log_output: bool = True, dry_run: bool = False, stream=None) -> dict:
+              overrides: Mapping[str, Any] | None = None, log_output: bool = True, dry_run: bool = False,
+              stream=None) -> dict:
     """Run the manifest's notebooks for ``profile``; returns the summary dict (also written to disk).
 
-    Raises ``ReproduceError`` for problems found before a notebook runs and ``NotebookFailed`` when a
-    notebook raises (the summary and state are written first).
-    """
-    import papermill as pm
-    from .config import PROFILES
+    ``overrides`` (config keys, e.g. from ``--set``) are added to every notebook's ``overrides``
+    parameter, after the manifest's. The run holds a lock on ``out`` (``utils.folder_lock``): a second
+    runner on the same folder is refused, naming the holder.
 
-    stream = stream or sys.stdout
-    say = lambda msg: (stream.write(msg + "\n"), stream.flush())  # noqa: E731
+    Raises ``ReproduceError`` for problems found before a notebook runs (a held lock included),
+    ``NotebookFailed`` when a notebook raises and ``RunInterrupted`` on SIGINT (state and summary
+    record the failed / interrupted run first).
+    """
+    from .config import PROFILES
+    from .utils import LockedError, folder_lock
+
     if profile not in PROFILES:
         close = difflib.get_close_matches(profile, list(PROFILES), n=1)
         raise ReproduceError(f"unknown profile {profile!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                              + f" Profiles: {', '.join(PROFILES)}")
-    man = load_manifest(manifest)
     out = Path(out or REPORTS / profile).resolve()
+    args = dict(manifest=manifest, runs=runs, only=only, start=start, force=force, timeout=timeout, seed=seed,
+                device=device, overrides=overrides, log_output=log_output, stream=stream or sys.stdout)
+    if dry_run:                                          # reads only: no lock
+        return _reproduce(profile, out, dry_run=True, **args)
+    try:
+        with folder_lock(out):                           # held until the run ends, however it ends
+            return _reproduce(profile, out, dry_run=False, **args)
+    except LockedError as e:
+        raise ReproduceError(f"{e}: another avlib.reproduce run is writing there; wait for it to finish "
+                             f"or pass another --out") from None
+
+
+def _reproduce(profile: str, out: Path, *, manifest, runs, only, start, force, timeout, seed, device, overrides,
+               log_output, dry_run, stream) -> dict:
+    """The body of ``reproduce`` (``out`` resolved, and locked unless ``dry_run``)."""
+    import papermill as pm
+
+    say = lambda msg: (stream.write(msg + "\n"), stream.flush())  # noqa: E731
+    man = load_manifest(manifest)
     runs = Path(runs or RUNS / profile).resolve()
     state_path = out / "state.json"
     state = _read_json(state_path)
@@ -525,6 +561,12 @@ def reproduce(profile: str, *, manifest: str | os.PathLike | None = None, out: s
     forced_names = chosen if (force or only) else set()
 
     # --- validate everything before any kernel starts
+    if overrides:                                        # once here, not once per notebook
+        from .config import ConfigError, make_config
+        try:
+            make_config(profile, overrides=overrides)
+        except ConfigError as e:
+            raise ReproduceError(f"--set: {e}") from None
     plan: list[_Planned] = []
     problems: list[str] = []
     for step in man.steps:
@@ -544,6 +586,12 @@ def reproduce(profile: str, *, manifest: str | os.PathLike | None = None, out: s
         params = {"profile": profile, "seed": seed, "device": device,
                   "out_dir": str(out / step.name), "run_dir": str(runs / step.name), **step.params_for(profile)}
         origin = {k: "the runner" for k in RUNNER_PARAMS}
+        if overrides:
+            from .nb import parse_overrides
+            if "overrides" not in declared:
+                problems.append(f"{step.name}: its parameters cell has no 'overrides', so --set cannot reach it")
+            params["overrides"] = {**parse_overrides(params.get("overrides")), **overrides}   # --set wins
+            origin["overrides"] = "the manifest's params and --set"
         for param, (producer, key) in step.inputs.items():
             params[param] = ""                               # placeholder: the real value comes later
             origin[param] = f"the manifest's inputs ({producer}.{key})"
@@ -564,75 +612,108 @@ def reproduce(profile: str, *, manifest: str | os.PathLike | None = None, out: s
     t_start = time.time()
     total = len(plan)
     say(f"avlib.reproduce: profile={profile}, {total} notebook(s) -> {out}")
-    failure: NotebookFailed | None = None
-    for i, p in enumerate(plan, 1):
-        step, tag = p.step, f"[{i}/{total}] {p.step.name}"
-        params = dict(p.params)
-        upstream_fps = []
-        for param, (producer, key) in step.inputs.items():
-            rec = state["notebooks"].get(producer, {})
-            if dry_run and key not in rec.get("outputs", {}):
-                params[param] = f"<{producer}.{key}>"        # produced earlier in this (dry) run
-                continue
-            params[param] = rec["outputs"][key]
-            upstream_fps.append(rec.get("fingerprint", ""))
-        fp = _notebook_key(p.nb, params, upstream_fps, digest)
-        rec = state["notebooks"].get(step.name, {})
-        executed = out / f"{step.name}.ipynb"
-        up_to_date = (rec.get("status") == "ok" and rec.get("fingerprint") == fp and executed.exists()
-                      and (out / step.name / "metrics.json").exists())
-        if dry_run:
-            say(f"{tag}: would {'skip (up to date)' if up_to_date and not p.forced else 'run'} with "
-                + ", ".join(f"{k}={v!r}" for k, v in params.items()))
-            continue
-        if up_to_date and not p.forced:
-            say(f"{tag}: up to date, skipped (--force to re-run)")
-            continue
-        say(f"{tag}: running ({_dt.datetime.now():%H:%M:%S})")
-        (out / step.name).mkdir(parents=True, exist_ok=True)
-        for stale in [out / step.name / "metrics.json", *(out / step.name / "figures").glob("*.png")]:
-            stale.unlink(missing_ok=True)                    # never summarize a previous run's results
-        t0 = time.time()
-        prefixed = _Prefixed(stream, f"    {step.name} | ")
-        try:
-            with _kernel_env():
-                done = pm.execute_notebook(
-                    p.nb, str(executed), parameters=params, cwd=str(man.notebooks_dir), kernel_name="python3",
-                    language="python", progress_bar=False, log_output=False, report_mode=False,
-                    stdout_file=prefixed if log_output else None, stderr_file=prefixed if log_output else None,
-                    execution_timeout=timeout or step.timeout, extra_arguments=KERNEL_ARGS)
-            prefixed.flush()
-            duration = float(done.metadata.get("papermill", {}).get("duration") or time.time() - t0)
-            metrics = _read_metrics(out / step.name)
-            missing = [k for k in step.outputs if k not in metrics]
-            if missing:
-                raise NotebookFailed(
-                    f"{step.name} finished but its metrics.json lacks the declared output(s) {missing}; record "
-                    f"them with nb.record(metrics, out_dir, {missing[0]}=...)", notebook=step.name)
-            if not metrics:
-                say(f"    (note: {step.name} wrote no metrics.json; end it with nb.record(metrics, out_dir))")
-            state["notebooks"][step.name] = {
-                "status": "ok", "fingerprint": fp, "params": params, "duration_s": round(duration, 2),
-                "outputs": {k: metrics[k] for k in step.outputs}, "executed": str(executed),
-                "out_dir": str(out / step.name), "finished_at": _dt.datetime.now().isoformat(timespec="seconds")}
-            say(f"{tag}: ok in {_fmt_time(duration)} (elapsed {_fmt_time(time.time() - t_start)})")
-        except Exception as e:  # noqa: BLE001 - any failure is reported the same way
-            prefixed.flush()
-            failure = e if isinstance(e, NotebookFailed) else _describe_failure(e, step, p.nb, executed, profile)
-            state["notebooks"][step.name] = {
-                "status": "failed", "fingerprint": fp, "params": params, "error": str(failure),
-                "duration_s": round(time.time() - t0, 2), "executed": str(executed), "out_dir": str(out / step.name),
-                "finished_at": _dt.datetime.now().isoformat(timespec="seconds")}
+    # what this run does, kept in state.json / summary.json: running -> ok | failed | interrupted
+    run = {"status": "running", "pid": os.getpid(), "started_at": _now(), "planned": [p.step.name for p in plan],
+           "finished": []}
+    if not dry_run:
+        state["run"] = run
         _write_json(state_path, state)
-        _write_summary(man, state, out, profile, wall_s=time.time() - t_start)   # readable mid-run too
-        if failure is not None:
-            say(f"{tag}: FAILED after {_fmt_time(time.time() - t0)}")
-            raise failure
+    current = None                                       # the notebook whose kernel is running
+    try:
+        for i, p in enumerate(plan, 1):
+            step, tag = p.step, f"[{i}/{total}] {p.step.name}"
+            params = dict(p.params)
+            upstream_fps = []
+            for param, (producer, key) in step.inputs.items():
+                rec = state["notebooks"].get(producer, {})
+                if dry_run and key not in rec.get("outputs", {}):
+                    params[param] = f"<{producer}.{key}>"        # produced earlier in this (dry) run
+                    continue
+                params[param] = rec["outputs"][key]
+                upstream_fps.append(rec.get("fingerprint", ""))
+            fp = _notebook_key(p.nb, params, upstream_fps, digest)
+            rec = state["notebooks"].get(step.name, {})
+            executed = out / f"{step.name}.ipynb"
+            up_to_date = (rec.get("status") == "ok" and rec.get("fingerprint") == fp and executed.exists()
+                          and (out / step.name / "metrics.json").exists())
+            if dry_run:
+                say(f"{tag}: would {'skip (up to date)' if up_to_date and not p.forced else 'run'} with "
+                    + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+                continue
+            if up_to_date and not p.forced:
+                say(f"{tag}: up to date, skipped (--force to re-run)")
+                run["finished"].append(step.name)
+                continue
+            say(f"{tag}: running ({_dt.datetime.now():%H:%M:%S})")
+            (out / step.name).mkdir(parents=True, exist_ok=True)
+            for stale in [out / step.name / "metrics.json", *(out / step.name / "figures").glob("*.png")]:
+                stale.unlink(missing_ok=True)                    # never summarize a previous run's results
+            t0 = time.time()
+            prefixed = _Prefixed(stream, f"    {step.name} | ")
+            base = {"fingerprint": fp, "params": params, "executed": str(executed), "out_dir": str(out / step.name)}
+            current = step.name
+            failure: NotebookFailed | None = None
+            try:
+                with _kernel_env():
+                    done = pm.execute_notebook(
+                        p.nb, str(executed), parameters=params, cwd=str(man.notebooks_dir), kernel_name="python3",
+                        language="python", progress_bar=False, log_output=False, report_mode=False,
+                        stdout_file=prefixed if log_output else None, stderr_file=prefixed if log_output else None,
+                        execution_timeout=timeout or step.timeout, extra_arguments=KERNEL_ARGS)
+                prefixed.flush()
+                duration = float(done.metadata.get("papermill", {}).get("duration") or time.time() - t0)
+                metrics = _read_metrics(out / step.name)
+                missing = [k for k in step.outputs if k not in metrics]
+                if missing:
+                    raise NotebookFailed(
+                        f"{step.name} finished but its metrics.json lacks the declared output(s) {missing}; record "
+                        f"them with nb.record(metrics, out_dir, {missing[0]}=...)", notebook=step.name)
+                if not metrics:
+                    say(f"    (note: {step.name} wrote no metrics.json; end it with nb.record(metrics, out_dir))")
+                state["notebooks"][step.name] = {
+                    "status": "ok", **base, "duration_s": round(duration, 2),
+                    "outputs": {k: metrics[k] for k in step.outputs}, "finished_at": _now()}
+                current = None
+                run["finished"].append(step.name)
+                say(f"{tag}: ok in {_fmt_time(duration)} (elapsed {_fmt_time(time.time() - t_start)})")
+            except Exception as e:  # noqa: BLE001 - any failure is reported the same way
+                prefixed.flush()
+                if getattr(e, "ename", None) == "KeyboardInterrupt":   # Ctrl-C reached the kernel first
+                    raise KeyboardInterrupt from e
+                failure = e if isinstance(e, NotebookFailed) else _describe_failure(e, step, p.nb, executed, profile)
+                state["notebooks"][step.name] = {"status": "failed", **base, "error": str(failure),
+                                                 "duration_s": round(time.time() - t0, 2), "finished_at": _now()}
+                current = None
+                run.update(status="failed", failed=step.name, ended_at=_now())
+            _write_json(state_path, state)
+            _write_summary(man, state, out, profile, wall_s=time.time() - t_start)   # readable mid-run too
+            if failure is not None:
+                say(f"{tag}: FAILED after {_fmt_time(time.time() - t0)}")
+                raise failure
+    except KeyboardInterrupt:                            # SIGINT (Ctrl-C), or SIGTERM under main()
+        if dry_run:
+            raise
+        if current is not None:
+            state["notebooks"][current] = {"status": "interrupted", **base, "duration_s": round(time.time() - t0, 2),
+                                           "finished_at": _now()}
+        run.update(status="interrupted", interrupted=current, ended_at=_now())
+        _write_json(state_path, state)
+        _write_summary(man, state, out, profile, wall_s=time.time() - t_start)
+        raise RunInterrupted(
+            f"interrupted{f' during {current}' if current else ''} after {_fmt_time(time.time() - t_start)}; "
+            f"finished: {', '.join(run['finished']) or 'none'}; recorded in {state_path}. Run the same command "
+            "again to continue (up-to-date notebooks are skipped)") from None
     if dry_run:
         return {}
+    run.update(status="ok", ended_at=_now())
+    _write_json(state_path, state)
     summary = _write_summary(man, state, out, profile, wall_s=time.time() - t_start)
     say(f"done: {total} notebook(s) in {_fmt_time(time.time() - t_start)} wall time; summary: {out / 'summary.md'}")
     return summary
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
 
 
 def _read_metrics(out_dir: Path) -> dict:
@@ -731,13 +812,20 @@ def _collect(man: Manifest, state: Mapping, out: Path) -> list[dict]:
 
 
 def render_summary(records: Sequence[Mapping], profile: str, wall_s: float | None = None,
-                   base: Path | None = None) -> str:
+                   base: Path | None = None, run: Mapping | None = None) -> str:
     """Markdown: a status table, pretrained-vs-scratch and other ``<task>/<init>/<metric>`` comparisons,
-    then each notebook's metrics and figures. Paths are written relative to ``base``."""
+    then each notebook's metrics and figures. Paths are written relative to ``base``; ``run`` (state.json's
+    ``run`` record) adds a line when the run is not ``ok`` (running, failed, interrupted)."""
     rel = (lambda p: os.path.relpath(p, base)) if base else str
     lines = [f"# avlib reproduction: profile `{profile}`", ""]
     when = _dt.datetime.now().isoformat(timespec="seconds")
     lines += [f"Written {when}" + (f"; wall time {_fmt_time(wall_s)}" if wall_s is not None else "") + ".", ""]
+    if run and run.get("status") != "ok":
+        pending = [n for n in run.get("planned", []) if n not in run.get("finished", [])]
+        where = run.get("interrupted") or run.get("failed")
+        lines += [f"**Run {run.get('status')}**" + (f" in {where}" if where else "")
+                  + f"; finished: {', '.join(run.get('finished', [])) or 'none'}"
+                  + (f"; not run: {', '.join(pending)}" if pending else "") + ".", ""]
     lines += _table(["notebook", "status", "duration", "executed copy"],
                     [(r["name"], r["status"] or "", _fmt_time(r["duration_s"]) if r.get("duration_s") else "",
                       f"[{Path(r['executed']).name}]({rel(r['executed'])})" if r.get("executed") else "")
@@ -790,12 +878,15 @@ def _write_summary(man: Manifest, state: Mapping, out: Path, profile: str, wall_
         if r.get("duration_s") is not None and r["status"] == "ok":
             r["metrics"] = {**r["metrics"], "duration_s": r["duration_s"]}
     failed = next((r["name"] for r in records if r["status"] == "failed"), None)
-    summary = {"profile": profile, "status": "failed" if failed else "ok", "failed": failed,
-               "wall_s": round(wall_s, 2), "written_at": _dt.datetime.now().isoformat(timespec="seconds"),
-               "notebooks": records,
+    run = state.get("run", {})
+    status = run.get("status") or ("failed" if failed else "ok")
+    summary = {"profile": profile, "status": status, "failed": failed, "interrupted": run.get("interrupted"),
+               "finished": run.get("finished"),
+               "pending": [n for n in run.get("planned", []) if n not in run.get("finished", [])],
+               "wall_s": round(wall_s, 2), "written_at": _now(), "notebooks": records,
                "comparisons": [dict(row, notebook=r["name"]) for r in records for row in comparisons(r["metrics"])]}
     _write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(render_summary(records, profile, wall_s, base=out))
+    _write_text(out / "summary.md", render_summary(records, profile, wall_s, base=out, run=run))
     return summary
 
 
@@ -816,6 +907,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, help="per-cell execution timeout in seconds")
     ap.add_argument("--seed", type=int, default=0, help="the seed parameter of every notebook (default 0)")
     ap.add_argument("--device", default="auto", help="the device parameter of every notebook (default auto)")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="config overrides added to every notebook's `overrides` parameter, e.g. --set "
+                         "data.num_workers=16 model.norm_pix_loss=false (parsed to each field's type and checked "
+                         "before any notebook runs)")
     ap.add_argument("--quiet", action="store_true", help="don't stream the notebooks' printed output")
     ap.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     ap.add_argument("--check-notebooks", action="store_true",
@@ -840,9 +935,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(msg, file=sys.stderr)
             print(f"{len(man.steps)} notebooks checked: {'clean' if not problems else f'{len(problems)} problem(s)'}")
             return 1 if problems else 0
-        reproduce(args.profile, manifest=args.manifest, out=args.out, runs=args.runs, only=args.only,
-                  start=args.start, force=args.force, timeout=args.timeout, seed=args.seed, device=args.device,
-                  log_output=not args.quiet, dry_run=args.dry_run)
+        from .config import ConfigError, parse_assignments
+        try:
+            overrides = parse_assignments(args.set)
+        except ConfigError as e:
+            raise ReproduceError(f"--set: {e}") from None
+        # SIGTERM (a scheduler, `kill`) stops the run like Ctrl-C: recorded as interrupted, not a raw kill
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            reproduce(args.profile, manifest=args.manifest, out=args.out, runs=args.runs, only=args.only,
+                      start=args.start, force=args.force, timeout=args.timeout, seed=args.seed, device=args.device,
+                      overrides=overrides, log_output=not args.quiet, dry_run=args.dry_run)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return 0
     except ReproduceError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -850,6 +955,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotebookFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (RunInterrupted, KeyboardInterrupt) as e:     # KeyboardInterrupt: before the run started
+        print(f"error: {e or 'interrupted before any notebook ran'}", file=sys.stderr)
+        return 130                                       # 128 + SIGINT, the shell's convention
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -61,8 +60,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .utils import (autocast, barrier, check_amp, is_distributed, is_main_process, rank, resolve_device,
-                    world_size)
+from .utils import (atomic_write, autocast, barrier, check_amp, is_distributed, is_main_process, rank,
+                    resolve_device, world_size)
 
 __all__ = [
     "fit", "History", "StepInfo", "NonFiniteLossError", "StopTraining", "ResumeError",
@@ -378,23 +377,6 @@ def _gather(obj) -> list:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoint files
-# ----------------------------------------------------------------------------------------------
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-# ----------------------------------------------------------------------------------------------
 # History
 # ----------------------------------------------------------------------------------------------
 @dataclass
@@ -421,7 +403,7 @@ class History:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            _write_text_atomic(Path(path), text)
+            atomic_write(path, text, mode="w")
         return text
 
     @classmethod

@@ -1,8 +1,10 @@
-"""Seeding, device resolution and the few ``torch.distributed`` helpers the kit needs.
+"""Seeding, device resolution, the few ``torch.distributed`` helpers the kit needs, and safe file writes.
 
     seed_everything(0)                      # python / numpy / torch seeds + deterministic kernels
     device = resolve_device("auto")         # cuda (this rank's GPU) if available, else cpu
     info = init_distributed()               # no-op unless launched by torchrun (RANK/WORLD_SIZE set)
+    atomic_write("run/state.json", text, mode="w")   # old or new file, never half of one
+    with folder_lock("reports/cpu"): ...    # one writer per folder (LockedError names the holder)
 
 Determinism follows ``STYLE.md`` (section 2, row 16): seeds first, ``cudnn.benchmark = False``,
 ``torch.use_deterministic_algorithms(True, warn_only=True)``; DataLoaders get a seeded ``generator``
@@ -16,22 +18,30 @@ GPUs and gloo on CPU. Every helper below also works (as the trivial single-proce
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import errno
 import gzip
 import hashlib
 import json
 import os
 import random
+import re
+import secrets
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 __all__ = [
-    "seed_everything", "resolve_device", "check_amp", "autocast", "stable_hash", "markdown_table", "Registry", "seed_worker", "DistInfo", "init_distributed",
+    "seed_everything", "resolve_device", "check_amp", "autocast", "stable_hash", "markdown_table", "Registry",
+    "seed_worker", "DistInfo", "init_distributed",
     "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_mean", "barrier", "cleanup",
-    "sha256_file",
+    "sha256_file", "atomic_write", "folder_lock", "LockedError", "pid_alive",
 ]
 
 
@@ -43,6 +53,134 @@ def sha256_file(path: str | os.PathLike, *, gunzip: bool = False) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: atomic writes, folder locks
+# ----------------------------------------------------------------------------------------------
+# Our temp files: ".<target name>.tmp-<writer pid>-<8 hex>", in the target's folder (os.replace is only
+# atomic within one file system). Nothing else is ever cleaned up by ``atomic_write``.
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+STALE_TEMP_SECONDS = 60.0   # an orphan is also untouched this long (a live writer keeps updating its file)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:              # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete ``atomic_write`` temp files in ``folder`` left by a writer that died (SIGKILL, power loss):
+    the pid in the name no longer runs and the file was not modified for ``STALE_TEMP_SECONDS`` (the
+    grace also protects a live writer whose pid we cannot see, e.g. from another container)."""
+    removed = []
+    now = time.time()
+    for entry in os.scandir(folder):
+        m = _TEMP.match(entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False):
+            continue
+        with contextlib.suppress(FileNotFoundError):    # another cleaner may be faster
+            if not pid_alive(int(m.group(1))) and now - entry.stat().st_mtime >= STALE_TEMP_SECONDS:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO], object], *, mode: str = "wb") -> Path:
+    """Write ``path`` so that a reader (or a crash) sees the old file or the new one, never half of one.
+
+    ``data``: the bytes / text to write, or a function that writes into the open file (``torch.save``).
+    It goes to a temp file in the same folder (created like any file, so the umask sets its
+    permissions), which is flushed, fsynced and ``os.replace``-d over ``path``; the folder is fsynced
+    so the rename itself survives a power loss. On any error, ``KeyboardInterrupt`` included, the temp
+    file is removed and ``path`` is untouched. Temp files orphaned by a killed writer are removed on
+    the next write to the same folder (``_remove_stale_temps``). ``mode``: ``"wb"`` or ``"w"`` (UTF-8).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode={mode!r}: 'wb' or 'w'")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path.parent)
+    while True:                                          # O_EXCL: never reuse another writer's temp file
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # 0o666 & ~umask
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):   # persist the rename itself (not possible on every OS)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the folder lock; the message names it (pid, host, since when)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` for the ``with`` block, or raise ``LockedError`` at once.
+
+    The lock is an ``flock`` on ``folder/<name>``, which also holds the holder's pid, host and start
+    time for the message. The kernel drops an ``flock`` when its process dies, so a lock file left by a
+    killed process is simply taken over. POSIX only (Linux, macOS).
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise LockedError(f"{folder} is in use by {_lock_holder(path)}") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": _dt.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)          # no stale holder to read; the flock goes with the close
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        h = {}
+    if not h:
+        return "another process (no holder recorded yet)"
+    return f"pid {h.get('pid')} on {h.get('host')} (since {h.get('since')})"
 
 
 # ----------------------------------------------------------------------------------------------

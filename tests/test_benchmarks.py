@@ -16,7 +16,7 @@ import benchmark_trees as bt
 from avlib.config import make_config
 from avlib.data.benchmarks import (AnnotationError, EmptyDatasetError, build_benchmark, flickr_gt_map,
                                    resolve_root, vggss_gt_map)
-from avlib.data.media import SkippedItemWarning
+from avlib.data.media import MediaError, SkippedItemWarning
 from avlib.paths import DataNotFoundError
 
 CFG = make_config("smoke")
@@ -295,17 +295,38 @@ def test_music_split_and_mixtures(trees):
 # bad inputs inside loaders
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how,kind", [("truncate", "truncated"), ("garbage", "undecodable")])
-def test_unreadable_clip_is_skipped_deterministically(trees, tmp_path, how, kind):
+def test_unreadable_training_clip_is_skipped_deterministically(trees, tmp_path, how, kind):
     root = copy_tree(trees, "vggsound", tmp_path)
-    ds = build("vggsound", "test", root)
+    ds = build("vggsound", "test", root, train=True)               # training: a bad item is replaced
     bt.corrupt(root / "clips" / ds.items[0][0], how)
     with pytest.warns(SkippedItemWarning, match="skipping"):
         item = ds[0]
     assert int(item["index"]) == 1                                 # the next item, always the same one
     check_av(item)
-    assert same(item, ds[0])
+    assert int(ds[0]["index"]) == 1
     s = ds.skip_summary()
     assert s["skipped_files"] == 1 and s["by_kind"] == {kind: 1} and ds.items[0][0] in s["examples"][0][0]
+
+
+@pytest.mark.parametrize("name, bad", [("flickr", ["frames/1001.jpg", "audio/1002.wav"]),
+                                       ("vggsound", ["clips/dog_barking/ddddddddddd_000040_000050.mp4"])])
+def test_evaluation_sets_score_exactly_the_readable_items(trees, tmp_path, name, bad):
+    root = copy_tree(trees, name, tmp_path)
+    full = build(name, "test", root)
+    for rel in bad:
+        bt.corrupt(root / rel, "garbage")
+    with pytest.warns(SkippedItemWarning, match=f"{len(bad)} of {full.num_items} items unreadable and dropped"):
+        ds = build_benchmark(name, "test", CFG, root=root)         # the task path's call: validated by default
+    assert len(ds) == full.num_items - len(bad)                    # before: 3 of 3 for Flickr with 2 bad
+    assert ds.skip_summary()["skipped_files"] == len(bad)
+    read = [int(ds[i]["index"]) for i in range(len(ds))]
+    assert read == list(range(len(ds)))                            # each readable item once, none twice
+    # a file that breaks after the set was built: an error naming it, not its neighbour's data
+    lazy = build(name, "test", copy_tree(trees, name, tmp_path / "lazy"), validate=False)
+    bt.corrupt(lazy.root / bad[0], "garbage")
+    broken = next(i for i in range(lazy.num_items) if any(str(f).endswith(bad[0]) for f in lazy._item_files(i)))
+    with pytest.raises(MediaError, match=f"{bad[0]}.*never replaced by a neighbour"):
+        lazy[broken]
 
 
 def test_empty_and_missing_files_are_reported_at_index_time(trees, tmp_path):
@@ -320,10 +341,7 @@ def test_empty_and_missing_files_are_reported_at_index_time(trees, tmp_path):
 def test_garbage_image_and_validate(trees, tmp_path):
     root = copy_tree(trees, "flickr", tmp_path)
     bt.corrupt(root / "frames" / "1001.jpg", "garbage")
-    ds = build("flickr", "test", root)
-    with pytest.warns(SkippedItemWarning):
-        assert int(ds[1]["index"]) == 2
-    ds2 = build("flickr", "test", root)
+    ds2 = build("flickr", "test", root, validate=False)
     with pytest.warns(SkippedItemWarning, match="validate"):
         ds2.validate()
     assert len(ds2) == 2 and [it["id"] for it in ds2.items] == ["1000", "1002"]
@@ -331,11 +349,13 @@ def test_garbage_image_and_validate(trees, tmp_path):
 
 def test_all_bad_dataset_raises_clear_errors(trees, tmp_path):
     root = copy_tree(trees, "vggsound", tmp_path)
-    ds = build("vggsound", "test", root)
+    ds = build("vggsound", "test", root, train=True)
     for rel, _ in ds.items:
         bt.corrupt(root / "clips" / rel, "garbage")
     with pytest.warns(SkippedItemWarning), pytest.raises(EmptyDatasetError, match="none of the 2 items"):
         ds[0]
+    with pytest.warns(SkippedItemWarning), pytest.raises(EmptyDatasetError, match="none of the 2 items .* is readable"):
+        build_benchmark("vggsound", "test", CFG, root=root)     # an evaluation set: found when it is built
     shutil.rmtree(root / "clips")
     with pytest.warns(SkippedItemWarning), pytest.raises(EmptyDatasetError) as err:
         build_benchmark("vggsound", "test", CFG, root=root)
@@ -417,6 +437,15 @@ def test_malformed_annotation_names_file_and_line(trees, tmp_path, make_bad, key
         build(name, split, root, eval_videos=2) if key == "music" else build(name, split, root)
     assert err.value.path == str(path) and err.value.line == line
     assert f"{path}, line {line}" in str(err.value)
+
+
+def test_binary_garbage_annotation_names_file_and_line(trees, tmp_path):
+    root = copy_tree(trees, "vggsound", tmp_path)
+    csv_path = root / "annotations" / "vggsound.csv"
+    good = csv_path.read_bytes()
+    csv_path.write_bytes(good.splitlines(keepends=True)[0] + bytes(range(128, 256)) * 8)   # line 2 is garbage
+    with pytest.raises(AnnotationError, match=rf"{csv_path}, line 2: not UTF-8 text .*binary or damaged.*Fix"):
+        build("vggsound", "test", root)                            # before: a bare UnicodeDecodeError
 
 
 def test_malformed_xml_syntax(trees, tmp_path):

@@ -3,7 +3,9 @@ unsafe pickles are refused, saves are atomic."""
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +182,94 @@ def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]
+
+
+def test_flipped_bytes_inside_a_tensor_are_caught(tmp_path):
+    model = AVMAE(make_config("smoke").model)
+    path = save_checkpoint(tmp_path / "avmae.pt", {"state_dict": model.state_dict()})
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:                          # the largest tensor's bytes (a header would
+        big = max(z.infolist(), key=lambda i: i.file_size)    # already fail in torch.load)
+    mid = big.header_offset + 30 + len(big.filename) + len(big.extra) + big.file_size // 2 - 2048
+    data[mid:mid + 4096] = bytes(b ^ 0x5A for b in data[mid:mid + 4096])   # the issue's reproduction: XOR 4 KiB
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(data))
+    for load in (load_checkpoint, load_pretrained):
+        with pytest.raises(CheckpointError, match=r"flipped\.pt .*fails its CRC-32 check"):
+            load(bad)
+    changed = load_checkpoint(bad, verify=False)["state_dict"]   # what torch.load alone did: loads it
+    assert any(not torch.equal(changed[k], v) for k, v in model.state_dict().items())
+
+
+def test_checkpoint_saved_without_crcs_still_loads(tmp_path):
+    from torch import serialization
+    before = serialization.get_crc32_options()
+    serialization.set_crc32_options(False)                  # records then carry CRC 0: nothing to check
+    try:
+        torch.save({"x": torch.arange(5)}, tmp_path / "nocrc.pt")
+    finally:
+        serialization.set_crc32_options(before)
+    assert torch.equal(load_checkpoint(tmp_path / "nocrc.pt")["x"], torch.arange(5))
+
+
+@pytest.mark.parametrize("text, what", [("epoch: 3\nlr: 0.1\n", "a text file"),
+                                        ("version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", "Git LFS"),
+                                        ("<!DOCTYPE html><html>Sign in</html>", "HTML"),
+                                        ('{"state_dict": {}}', "JSON")])
+def test_text_file_is_not_a_checkpoint(tmp_path, text, what):
+    path = tmp_path / "checkpoint_latest.pth"
+    path.write_text(text)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    msg = str(e.value)
+    assert f"{path} is not a PyTorch checkpoint" in msg and what in msg and "execute code" not in msg
+
+
+def test_checkpoints_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        shared = save_checkpoint(tmp_path / "shared.pt", {"x": torch.ones(1)})
+        os.umask(0o077)
+        private = save_checkpoint(tmp_path / "private.pt", {"x": torch.ones(1)})
+    finally:
+        os.umask(old)
+    assert (shared.stat().st_mode & 0o777, private.stat().st_mode & 0o777) == (0o644, 0o600)
+
+
+KILLED_WRITER = """
+import sys, time, torch
+import avlib.checkpoint as c
+def slow_save(obj, f, *a, **k):
+    f.write(b"PK\\x03\\x04 half a checkpoint")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+c.torch.save = slow_save
+c.save_checkpoint(sys.argv[1], {"epoch": 2})
+"""
+
+
+def test_temp_files_orphaned_by_sigkill_are_cleaned_up(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    import avlib.utils as U
+    path = save_checkpoint(tmp_path / "checkpoint_last.pt", {"epoch": 1})
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    orphans = [p for p in tmp_path.iterdir() if p.name.startswith(".checkpoint_last.pt.tmp-")]
+    assert len(orphans) == 1                                  # what SIGKILL leaves behind
+    live = tmp_path / f".other.pt.tmp-{os.getpid()}-0123abcd"  # a writer that is still running (this process)
+    mine = tmp_path / ".notes.tmp"                            # not our pattern: never touched
+    live.write_bytes(b"x")
+    mine.write_bytes(b"x")
+    save_checkpoint(path, {"epoch": 3})                       # orphan too fresh (a writer may still be at it)
+    assert orphans[0].exists()
+    monkeypatch.setattr(U, "STALE_TEMP_SECONDS", 0.0)
+    save_checkpoint(path, {"epoch": 4})
+    assert not orphans[0].exists() and live.exists() and mine.exists()
+    assert load_checkpoint(path)["epoch"] == 4

@@ -227,3 +227,15 @@ def test_shipped_manifest_matches_shared_data(data_root):
     for name, exp in shipped["mnist"].items():
         dl.verify_mnist_file(data_root / "mnist" / name, exp)
     dl.verify_fsdd(data_root / "fsdd" / "recordings", shipped["fsdd"])
+
+
+def test_gz_with_zeroed_bytes_is_a_checksum_error_so_download_replaces_it(tmp_path):
+    # 'garbage' fails gzip's magic check (an OSError); zeroed bytes inside the deflate stream raise zlib.error,
+    # which the download used to let through (a crash instead of a re-fetch)
+    raw = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    data = bytearray(gzip.compress(raw))
+    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(dl.ChecksumError, match="train-labels-idx1-ubyte.gz: not a valid gzip file"):
+        dl.verify_mnist_file(path, {"sha256_decompressed": "0" * 64})

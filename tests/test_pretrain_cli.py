@@ -39,3 +39,24 @@ def test_cli_rejects_unknown_override(tmp_path):
     from avlib.pretrain import main
     with pytest.raises(ConfigError, match="pretrain.epochs"):
         main(["--profile", "smoke", "--run-dir", str(tmp_path), "--set", "pretrain.epoch=3"])
+
+
+@pytest.mark.parametrize("item, match", [("model.norm_pix_loss=false", None),
+                                         ("model.norm_pix_loss=maybe", "'model.norm_pix_loss' = 'maybe'"),
+                                         ("model.depth=0", "'model.depth' = 0"),
+                                         ("pretrain.epochs=2.5", "'pretrain.epochs' = '2.5'")])
+def test_cli_values_are_typed_and_checked_before_training(tmp_path, monkeypatch, item, match):
+    from types import SimpleNamespace
+
+    import avlib.pretrain as cli
+    from avlib.config import ConfigError
+    seen = []                                # the config pretrain() would train with (training stubbed)
+    monkeypatch.setattr(cli, "pretrain", lambda cfg, run_dir, device: seen.append(cfg) or
+                        SimpleNamespace(seconds=0.0, checkpoint=tmp_path / "avmae.pt", metrics={}))
+    argv = ["--profile", "smoke", "--run-dir", str(tmp_path), "--set", item]
+    if match is None:                        # before: 'false' was stored as the (truthy) string 'false'
+        assert cli.main(argv) == 0 and seen[0].model.norm_pix_loss is False
+    else:
+        with pytest.raises(ConfigError, match=match):
+            cli.main(argv)
+        assert not seen

@@ -5,6 +5,7 @@ two for the module's main run (producer -> consumer), one for ``--only``, one fo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jupytext
@@ -200,6 +201,8 @@ def test_failure_stops_at_first_failing_cell(tmp_path, capsys):
     assert (out / "f_break.ipynb").exists()                                   # failed copy kept, with traceback
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["failed"] == "f_break"
+    run = json.loads((out / "state.json").read_text())["run"]
+    assert run["status"] == "failed" and run["finished"] == [] and summary["pending"] == ["f_break", "a_make"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,3 +260,111 @@ def test_comparisons_and_render_summary_are_generic():
                              "figures": []}], "cpu", wall_s=62)
     assert "| sep | sdr | 5 | 3.5 | +1.5 |" in md and "| 06 | ok | 1:01 |" in md
     assert md.startswith("# avlib reproduction: profile `cpu`")
+
+
+# ----------------------------------------------------------------------------------------------
+# Faults: a second runner, Ctrl-C, --set (issue 16)
+# ----------------------------------------------------------------------------------------------
+CONFIG_USER = HEADER.format(title="C: reads its config") + '''
+# %%
+from avlib import nb
+from avlib.config import make_config
+paths = nb.paths_for("c_cfg", profile, out_dir, run_dir)
+cfg = make_config(profile, overrides=nb.parse_overrides(overrides), seed=seed)
+nb.record({"norm_pix_loss": cfg.model.norm_pix_loss, "depth": cfg.model.depth}, paths.out_dir)
+'''
+
+SLOW = HEADER.format(title="S: takes long") + '''
+# %%
+import time
+print("slow cell started", flush=True)
+time.sleep(120)
+'''
+
+HOLD_LOCK = """
+import sys, time
+from avlib.utils import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _python(code: str, *args: str, **kw):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=Path(rp.ROOT), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_second_runner_on_the_same_out_is_refused_and_a_dead_holders_lock_taken_over(project, tmp_path, capsys):
+    import signal
+
+    from avlib.utils import folder_lock
+    out = tmp_path / "reports"
+    holder = _python(HOLD_LOCK, str(out))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code = rp.main(project["args"][:-4] + ["--out", str(out), "--runs", str(tmp_path / "runs")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1
+        assert f"{out} is in use by pid {holder.pid}" in err and "another --out" in err
+        assert not (out / "state.json").exists()                  # refused before touching anything
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert str(holder.pid) in (out / ".lock").read_text()         # the killed holder's record is still there
+    with folder_lock(out) as lock:                                # ... and the lock is free: taken over
+        assert str(os.getpid()) in lock.read_text()
+
+
+def test_set_reaches_every_notebooks_overrides_and_is_checked_first(project, tmp_path, capsys):
+    manifest = write_manifest(project["nbs"], [dict(AB[0], params={"*": {"overrides": {"model.depth": 3}}}), AB[1]])
+    try:
+        base = ["--profile", "smoke", "--manifest", str(manifest), "--out", str(tmp_path), "--dry-run"]
+        assert rp.main(base + ["--set", "model.norm_pix_loss=false", "model.depth=4"]) == 0
+        plan = capsys.readouterr().out
+        assert plan.count("'model.norm_pix_loss': False") == plan.count("'model.depth': 4") == 2
+        assert "'model.depth': 3" not in plan                     # --set wins over the manifest
+        assert rp.main(base + ["--set", "model.norm_pix_loss=nope"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --set: config key 'model.norm_pix_loss' = 'nope'") and len(err.splitlines()) == 1
+        assert rp.main(base + ["--set", "pretrain.epochs=0"]) == 2
+        assert "'pretrain.epochs' = 0 (int): expected a value >= 1" in capsys.readouterr().err
+    finally:
+        write_manifest(project["nbs"], AB)
+
+
+@pytest.mark.slow
+def test_sigint_is_recorded_as_interrupted_with_a_one_line_reason(tmp_path):
+    import signal
+    import time
+
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    write_pair(nbs, "c_cfg", CONFIG_USER)
+    write_pair(nbs, "s_slow", SLOW)
+    write_pair(nbs, "a_make", PRODUCER)
+    manifest = write_manifest(nbs, [{"name": "c_cfg"}, {"name": "s_slow"}, {"name": "a_make"}])
+    out = tmp_path / "reports"
+    args = ["--profile", "smoke", "--manifest", str(manifest), "--out", str(out), "--runs", str(tmp_path / "runs"),
+            "--set", "model.norm_pix_loss=false"]
+    proc = _python("import sys; from avlib.reproduce import main; sys.exit(main(sys.argv[1:]))", *args,
+                   start_new_session=True)                         # its own process group, like a terminal job
+    deadline = time.time() + 180
+    for line in proc.stdout:
+        if "slow cell started" in line or time.time() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGINT)                             # Ctrl-C: the runner and its kernel
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: interrupted during s_slow") and "finished: c_cfg" in err
+    state = json.loads((out / "state.json").read_text())
+    assert [state["notebooks"][n]["status"] for n in ("c_cfg", "s_slow")] == ["ok", "interrupted"]
+    assert "a_make" not in state["notebooks"]
+    assert state["run"]["status"] == "interrupted" and state["run"]["finished"] == ["c_cfg"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["pending"] == ["s_slow", "a_make"]
+    assert "**Run interrupted** in s_slow" in (out / "summary.md").read_text()
+    assert metrics(out, "c_cfg")["norm_pix_loss"] is False       # --set reached the notebook as a bool

@@ -1,8 +1,12 @@
 """AV-Digits / synthetic scenes: ground truth, determinism, splits, loaders, missing data."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
@@ -348,3 +352,57 @@ def test_missing_data_error_names_the_fix(no_data, tmp_path):
         load_mnist(tmp_path / "half", "train")
     with pytest.raises(ValueError, match="grid"):
         SceneDataset(_cfg("synthetic", "smoke", grid=4), "train")
+
+
+# ----------------------------------------------------------------------------------------------
+# Unreadable source files (issue 16): named, counted, and one bad file does not sink the dataset
+# ----------------------------------------------------------------------------------------------
+def _fsdd_copy(data_root, tmp_path, n_per_digit=2) -> Path:
+    """A small FSDD tree: the first takes 0..n-1 of speaker 'george' for every digit (all in the test split)."""
+    rec = tmp_path / "fsdd" / "recordings"
+    rec.mkdir(parents=True)
+    for d in range(10):
+        for take in range(n_per_digit):
+            shutil.copy(data_root / "fsdd" / "recordings" / f"{d}_george_{take}.wav", rec)
+    return tmp_path
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("how", ["empty", "header", "half"])
+def test_unreadable_fsdd_recording_is_left_out_with_a_counted_warning(data_root, tmp_path, how):
+    import warnings as W
+
+    from avlib.data.media import SkippedItemWarning
+    root = _fsdd_copy(data_root, tmp_path)
+    bad = root / "fsdd" / "recordings" / "3_george_1.wav"
+    data = bad.read_bytes()
+    bad.write_bytes({"empty": b"", "header": data[:20], "half": data[: len(data) // 2]}[how])   # "half": cut mid-data
+    clear_caches()
+    with pytest.warns(SkippedItemWarning, match=r"FSDD: 1 of 20 recordings unreadable, left out: .*3_george_1\.wav"):
+        bank = load_fsdd(root, split="test")
+    assert len(bank) == 19 and bad not in [r.path for r in bank.recordings]
+    assert len(bank.by_digit[3]) == 1 and bank.skipped.summary()["skipped_files"] == 1
+    assert np.array_equal(bank.digits, [r.digit for r in bank.recordings])
+    for i, r in enumerate(bank.recordings):                                   # every clip read whole
+        assert bank.lengths[i] == sf.info(str(r.path)).frames
+    for p in (root / "fsdd" / "recordings").iterdir():
+        if p != bad:
+            p.write_bytes(b"")
+    clear_caches()
+    with W.catch_warnings(), pytest.raises(ValueError, match="20 of 20 recordings unreadable"):
+        W.simplefilter("ignore")
+        load_fsdd(root, split="test")
+
+
+@pytest.mark.data
+def test_damaged_mnist_gz_names_the_file(data_root, tmp_path):
+    mnist = tmp_path / "mnist"
+    shutil.copytree(data_root / "mnist", mnist)
+    gz = mnist / "t10k-images-idx3-ubyte.gz"
+    data = bytearray(gz.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 4096] = bytes(4096)                                         # zeroed bytes (before: zlib.error)
+    gz.write_bytes(bytes(data))
+    clear_caches()
+    with pytest.raises(ValueError, match=rf"{gz}: cannot read \(.*\); the file is corrupt .*avlib.data.download"):
+        load_mnist(tmp_path, "test")

@@ -19,8 +19,8 @@ LAYERS = [
     {"probes"},
     {"protocols", "objectives"},
     {"tasks"},
-    {"pretrain", "reproduce", "bench"},
-    {"viz", "widgets", "nb"},
+    {"pretrain", "reproduce", "bench", "zoo", "nb"},
+    {"viz", "widgets"},
 ]
 
 

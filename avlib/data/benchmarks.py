@@ -35,10 +35,12 @@ torchvision-v2 ``train_transform`` / ``eval_transform``, jointly with the AVSBen
 
 **Bad inputs.** Listed files that are absent (or 0 bytes) are found when the index is built, counted and
 reported (one ``SkippedItemWarning`` with examples; ``dataset.skipped``), never silently dropped. Files that
-exist but do not decode (truncated, garbage) are found lazily: ``__getitem__`` catches ``MediaError`` only,
-records the file, and deterministically tries the next index (``i + 1``, ``i + 2``, ...), remembering bad items
-per process; the ``index`` key of the returned dict says which item was actually read. ``dataset.validate()``
-probes every file up front instead (recommended for evaluation sets, so no item is ever substituted).
+exist but do not decode (truncated, garbage) are dropped up front in evaluation sets (``build_benchmark`` calls
+``dataset.validate()``, which opens every file), so an evaluation scores exactly its readable items and the warning
+says how many were dropped; an evaluation item that still fails later raises ``MediaError`` (never replaced). In
+training sets they are found lazily: ``__getitem__`` catches ``MediaError`` only, records the file, and
+deterministically tries the next index (``i + 1``, ``i + 2``, ...), remembering bad items per process; the
+``index`` key of the returned dict says which item was actually read.
 A dataset with no usable item raises ``EmptyDatasetError`` naming the root and what was searched; malformed
 annotation rows raise ``AnnotationError`` naming the file and line.
 
@@ -54,6 +56,7 @@ disk (here from the annotation file, so a missing class folder does not shift ev
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -167,25 +170,38 @@ def find_metadata(filename: str, root: Path, metadata_dir=None, *, required: boo
 # ----------------------------------------------------------------------------------------------
 # Annotation parsing (every malformed row -> AnnotationError(file, line))
 # ----------------------------------------------------------------------------------------------
-def _csv_rows(path, *, skip_comments: bool = False, skipinitialspace: bool = False):
-    """``[(line_number, row), ...]`` of non-empty rows; ``line_number`` is 1-based (first line of the row)."""
+def _read_text(path) -> str:
+    """An annotation file's text (UTF-8). A file that is not text (binary garbage, a truncated multi-byte
+    character, another encoding) raises ``AnnotationError`` naming the line of the first bad byte."""
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"annotation file not found: {path}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise AnnotationError(path, data.count(b"\n", 0, err.start) + 1,
+                              f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): the file is "
+                              "binary or damaged. Fix: download the annotation file again (the official "
+                              "release / metadata folder)") from None
+
+
+def _csv_rows(path, *, skip_comments: bool = False, skipinitialspace: bool = False):
+    """``[(line_number, row), ...]`` of non-empty rows; ``line_number`` is 1-based (first line of the row)."""
+    path = Path(path)
     out = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, skipinitialspace=skipinitialspace)
-        prev = 0
-        try:
-            for row in reader:
-                line, prev = prev + 1, reader.line_num
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if skip_comments and row[0].lstrip().startswith("#"):
-                    continue
-                out.append((line, row))
-        except csv.Error as err:
-            raise AnnotationError(path, reader.line_num, f"CSV error: {err}") from None
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), skipinitialspace=skipinitialspace)
+    prev = 0
+    try:
+        for row in reader:
+            line, prev = prev + 1, reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            if skip_comments and row[0].lstrip().startswith("#"):
+                continue
+            out.append((line, row))
+    except csv.Error as err:
+        raise AnnotationError(path, reader.line_num, f"CSV error: {err}") from None
     return out
 
 
@@ -288,7 +304,7 @@ def vggss_gt_map(boxes_norm: Sequence[Sequence[float]], size: int = LOC_SIZE) ->
 def _json_array_with_lines(path) -> list[tuple[int, Any]]:
     """Top-level JSON array -> ``[(line_of_element, element), ...]`` (so that a bad entry can name its line)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     dec = json.JSONDecoder()
     pos = len(text) - len(text.lstrip())
     if not text[pos:pos + 1] == "[":
@@ -459,7 +475,12 @@ class BenchmarkDataset(Dataset):
                 out = self._load(i)
             except MediaError as err:
                 self._bad.add(i)
-                self.skipped.record(err.path, err.reason, err.kind)
+                self.skipped.record(err.path, err.reason, err.kind, warn=self.train)
+                if not self.train:   # a score over substituted items would not be the score of this set
+                    raise MediaError(err.path, f"{err.reason}; item {i} of the evaluation set {self.name}/"
+                                     f"{self.split} cannot be read, and evaluation items are never replaced by a "
+                                     "neighbour. Fix: restore or remove the file, or build the set with "
+                                     "validate='decode' to drop such items up front", err.kind) from None
                 continue
             out["index"] = torch.tensor(i)
             return out
@@ -476,9 +497,9 @@ class BenchmarkDataset(Dataset):
         raise NotImplementedError
 
     def validate(self, decode: bool = False) -> dict:
-        """Open every item's files now (``decode=True``: also decode them) and drop the unreadable ones,
-        recording each in ``self.skipped``. Returns ``skip_summary()``. Use on evaluation sets so that no item is
-        ever replaced by its neighbour at ``__getitem__`` time."""
+        """Open every item's files now (``decode=True``: also decode a little of each) and drop the unreadable
+        ones, recording each in ``self.skipped`` and warning with the count. Returns ``skip_summary()``.
+        ``build_benchmark`` does this for every evaluation set, so that it scores exactly its readable items."""
         keep = []
         for i in range(len(self.items)):
             try:
@@ -904,10 +925,10 @@ class AVSBenchDataset(BenchmarkDataset):
 def _avsbench(split, cfg, root, train, *, subset: str, **kw) -> AVSBenchDataset:
     meta = root / "metadata.csv"
     l2i_path = root / "label2idx.json"
+    if not l2i_path.is_file():
+        raise DataNotFoundError(f"avsbench: {l2i_path} not found (AVSBench semantic release layout)")
     try:
-        label2idx = json.loads(l2i_path.read_text())
-    except FileNotFoundError:
-        raise DataNotFoundError(f"avsbench: {l2i_path} not found (AVSBench semantic release layout)") from None
+        label2idx = json.loads(_read_text(l2i_path))
     except json.JSONDecodeError as err:
         raise AnnotationError(l2i_path, err.lineno, f"JSON error: {err.msg}") from None
     if not isinstance(label2idx, dict) or not all(isinstance(v, int) for v in label2idx.values()):
@@ -1205,7 +1226,7 @@ _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", 
 
 
 def build_benchmark(name: str, split: str = "train", cfg=None, root=None, train: bool | None = None, *,
-                    validate: bool = False, **kwargs) -> BenchmarkDataset:
+                    validate: bool | str | None = None, **kwargs) -> BenchmarkDataset:
     """Build a benchmark dataset in its official layout.
 
     Args:
@@ -1217,7 +1238,9 @@ def build_benchmark(name: str, split: str = "train", cfg=None, root=None, train:
             ``None`` = the ``paper`` profile.
         root: the benchmark folder; default ``$AVLIB_<NAME>_ROOT`` etc. (see ``resolve_root``).
         train: augmentation and random clip/frame selection; default ``split == "train"``.
-        validate: probe every file now and drop unreadable items (``dataset.validate()``).
+        validate: probe every file now and drop unreadable items (``dataset.validate()``; ``"decode"``: also
+            decode a little of each). Default: for evaluation sets (``train=False``) only, so that an evaluation
+            scores exactly the readable items (the count dropped is in the warning and ``skip_summary()``).
         **kwargs: ``metadata_dir``, ``image_transform``, ``audio_frontend``, ``max_retries``, ``oversample``,
             and MUSIC's ``eval_videos`` / ``test_videos`` (split sizes, official 130 / 85).
     """
@@ -1240,6 +1263,10 @@ def build_benchmark(name: str, split: str = "train", cfg=None, root=None, train:
     train = (split == "train") if train is None else bool(train)
     root = resolve_root(family, root, cfg)
     ds = builder(split, cfg, root, train, **fixed, **kwargs)
+    if validate is None:
+        validate = not train
+    if validate not in (True, False, "decode"):
+        raise ValueError(f"validate={validate!r}: None (evaluation sets), True, False or 'decode'")
     if validate:
-        ds.validate()
+        ds.validate(decode=validate == "decode")
     return ds

@@ -31,6 +31,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -173,8 +174,8 @@ def _try_sources(urls: Sequence[str], dest: Path, verify, *, progress: bool, tim
 def verify_mnist_file(path: Path, expected: dict) -> None:
     try:
         got = sha256_file(path, gunzip=True)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise ChecksumError(f"{path.name}: not a valid gzip file ({e})") from e
+    except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError; zlib.error: damaged deflate data
+        raise ChecksumError(f"{path.name}: not a valid gzip file ({type(e).__name__}: {e})") from e
     if got != expected["sha256_decompressed"]:
         raise ChecksumError(f"{path.name}: checksum mismatch (decompressed sha256 {got[:16]}..., "
                             f"expected {expected['sha256_decompressed'][:16]}...)")

@@ -15,6 +15,7 @@ import gzip
 import os
 import re
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,27 +122,41 @@ class FSDDBank:
     ``waves`` is one float32 array (every clip back to back), ``offsets``/``lengths`` locate clip ``i``;
     ``digits``/``takes``/``speaker_ids`` describe it; ``by_digit[d]`` lists the clips of digit ``d``.
     Each clip is peak-normalized to ``peak`` (FSDD levels vary a lot between speakers) unless ``peak`` is None.
+
+    Recordings that cannot be read (0-byte, header cut, cut mid-data, not audio: ``avlib.data.media``
+    decides) are left out, counted in ``skipped`` (a ``SkipLog``) and named in one ``SkippedItemWarning``;
+    ``recordings`` lists only the clips held. A split with no readable recording raises ``ValueError``.
     """
 
     def __init__(self, recordings: list[FSDDRecording], sample_rate: int, peak: float | None = 0.5):
-        import soundfile as sf
-        import torch
+        import warnings
 
-        from avlib.audio import resample
+        from avlib.data.media import MediaError, SkipLog, SkippedItemWarning, read_audio
 
-        self.recordings = list(recordings)
         self.sample_rate = int(sample_rate)
-        clips = []
-        for r in self.recordings:
-            x, sr = sf.read(str(r.path), dtype="float32", always_2d=True)
-            x = x.mean(axis=1)
-            if sr != self.sample_rate:
-                x = resample(torch.from_numpy(np.ascontiguousarray(x)), sr, self.sample_rate).numpy()
+        self.skipped = SkipLog("fsdd", spool=False)      # read once, in this process
+        self.recordings, clips = [], []
+        for r in recordings:
+            try:
+                x = read_audio(r.path, self.sample_rate).numpy()   # mono; torchaudio resampling if needed
+            except MediaError as err:
+                self.skipped.record(err.path, err.reason, err.kind, warn=False)
+                continue
             if peak is not None:
                 m = float(np.abs(x).max())
                 if m > 0:
                     x = x * (peak / m)
+            self.recordings.append(r)
             clips.append(x.astype(np.float32, copy=False))
+        if self.skipped:
+            bad = self.skipped.items
+            msg = (f"FSDD: {len(bad)} of {len(recordings)} recordings unreadable, left out: "
+                   + "; ".join(f"{p} ({why})" for p, why in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                   + ". Fix: restore these files from the FSDD release (`python -m avlib.data.download --force` "
+                     "fetches it again into the download cache)")
+            if not self.recordings:
+                raise ValueError(msg)
+            warnings.warn(msg, SkippedItemWarning, stacklevel=3)
         self.lengths = np.array([len(c) for c in clips], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
         self.waves = np.concatenate(clips) if clips else np.zeros(0, np.float32)
@@ -188,9 +203,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read ({e}); the file is corrupt, "
-                         "re-run `python -m avlib.data.download`") from e
+    except (OSError, EOFError, zlib.error) as e:   # zlib.error: damaged deflate data inside a .gz
+        raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or cut short. Fix: "
+                         "`python -m avlib.data.download` replaces MNIST files that fail their checksum") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an idx file (bad magic number {data[:4].hex()})")
     ndim = data[3]
