@@ -271,6 +271,31 @@ def test_mnist_splits(data_root):
         load_mnist(data_root, "val")
 
 
+@pytest.mark.data
+def test_validation_split_shares_no_source_with_train_or_test(data_root):
+    cfg = _cfg("avdigits")
+    content = {split: SceneDataset(cfg, split, root=data_root, size=64).content for split in ("train", "val", "test")}
+    bank = content["train"].bank
+    assert content["val"].bank is bank                                      # val is carved from the train sources
+    recordings = {split: {int(i) for rows in c.by_digit for i in rows} for split, c in content.items()}
+    images = {split: {int(i) for rows in c.by_class for i in rows} for split, c in content.items()}
+    assert recordings["train"].isdisjoint(recordings["val"]) and images["train"].isdisjoint(images["val"])
+    assert set(bank.takes[sorted(recordings["val"])]) == set(range(5, 10))   # FSDD takes 5-9
+    assert bank.takes[sorted(recordings["train"])].min() == 10
+    assert min(images["val"]) == 50000 and max(images["train"]) == 49999    # the last 10,000 MNIST images
+    assert len(recordings["train"]) + len(recordings["val"]) == 2700 and len(images["val"]) == 10000
+    # test scenes come from the official test sources, which neither of the others touches
+    assert content["test"].images is not content["val"].images and content["test"].bank.takes.max() <= 4
+    # every scene a split composes uses only its own recordings and pictures
+    for split in ("train", "val"):
+        ds = SceneDataset(cfg, split, root=data_root, size=64)
+        for i in range(len(ds)):
+            sc = ds.scene(i)
+            assert set(sc.source_ids) <= recordings[split] and set(sc.glyph_ids.tolist()) <= images[split]
+    val = SceneDataset(cfg, "val", root=data_root, size=8)
+    assert not val.train and _equal_items(val[3], SceneDataset(cfg, "val", root=data_root, size=8)[3])
+
+
 # ----------------------------------------------------------------------------------------------
 # Separation pairs
 # ----------------------------------------------------------------------------------------------

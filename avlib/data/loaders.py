@@ -116,8 +116,8 @@ def make_dataset(cfg, split: str, task: str | None = None, *, mixtures: bool | N
         except ImportError as e:
             raise ValueError(f"dataset {name!r} needs avlib.data.benchmarks ({e})") from e
         return build_benchmark(name, split, cfg)
-    if split not in ("train", "test"):
-        raise ValueError(f"{name}: split {split!r} does not exist (train or test)")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"{name}: split {split!r} does not exist (train, val or test)")
     if name != cfg.data.dataset:
         cfg = replace(cfg, data=replace(cfg.data, dataset=name))
     if mixtures:

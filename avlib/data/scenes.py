@@ -37,7 +37,13 @@ from avlib.image import normalize
 __all__ = ["NUM_CLASSES", "SceneDataset", "MixtureDataset", "DigitContent", "ShapeContent", "SHAPE_NAMES"]
 
 NUM_CLASSES = 10
-_SPLIT_ID = {"train": 0, "test": 1}
+_SPLIT_ID = {"train": 0, "test": 1, "val": 2}
+# The validation split (for choosing budgets and recipes; the test split is only ever reported) is carved
+# from the training sources, so validation scenes share no recording and no picture with training or test
+# scenes: FSDD takes 5-9 of every speaker and digit (takes 0-4 are the official test split) and the last
+# 10,000 MNIST training images. "train" keeps takes 10-49 and the first 50,000 training images.
+VAL_TAKES = range(5, 10)
+MNIST_VAL_IMAGES = 10_000
 GLYPH_FILL = 0.875            # object size relative to its cell
 SEG_THRESHOLD = 0.5           # seg_mask = object intensity > this
 
@@ -46,17 +52,26 @@ SEG_THRESHOLD = 0.5           # seg_mask = object intensity > this
 # Content: where the pictures and sounds of each class come from
 # ----------------------------------------------------------------------------------------------
 class DigitContent:
-    """MNIST digits (pictures) + FSDD recordings (sounds) of one split."""
+    """MNIST digits (pictures) + FSDD recordings (sounds) of one split (``train``, ``val`` or ``test``;
+    ``val`` and ``train`` divide the official training sources, see ``VAL_TAKES``)."""
 
     name = "avdigits"
 
     def __init__(self, split: str, sample_rate: int, root=None, holdout_speakers=()):
         from avlib.data.sources import load_fsdd, load_mnist, mnist_by_class
 
-        self.images, self.labels = load_mnist(root, split)
-        self.by_class = mnist_by_class(self.labels, NUM_CLASSES)
-        self.bank = load_fsdd(root, split=split, sample_rate=sample_rate, holdout_speakers=tuple(holdout_speakers))
-        missing = [d for d in range(NUM_CLASSES) if len(self.bank.by_digit[d]) == 0 or len(self.by_class[d]) == 0]
+        source = "test" if split == "test" else "train"
+        self.images, self.labels = load_mnist(root, source)
+        self.bank = load_fsdd(root, split=source, sample_rate=sample_rate, holdout_speakers=tuple(holdout_speakers))
+        self.by_class = mnist_by_class(self.labels, NUM_CLASSES)       # MNIST rows of each digit
+        self.by_digit = list(self.bank.by_digit)                       # FSDD bank rows of each digit
+        if source == "train":
+            first_val = len(self.labels) - MNIST_VAL_IMAGES
+            in_val = np.isin(self.bank.takes, list(VAL_TAKES))
+            want = split == "val"
+            self.by_class = [rows[(rows >= first_val) == want] for rows in self.by_class]
+            self.by_digit = [rows[in_val[rows] == want] for rows in self.by_digit]
+        missing = [d for d in range(NUM_CLASSES) if len(self.by_digit[d]) == 0 or len(self.by_class[d]) == 0]
         if missing:
             raise ValueError(f"AV-Digits {split}: no recordings/images for digits {missing}")
 
@@ -71,7 +86,7 @@ class DigitContent:
         return g, ids
 
     def sound(self, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        rows = self.bank.by_digit[cls]
+        rows = self.by_digit[cls]
         i = int(rows[rng.integers(len(rows))])
         return self.bank.clip(i), i
 
