@@ -243,7 +243,8 @@ if "cell_classes" in test_batch:                    # scenes with per-cell class
 # %%
 examples = {init: tasks.predict_examples("localization", r.model, cfg, n=6, device=device)
             for init, r in runs.items()}
-titles = [f"digit {int(d)} speaks" for d in examples["pretrained"]["label"]]
+labels = examples["pretrained"].get("label")     # the sounding digit (AV-Digits; benchmarks have none)
+titles = None if labels is None else [f"digit {int(d)} speaks" for d in labels]
 fig = viz.localization_figure(examples["pretrained"]["image"],
                               {"scratch": examples["scratch"]["pred"],
                                "DeepAVFusion (pretrained)": examples["pretrained"]["pred"]},

@@ -198,7 +198,8 @@ fig
 # cannot tell which digit speaks, so a stroke pixel's best estimate is 1/4 < 0.5.
 
 # %%
-titles = [f"digit {int(d)} speaks" for d in examples["pretrained"]["label"]]
+labels = examples["pretrained"].get("label")     # the sounding digit (AV-Digits; benchmarks have none)
+titles = None if labels is None else [f"digit {int(d)} speaks" for d in labels]
 fig = viz.segmentation_figure(examples["pretrained"]["image"],
                               {"scratch": examples["scratch"]["pred"],
                                "DeepAVFusion (pretrained)": examples["pretrained"]["pred"]},

@@ -38,3 +38,40 @@ def test_smoke_profile_runs_every_notebook(tmp_path, data_root, monkeypatch):
     # every downstream notebook compared the pre-trained encoder with the from-scratch baseline
     table = json.loads((out / "summary.json").read_text())
     assert ROOT.exists() and table
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_with_the_paper_data_wiring_on_benchmark_trees(tmp_path, data_root, monkeypatch):
+    """The GPU-box path, smoke-sized: every notebook through the runner with the paper profile's data
+    wiring (VGGSound for pre-training and classification, each dense protocol on its benchmark,
+    config.PAPER_TASK_DATA) on the official-layout fixture trees; the report lists every protocol."""
+    import shutil
+    import warnings
+
+    import benchmark_trees as bt
+    from avlib.config import PAPER_TASK_DATA, make_config
+    trees = {"vggsound": bt.vggsound_tree, "flickr": bt.flickr_tree, "vggss": bt.vggss_tree,
+             "avsbench": bt.avsbench_tree, "vggsound_music": bt.vggsound_music_tree}
+    for name, make in trees.items():
+        root = make(tmp_path / "data" / name)["root"]
+        monkeypatch.setenv(f"AVLIB_{name.upper()}_ROOT", str(root))
+        if name == "avsbench":                      # the shared tree has train / val only: add one S4 test sample
+            shutil.copytree(root / "v1s" / "s4_val_0", root / "v1s" / "s4_test_0")
+            with open(root / "metadata.csv", "a") as f:
+                f.write("v7,s4_test_0,0,20,guitar,test,v1s\n")
+    monkeypatch.setenv("AVLIB_DATA_ROOT", str(data_root))      # 00 and 01 show the AV-Digits scenes
+    wiring = [f"data.dataset={make_config('paper').data.dataset}"]
+    for task, (train, test) in PAPER_TASK_DATA.items():
+        wiring += [f"{task}.train_data={train}", f"{task}.test_data={test}"]
+    out, runs = tmp_path / "reports", tmp_path / "runs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = reproduce.main(["--profile", "smoke", "--out", str(out), "--runs", str(runs), "--quiet", "--force",
+                             "--set", *wiring])
+    assert rc == 0, "the paper-wiring run failed; see the executed notebooks in " + str(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    rows = {(r["task"], r["metric"]) for r in summary["comparisons"]}
+    for task, metric in (("linprobe", "top1"), ("finetune", "top1"), ("localization", "auc"),
+                         ("segmentation", "avsbench_miou"), ("separation", "sdr")):
+        assert (task, metric) in rows, f"the report has no {task} {metric}"
