@@ -238,8 +238,18 @@ def run_task(task: str, cfg: Config, run_dir: str | Path, *, init: str = "pretra
                              fingerprint=fp,
                              eval_fingerprint=eval_fingerprint(cfg, **protocol.eval_fingerprint(cfg)))
     metrics = {k: v for k, v in (history.last_eval or {}).items() if k not in ("epoch", "step")}
+    metrics.update(_dropped(test_loader.dataset))
     return RunResult(task, label or init, metrics, history, model, run_dir, run_dir / "checkpoint_last.pt",
                      time.time() - t0)
+
+
+def _dropped(dataset) -> dict[str, float]:
+    """How many test items a benchmark could not read (listed but missing, or undecodable): the
+    evaluation scores exactly the others (``avlib.data.benchmarks``), and the report says how many."""
+    if not callable(getattr(dataset, "skip_summary", None)):
+        return {}
+    s = dataset.skip_summary()
+    return {"n_test_dropped": float(s["missing"] + s["skipped_files"])}
 
 
 def compare_inits(task: str, cfg: Config, run_root: str | Path, inits: Mapping[str, tuple] | None = None, *,

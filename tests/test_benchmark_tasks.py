@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shutil
 import warnings
+from dataclasses import replace
 
 import pytest
 
@@ -73,6 +74,7 @@ def test_pretraining_and_classification_on_vggsound(cfg, tmp_path):
     for task in ("linprobe", "finetune"):
         res = run_task(task, cfg, tmp_path / task, checkpoint=pre.checkpoint, device="cpu")
         assert 0.0 <= res.metrics["top1"] <= 100.0, task
+        assert res.metrics["n_test_dropped"] == 0, task         # every test clip of the tree is readable
 
 
 @pytest.mark.parametrize("task, keys", [
@@ -86,3 +88,13 @@ def test_dense_protocols_train_and_score_on_their_benchmarks(cfg, tmp_path, task
     assert all(math.isfinite(res.metrics[k]) for k in keys), res.metrics
     assert res.history.meta["total_steps"] >= 1
     assert "cell_acc" not in res.metrics                                    # an AV-Digits diagnostic only
+
+
+def test_an_unreadable_test_item_is_dropped_and_counted(cfg, roots, tmp_path, monkeypatch):
+    flickr = tmp_path / "flickr"
+    shutil.copytree(roots["flickr"], flickr)
+    bt.corrupt(next((flickr / "frames").glob("*.jpg")), "garbage")
+    monkeypatch.setenv("AVLIB_FLICKR_ROOT", str(flickr))
+    res = run_task("localization", replace(cfg, localization=replace(cfg.localization, train=replace(
+        cfg.localization.train, max_steps=1))), tmp_path / "run", init="scratch", device="cpu")
+    assert res.metrics["n_test_dropped"] == 1 and res.metrics["n"] == len(bt.FLICKR_BOXES) - 1
