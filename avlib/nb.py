@@ -149,10 +149,19 @@ def _scalar(key: str, value: Any):
                     "metrics.json is a flat table (save arrays next to it with np.save)")
 
 
+SLASH = "\u2215"            # '∕' (division slash) stands for a '/' inside a name: '/' separates the levels
+
+
 def _flatten(d: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested metrics -> ``<task>/<init>/<metric>`` keys with JSON-able scalar values."""
+    """Nested metrics -> ``<task>/<init>/<metric>`` keys with JSON-able scalar values. A '/' inside a
+    nested name (e.g. the variant ``"mask 0.75 / 0.8"``) becomes ``SLASH``, so every name stays one level."""
     from .config import flatten
-    return {k: _scalar(k, v) for k, v in flatten(d, "/").items()}
+
+    def escape(x):
+        if not isinstance(x, Mapping):
+            return x
+        return {(str(k).replace("/", SLASH)): escape(v) for k, v in x.items()}
+    return {k: _scalar(k, v) for k, v in flatten({k: escape(v) for k, v in d.items()}, "/").items()}
 
 
 def record(metrics: Mapping[str, Any], out_dir: str | os.PathLike, *, cfg=None, show: bool = True,

@@ -795,6 +795,44 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
     return markdown_table(header, rows, _fmt) + [""]
 
 
+# Column order of result tables: the baseline first, then the paper's starting point and its method;
+# every other initialization or method after them, in the order the notebooks recorded them.
+INIT_ORDER = ("scratch", "unimodal", "pretrained", "deepavfusion")
+
+
+def _comparison_groups(records: Sequence[Mapping]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{task: {metric: {init: value}}}`` from every notebook's ``<task>/<init>/<metric>`` keys."""
+    groups: dict[str, dict[str, dict[str, float]]] = {}
+    for r in records:
+        for row in comparisons(r["metrics"]):
+            groups.setdefault(row["task"], {}).setdefault(row["metric"], {})[row["init"]] = row["value"]
+    return groups
+
+
+def _ordered_inits(values: Iterable[Mapping[str, float]]) -> list[str]:
+    seen = list(dict.fromkeys(k for v in values for k in v))
+    return [k for k in INIT_ORDER if k in seen] + [k for k in seen if k not in INIT_ORDER]
+
+
+def _results_tables(groups: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """The headline (each protocol's main metric, one column per initialization / method) and one table
+    per task with all its metrics. Every init is kept, whatever its name."""
+    from .protocols import PROTOCOLS
+    lines = []
+    main = {t: (PROTOCOLS[t].main_metric, groups[t][PROTOCOLS[t].main_metric]) for t in PROTOCOLS
+            if t in groups and PROTOCOLS[t].main_metric in groups[t]}
+    if main:
+        inits = _ordered_inits(v for _, v in main.values())
+        lines += ["## Main results", "", "Each protocol's main metric, by initialization (columns).", ""]
+        lines += _table(["task", "metric", *inits], [(t, m, *[v.get(k) for k in inits]) for t, (m, v) in main.items()])
+    lines += ["## All comparisons", ""]
+    for t, metrics in groups.items():
+        inits = _ordered_inits(metrics.values())
+        lines += [f"**{t}**", ""]
+        lines += _table(["metric", *inits], [(m, *[v.get(k) for k in inits]) for m, v in metrics.items()])
+    return lines
+
+
 def _collect(man: Manifest, state: Mapping, out: Path) -> list[dict]:
     records = []
     for step in man.steps:
@@ -813,8 +851,8 @@ def _collect(man: Manifest, state: Mapping, out: Path) -> list[dict]:
 
 def render_summary(records: Sequence[Mapping], profile: str, wall_s: float | None = None,
                    base: Path | None = None, run: Mapping | None = None) -> str:
-    """Markdown: a status table, pretrained-vs-scratch and other ``<task>/<init>/<metric>`` comparisons,
-    then each notebook's metrics and figures. Paths are written relative to ``base``; ``run`` (state.json's
+    """Markdown: a status table, the ``<task>/<init>/<metric>`` comparisons (main results, then every
+    metric per task), then each notebook's metrics and figures. Paths are written relative to ``base``; ``run`` (state.json's
     ``run`` record) adds a line when the run is not ``ok`` (running, failed, interrupted)."""
     rel = (lambda p: os.path.relpath(p, base)) if base else str
     lines = [f"# avlib reproduction: profile `{profile}`", ""]
@@ -834,27 +872,9 @@ def render_summary(records: Sequence[Mapping], profile: str, wall_s: float | Non
         if r.get("error"):
             lines += [f"**{r['name']} failed:**", "", "```", r["error"], "```", ""]
 
-    rows = [dict(row, notebook=r["name"]) for r in records for row in comparisons(r["metrics"])]
-    groups: dict[tuple[str, str], dict[str, float]] = {}
-    for row in rows:
-        groups.setdefault((row["task"], row["metric"]), {})[row["init"]] = row["value"]
-    paired = {k: v for k, v in groups.items() if {"pretrained", "scratch"} <= set(v)}
-    if paired:
-        lines += ["## Pretrained vs scratch", ""]
-        lines += _table(["task", "metric", "pretrained", "scratch", "Δ (pretrained − scratch)"],
-                        [(t, m, v["pretrained"], v["scratch"], f"{v['pretrained'] - v['scratch']:+.4g}")
-                         for (t, m), v in paired.items()])
-    others = {}
-    for (t, m), v in groups.items():
-        rest = {k: x for k, x in v.items() if (t, m) not in paired or k not in ("pretrained", "scratch")}
-        if rest:
-            others.setdefault(t, []).append((m, rest))
-    if others:
-        lines += ["## Other comparisons", ""]
-        for t, items in others.items():
-            inits = list(dict.fromkeys(k for _, v in items for k in v))
-            lines += [f"**{t}**", ""]
-            lines += _table(["metric", *inits], [(m, *[v.get(k) for k in inits]) for m, v in items])
+    groups = _comparison_groups(records)
+    if groups:
+        lines += _results_tables(groups)
 
     lines += ["## Notebooks", ""]
     for r in records:

@@ -122,9 +122,9 @@ def test_runs_in_order_and_passes_upstream_outputs(project):
 def test_summary_has_tables_comparisons_and_figures(project):
     out = project["out"]
     md = (out / "summary.md").read_text()
-    assert "## Pretrained vs scratch" in md
-    assert "| classification | top1 | 0.75 | 0.5 | +0.25 |" in md
-    assert "**localization**" in md                                           # scratch-only: other table
+    assert "## All comparisons" in md and "| metric | scratch | pretrained |" in md
+    assert "| top1 | 0.5 | 0.75 |" in md                                       # the baseline column first
+    assert "**localization**" in md                                           # scratch-only: its own table
     assert "### a_make: producer" in md and "![curve](a_make/figures/curve.png)" in md
     assert "| ckpt_text | trained with seed 0 |" in md and "duration_s" in md
     summary = json.loads((out / "summary.json").read_text())
@@ -256,9 +256,14 @@ def test_comparisons_and_render_summary_are_generic():
                     {"task": "sep", "init": "scratch", "metric": "sdr", "value": 3.5},
                     {"task": "pre", "init": "pretrained", "metric": "nn_audio", "value": 41.0}]
     md = rp.render_summary([{"name": "06", "status": "ok", "duration_s": 61.0, "executed": "06.ipynb",
-                             "metrics": {"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "profile": "cpu"},
+                             "metrics": {"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "profile": "cpu",
+                                         "separation/ezvsl/sdr": 1.0, "separation/scratch/sdr": 0.5,
+                                         "separation/deepavfusion/sdr": 4.0, "separation/scratch/sir": 2.0},
                              "figures": []}], "cpu", wall_s=62)
-    assert "| sep | sdr | 5 | 3.5 | +1.5 |" in md and "| 06 | ok | 1:01 |" in md
+    assert "| sep | sdr | 5 | 3.5 | +1.5 |" not in md and "| sdr | 3.5 | 5 |" in md and "| 06 | ok | 1:01 |" in md
+    # a protocol's main metric heads the report, one column per init / method, every one kept
+    assert "| task | metric | scratch | deepavfusion | ezvsl |" in md and "| separation | sdr | 0.5 | 4 | 1 |" in md
+    assert "| sir | 2 |  |  |" in md
     assert md.startswith("# avlib reproduction: profile `cpu`")
 
 
