@@ -70,7 +70,9 @@ MANIFEST: Path = Path(os.environ.get("AVLIB_MANIFEST", ROOT / "notebooks" / "man
 KERNEL_ENV = {
     "PYTHONHASHSEED": "0",                     # hash-randomized set/dict orders become reproducible
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",      # needed by torch.use_deterministic_algorithms on CUDA
-    "TQDM_MININTERVAL": "5",                   # at most one progress-bar refresh per 5 s in reports/*.ipynb
+    # no progress-bar widgets in executed copies (static viewers show them as stale labels or "0%"): the
+    # training loop's plain log lines ("[finetune (scratch)] step 40/138 | ...") are the progress record
+    "TQDM_DISABLE": "1",
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",     # silences ipykernel's "frozen modules" debugger warning
 }
 KERNEL_ENV_UNSET = ("MPLBACKEND",)             # a user's MPLBACKEND=Agg would hide every inline figure

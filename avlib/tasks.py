@@ -294,7 +294,7 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
         clf = AVClassifier(encoder, train_loader.dataset.num_classes, features=subset, head=cfg.linprobe.head,
                            freeze_encoder=True)
         fit_cached_probe(clf, xtr, ytr, cfg.linprobe.train, seed=cfg.seed, run_dir=run_dir / "+".join(subset),
-                         device=device, desc=f"probe {'+'.join(subset)}",
+                         device=device, desc=f"linprobe {'+'.join(subset)} ({init})",
                          fingerprint={**fp, "head": cfg.linprobe.head})
         clf.eval()
         with torch.no_grad():
