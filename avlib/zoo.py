@@ -193,6 +193,9 @@ def build(profile: str, only: Sequence[str] | None = None, *, zoo: Path | None =
             "git_commit": git_sha(), "wall_s": round(wall, 1), "steps": res.history.meta.get("total_steps"),
             "machine": _machine(), "built": time.strftime("%Y-%m-%d %H:%M:%S"),
             "final": {k: round(float(v), 5) for k, v in res.metrics.items() if isinstance(v, (int, float))},
+            # the training curve, for notebooks (loss terms per log line, monitors per evaluation)
+            "history": {"steps": [{k: v for k, v in s.items() if k != "samples_per_s"} for s in res.history.steps],
+                        "evals": res.history.evals},
         }
         _write_manifest(entries, zoo)
         print(f"[zoo] {profile}/{r.name}: {entries[f'{profile}/{r.name}']['bytes'] / 2**20:.1f} MiB "
