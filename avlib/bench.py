@@ -21,7 +21,7 @@ The machine (CPU model, cores, threads, load, versions, GPU) heads the report: r
 
 Ratios are always reference / fast: "speedup" = explicit time / separable time (> 1: separable is
 faster), "mem ratio" = explicit peak / separable peak. For the released configs at batch 2 on CPU a
-second ratio compares with the official code's CPU timings (DEEPAVFUSION.md §1.7, a different CPU:
+second ratio compares with the official code's CPU timings (docs/official_implementation.md §1.7, a different CPU:
 indicative only).
 
 Timing: the explicit and separable paths of a row are built in one process and called round-robin
@@ -73,8 +73,8 @@ RELEASE_PROFILES = ("paper", "vggsound_release", "as2m_release")
 RESULT_TAG = "BENCH_RESULT "
 GiB, MiB = 2 ** 30, 2 ** 20
 
-# The official code's CPU timings [DEEPAVFUSION.md §1.7]: AVMAE fwd+bwd and encoder-only no_grad forward,
-# batch 2, torch.set_num_threads(2) on a 2-core Intel Xeon, medians of 8 after 2 warm-ups.
+# The official code's CPU timings (docs/official_implementation.md §1.7): AVMAE fwd+bwd and encoder-only
+# no_grad forward, batch 2, torch.set_num_threads(2) on a 2-core Intel Xeon, medians of 8 after 2 warm-ups.
 OFFICIAL_CPU_S = {
     "vggsound_release": {"pretrain": 1.50, "inference": 0.56},
     "as2m_release": {"pretrain": 1.69, "inference": 0.60},

@@ -12,8 +12,8 @@ was expected and how to fix it. Command-line text (``--set pretrain.epochs=10``)
 type by ``parse_assignments`` first. Profiles shrink sizes, never structure: every profile builds the
 same modules, masking and losses.
 
-Sources for the values: ``[code]`` = the official implementation (``../shared/reference/DEEPAVFUSION.md``),
-``[supp]`` = the seed paper's supplementary material (``SEED_SUPPLEMENT.md``).
+Sources for the values: ``[code §x.y]`` = section x.y of ``docs/official_implementation.md`` (the official
+implementation), ``[supp A.x]`` = section A.x of ``docs/protocols.md`` (the paper's supplementary material).
 """
 from __future__ import annotations
 

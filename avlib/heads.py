@@ -8,8 +8,8 @@ layer-wise lr decay) and reuses its features through the ENCODER CONTRACT (ARCHI
     out.embs_image / embs_audio / embs_fusion: tuples of L tensors          # BEFORE the final norms
     encoder.image_grid, encoder.audio_grid = (rows, cols)   (tokens row-major), encoder.embed_dim, num_layers
 
-Sources: ``[supp A.x]`` = SEED_SUPPLEMENT.md (the DEFAULT protocols); ``[code §3.x]`` =
-../shared/reference/DEEPAVFUSION.md (the official heads, kept as named alternatives with the official
+Sources: ``[supp A.x]`` = docs/protocols.md (the DEFAULT protocols); ``[code §3.x]`` =
+docs/official_implementation.md (the official heads, kept as named alternatives with the official
 state-dict key names; at ViT-B size they match manifest_vitb_{linprobe_vggsound,avsegm_s4,avsrcsep}.json
 key for key and shape for shape).
 

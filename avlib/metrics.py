@@ -6,8 +6,8 @@ different classes, and the localization "cIoU" in tables is a success rate, not 
 variant here has its own name, its docstring says which convention it follows, and the evaluators
 return keys that carry the convention in the name (`avsbench_miou` vs `davf_miou`).
 
-Specification: `shared/reference/PEERS_AND_METRICS.md` section B (B1 localization, B2 segmentation,
-B3 separation, B4 classification) and `shared/reference/DEEPAVFUSION.md` sections 3.2-3.6. The
+Specification: `docs/metrics.md` (every definition, in prose, with the peer code it follows) and
+`docs/official_implementation.md` sections 3.2-3.6 (the official evaluators). The
 upstream files each function follows are named in its docstring.
 
 | task | function / evaluator | convention | scale |
@@ -35,15 +35,15 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    # classification (B4)
+    # classification
     "topk", "top1", "multi_head_top1", "mean_ap", "mean_roc_auc", "multi_head_mean_ap",
-    # localization (B1)
+    # localization
     "ciou_per_sample", "ciou_batch", "localization_metrics", "LocalizationEvaluator",
     "LOC_AUC_THRESHOLDS", "cell_hits",
-    # segmentation (B2)
+    # segmentation
     "avsbench_mask_iou", "avsbench_fscore_curve", "avsbench_miou", "avsbench_fscore",
     "AVSBenchEvaluator", "davf_fscore_binary", "davf_segmentation", "DeepAVFusionSegEvaluator",
-    # separation (B3)
+    # separation
     "bss_eval", "bss_eval_sdr", "is_silent", "SKIP_RULES", "SeparationEvaluator",
 ]
 
@@ -73,7 +73,7 @@ def _numpy(x) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- #
-# Classification (PEERS_AND_METRICS.md B4; DEEPAVFUSION.md 3.2-3.3)
+# Classification (docs/metrics.md#classification; docs/official_implementation.md §3.2-3.3)
 # --------------------------------------------------------------------------------------------- #
 
 def _class_indices(target) -> torch.Tensor:
@@ -92,7 +92,7 @@ def topk(logits, target, k: int = 5) -> float:
         k: a sample is correct if its target is among the `min(k, C)` highest scores.
 
     `torch.topk` breaks ties (as timm does); torchmetrics' `MulticlassAccuracy` defaults to *macro*
-    averaging and gives a different number (PEERS_AND_METRICS.md B4, "Library cautions").
+    averaging and gives a different number (docs/metrics.md#top-1-accuracy).
     """
     logits, target = _tensor(logits), _class_indices(target)
     if logits.ndim != 2 or logits.shape[0] != target.shape[0]:
@@ -104,7 +104,7 @@ def topk(logits, target, k: int = 5) -> float:
 
 
 def top1(logits, target) -> float:
-    """Micro top-1 accuracy in percent (`timm.utils.accuracy(...)[0]`; PEERS_AND_METRICS.md B4)."""
+    """Micro top-1 accuracy in percent (`timm.utils.accuracy(...)[0]`; docs/metrics.md#top-1-accuracy)."""
     return topk(logits, target, k=1)
 
 
@@ -125,7 +125,7 @@ def multi_head_top1(logits_by_head: Mapping[str, object], target) -> dict[str, f
 
     Returns `{head: top1, ..., "all": top1(mean of the heads' logits)}`. The official log keys are
     `val_acc1_image`, `val_acc1_audio`, `val_acc1_fusion`, `val_acc1_all`; the paper number is
-    `all` (DEEPAVFUSION.md 3.2). The mean is over logits, not probabilities.
+    `all` (docs/official_implementation.md §3.2). The mean is over logits, not probabilities.
     """
     if not logits_by_head:
         raise ValueError("logits_by_head is empty")
@@ -164,10 +164,10 @@ def mean_ap(scores, targets, classes: str = "seen") -> float:
         targets: (N, C) multi-hot labels.
         classes:
             "seen" -- DeepAVFusion `util/misc.py::calc_multi_class_stats`: mean over the classes with
-                at least one positive in `targets` (DEEPAVFUSION.md 3.2).
+                at least one positive in `targets` (docs/official_implementation.md §3.2).
             "all" -- AST / CAV-MAE / AudioMAE `util/stat.py`: mean over all C classes; sklearn 1.9
                 scores a class without positives as 0.0, which pulls the mean down whenever the eval
-                subset lacks a class (PEERS_AND_METRICS.md B4). AST prints a fraction; here x100.
+                subset lacks a class (docs/metrics.md#mean-average-precision). AST prints a fraction; here x100.
     """
     from sklearn.metrics import average_precision_score
 
@@ -198,7 +198,7 @@ def multi_head_mean_ap(scores_by_head: Mapping[str, object], targets, classes: s
 
 
 # --------------------------------------------------------------------------------------------- #
-# Sound source localization: cIoU / AUC (PEERS_AND_METRICS.md B1; DEEPAVFUSION.md 3.4)
+# Sound source localization: cIoU / AUC (docs/metrics.md#localization; docs/official_implementation.md §3.4)
 # Protocol of stoneMo/EZ-VSL test.py::validate + utils.py::Evaluator/normalize_img.
 # --------------------------------------------------------------------------------------------- #
 
@@ -261,7 +261,7 @@ def ciou_batch(pred_maps, gt_maps, threshold="median", *, mode: str = "bilinear"
     """`ciou_per_sample` for a batch: pred (B, h, w) or (B, 1, h, w), gt (B, H, W) or (B, 1, H, W).
 
     Each prediction is scored against its own GT map (EZ-VSL's `test.py` reads the whole batch's
-    `gt_map` and is only correct with batch size 1; SLAVC fixed that; PEERS_AND_METRICS.md B1).
+    `gt_map` and is only correct with batch size 1; SLAVC fixed that; docs/metrics.md#ciou).
     """
     pred, gt = _tensor(pred_maps), _tensor(gt_maps)
     if pred.ndim == 4:
@@ -347,7 +347,7 @@ class LocalizationEvaluator:
 
 
 # --------------------------------------------------------------------------------------------- #
-# Segmentation, AVSBench protocol (PEERS_AND_METRICS.md B2)
+# Segmentation, AVSBench protocol (docs/metrics.md#avsbench-miou)
 # OpenNLPLab/AVSBench avs_scripts/avs_s4/utils/utility.py (mask_iou, _eval_pr, Eval_Fmeasure)
 # and avs_s4/test.py + utils/pyutils.py::AverageMeter (mean over batches).
 # --------------------------------------------------------------------------------------------- #
@@ -460,7 +460,7 @@ def avsbench_miou(pred, gt, *, batch_frames: int | None = None, from_logits: boo
 
 def avsbench_fscore(pred, gt, *, batch_frames: int | None = None, from_logits: bool = True,
                     num_thresholds: int = 255, beta2: float = 0.3) -> float:
-    """AVSBench F-score (beta^2 = 0.3, S4/MS3) with its batch dependence (PEERS_AND_METRICS.md B2).
+    """AVSBench F-score (beta^2 = 0.3, S4/MS3) with its batch dependence (docs/metrics.md#avsbench-f-score).
 
     Per batch of `batch_frames` consecutive frames: the F curves (255 thresholds) of the frames with
     non-empty GT are averaged, then the max over thresholds is taken (one operating threshold per
@@ -536,7 +536,8 @@ class AVSBenchEvaluator:
 
 
 # --------------------------------------------------------------------------------------------- #
-# Segmentation, DeepAVFusion's own evaluator (PEERS_AND_METRICS.md B2 end; DEEPAVFUSION.md 3.5)
+# Segmentation, DeepAVFusion's own evaluator (docs/metrics.md#deepavfusion-evaluator;
+# docs/official_implementation.md §3.5)
 # stoneMo/DeepAVFusion eval_avsegm.py::AVSegmEvaluator (adapted from the AVSS code)
 # --------------------------------------------------------------------------------------------- #
 
@@ -688,7 +689,7 @@ def davf_segmentation(pred, gt, *, from_logits: bool = True, beta2: float = 0.3)
 
 
 # --------------------------------------------------------------------------------------------- #
-# Separation (PEERS_AND_METRICS.md B3; DEEPAVFUSION.md 3.6)
+# Separation (docs/metrics.md#separation; docs/official_implementation.md §3.6)
 # mir_eval.separation.bss_eval_sources (BSS-Eval v3, mir_eval<0.9), skip rules of
 # DeepAVFusion eval_avsrcsep.py::evaluate and Sound-of-Pixels main.py::calc_metrics.
 # --------------------------------------------------------------------------------------------- #

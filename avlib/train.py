@@ -5,7 +5,7 @@
     history.last_eval        # {"epoch": ..., "step": ..., "nn_acc": ...}
 
 Only ``loss_fn(model, batch) -> (loss, {term: value})`` and ``eval_fn(model) -> {metric: float}``
-differ between tasks. Everything else follows the official recipe (DEEPAVFUSION.md §1.5, §3), which
+differ between tasks. Everything else follows the official recipe (docs/official_implementation.md §1.5, §3), which
 inherits MAE's ``util/lr_sched.py`` / ``util/lr_decay.py`` conventions:
 
 1. lr = ``cfg.lr`` or ``blr * eff_batch / 256`` with ``eff_batch = batch_size * accum_steps * world``;
