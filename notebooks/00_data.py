@@ -299,11 +299,11 @@ display(fig, player)
 #
 # Drag the slider to browse the test scenes, each with its ground truth and an audio player. This is the
 # same `render_scene` call as above, wired to a slider. It needs JupyterLab with ipywidgets; batch runs
-# pass `explorers=False` (papermill can hang on widget output), and the static figures above stand in.
+# pass `explorers=False` (papermill can hang on widget output) and show a static gallery of the first
+# scenes instead.
 
 # %%
-if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.scene_explorer(test_ds))
+widgets.scene_explorer(test_ds, static=not explorers)   # the runner passes explorers=False: a static gallery
 
 # %% [markdown]
 # ## 9. How fast can we make scenes?

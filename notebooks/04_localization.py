@@ -257,16 +257,13 @@ fig
 #
 # Browse the samples and move the threshold to see which pixels an absolute threshold would keep (the
 # metric itself uses each image's median). The explorer needs JupyterLab with ipywidgets. Batch runs pass
-# `explorers=False`, because papermill can hang on widget output; the plain `render_overlay` call below
-# shows the same view for sample 0 in executed copies.
+# `explorers=False`, because papermill can hang on widget output; executed copies then show a static
+# gallery of the same views (the first samples of each method at threshold 0.5).
 
 # %%
 preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
-if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.overlay_explorer(examples["pretrained"]["image"], preds, examples["pretrained"]["gt"]))
-
-# %%
-widgets.render_overlay(examples["pretrained"]["image"], preds, examples["pretrained"]["gt"], 0, threshold=0.5)
+# the runner passes explorers=False: a static gallery of the same views
+widgets.overlay_explorer(examples["pretrained"]["image"], preds, examples["pretrained"]["gt"], static=not explorers)
 
 # %% [markdown]
 # ## 6. Results

@@ -212,16 +212,13 @@ fig
 #
 # Browse the samples and move the threshold. The IoU and F-score operating points (0.5 and the best
 # threshold) are often far apart. The explorer needs JupyterLab with ipywidgets. Batch runs pass
-# `explorers=False`, because papermill can hang on widget output; the plain `render_overlay` call below
-# shows sample 0 in executed copies.
+# `explorers=False`, because papermill can hang on widget output; executed copies then show a static
+# gallery of the same views (the first samples of each method at threshold 0.5).
 
 # %%
 preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
-if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.overlay_explorer(examples["pretrained"]["image"], preds, g))
-
-# %%
-widgets.render_overlay(examples["pretrained"]["image"], preds, g, 0, threshold=0.5)
+# the runner passes explorers=False: a static gallery of the same views
+widgets.overlay_explorer(examples["pretrained"]["image"], preds, g, static=not explorers)
 
 # %% [markdown]
 # ## 5. Results

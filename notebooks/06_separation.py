@@ -239,12 +239,13 @@ for label, player in scratch.items():
 # ### Explore
 #
 # The same view with a slider over the kept test mixtures (JupyterLab with ipywidgets; batch runs pass
-# `explorers=False`, because papermill can hang on widget output). To hear the scratch model instead, pass
+# `explorers=False`, because papermill can hang on widget output, and executed copies show a static gallery
+# of the first examples instead). To hear the scratch model instead, pass
 # `examples["scratch"]["pred_waveforms"]`.
 
 # %%
-if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.separation_explorer(ex["mix_waveform"], ex["pred_waveforms"], ex["gt_waveforms"], sr))
+# the runner passes explorers=False: a static gallery of the same views
+widgets.separation_explorer(ex["mix_waveform"], ex["pred_waveforms"], ex["gt_waveforms"], sr, static=not explorers)
 
 # %% [markdown]
 # ## 7. Results

@@ -37,6 +37,10 @@ def test_smoke_profile_runs_every_notebook(tmp_path, data_root, monkeypatch):
         widgets = [o for c in cells for o in c.get("outputs", [])
                    if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
         assert not widgets, f"{step.name}: {len(widgets)} widget outputs in the executed copy"
+        if step.name in ("00_data", "04_localization", "05_segmentation", "06_separation"):   # explorers off
+            markdown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for c in cells
+                               for o in c.get("outputs", []))
+            assert "a static gallery of" in markdown, f"{step.name}: no stand-in for its explorer"
     logs = "".join(o.get("text", "") for c in json.loads((out / "03_classification.ipynb").read_text())["cells"]
                    for o in c.get("outputs", []) if o.get("name") == "stdout")
     assert "[finetune (scratch)] step" in logs and "[linprobe (pretrained)]" in logs   # what trains is named
