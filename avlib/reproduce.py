@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .paths import REPORTS, ROOT, RUNS
-from .utils import markdown_table, stable_hash
+from .utils import atomic_write, markdown_table, stable_hash
 
 __all__ = [
     "MANIFEST", "KERNEL_ENV", "RUNNER_PARAMS", "ReproduceError", "NotebookFailed", "RunInterrupted", "Step", "Manifest",
@@ -423,8 +423,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Old or new file, never half of one (imported here: avlib.utils imports torch, the CLI need not)."""
-    from .utils import atomic_write
+    """Old or new file, never half of one."""
     atomic_write(path, text, mode="w")
 
 
@@ -913,6 +912,62 @@ def _write_summary(man: Manifest, state: Mapping, out: Path, profile: str, wall_
 
 
 # ----------------------------------------------------------------------------------------------
+# The seeds job
+# ----------------------------------------------------------------------------------------------
+def seeds_job(profile: str, seeds: Sequence[int], *, out: str | os.PathLike | None = None,
+              runs: str | os.PathLike | None = None, **kwargs) -> dict:
+    """Run the notebooks once per seed (``<out>/seed<N>``, ``<runs>/seed<N>``; pre-trained checkpoints from
+    the zoo are shared, everything the notebooks train is re-seeded), then aggregate every
+    ``<task>/<init>/<metric>`` over the seeds into ``<out>/seeds.json`` and ``<out>/seeds.md``: mean,
+    standard deviation and range, with the per-seed values. Returns the aggregate."""
+    out = Path(out or REPORTS / profile)
+    runs = Path(runs or RUNS / profile)
+    per_seed = {}
+    for seed in seeds:
+        summary = reproduce(profile, out=out / f"seed{seed}", runs=runs / f"seed{seed}", seed=seed, **kwargs)
+        per_seed[seed] = summary
+    if kwargs.get("dry_run"):
+        return {}
+    table = aggregate_seeds({s: sm.get("comparisons", []) for s, sm in per_seed.items()})
+    _write_json(out / "seeds.json", {"profile": profile, "seeds": list(seeds), "rows": table})
+    _write_text(out / "seeds.md", render_seeds(table, profile, list(seeds)))
+    return {"profile": profile, "seeds": list(seeds), "rows": table}
+
+
+def aggregate_seeds(comparisons_by_seed: Mapping[int, Sequence[Mapping]]) -> list[dict]:
+    """``[{task, init, metric, mean, std, min, max, n, values: {seed: value}}]`` over the seeds (``std``:
+    the sample standard deviation, 0 for one seed)."""
+    import statistics
+    cells: dict[tuple[str, str, str], dict[int, float]] = {}
+    for seed, rows in comparisons_by_seed.items():
+        for r in rows:
+            cells.setdefault((r["task"], r["init"], r["metric"]), {})[seed] = float(r["value"])
+    out = []
+    for (task, init, metric), values in cells.items():
+        v = list(values.values())
+        out.append({"task": task, "init": init, "metric": metric, "mean": statistics.fmean(v),
+                    "std": statistics.stdev(v) if len(v) > 1 else 0.0, "min": min(v), "max": max(v),
+                    "n": len(v), "values": {str(k): x for k, x in values.items()}})
+    return out
+
+
+def render_seeds(rows: Sequence[Mapping], profile: str, seeds: Sequence[int]) -> str:
+    """Markdown: per task, one row per metric and one column per init, ``mean ± std (min–max)``."""
+    lines = [f"# avlib seeds job: profile `{profile}`, seeds {', '.join(map(str, seeds))}", "",
+             "Each cell: mean ± sample standard deviation over the seeds (min–max).", ""]
+    groups: dict[str, dict[str, dict[str, Mapping]]] = {}
+    for r in rows:
+        groups.setdefault(r["task"], {}).setdefault(r["metric"], {})[r["init"]] = r
+    for task, metrics in groups.items():
+        inits = _ordered_inits(metrics.values())
+        lines += [f"**{task}**", ""]
+        body = [(m, *[(f"{c[k]['mean']:.4g} ± {c[k]['std']:.2g} ({c[k]['min']:.4g}–{c[k]['max']:.4g})"
+                       if k in c else "") for k in inits]) for m, c in metrics.items()]
+        lines += _table(["metric", *inits], body)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
@@ -928,6 +983,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="store_true", help="re-run notebooks even when up to date")
     ap.add_argument("--timeout", type=float, help="per-cell execution timeout in seconds")
     ap.add_argument("--seed", type=int, default=0, help="the seed parameter of every notebook (default 0)")
+    ap.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                    help="the seeds job: the whole run once per seed (into <out>/seed<N>, <runs>/seed<N>), then "
+                         "seeds.md / seeds.json in <out> with the mean and spread of every <task>/<init>/<metric>")
     ap.add_argument("--device", default="auto", help="the device parameter of every notebook (default auto)")
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="config overrides added to every notebook's `overrides` parameter, e.g. --set "
@@ -965,9 +1023,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM (a scheduler, `kill`) stops the run like Ctrl-C: recorded as interrupted, not a raw kill
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            reproduce(args.profile, manifest=args.manifest, out=args.out, runs=args.runs, only=args.only,
-                      start=args.start, force=args.force, timeout=args.timeout, seed=args.seed, device=args.device,
-                      overrides=overrides, log_output=not args.quiet, dry_run=args.dry_run)
+            common = dict(manifest=args.manifest, only=args.only, start=args.start, force=args.force,
+                          timeout=args.timeout, device=args.device, overrides=overrides,
+                          log_output=not args.quiet, dry_run=args.dry_run)
+            if args.seeds:
+                seeds_job(args.profile, args.seeds, out=args.out, runs=args.runs, **common)
+            else:
+                reproduce(args.profile, out=args.out, runs=args.runs, seed=args.seed, **common)
         finally:
             signal.signal(signal.SIGTERM, previous)
         return 0

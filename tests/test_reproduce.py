@@ -373,3 +373,30 @@ def test_sigint_is_recorded_as_interrupted_with_a_one_line_reason(tmp_path):
     assert summary["status"] == "interrupted" and summary["pending"] == ["s_slow", "a_make"]
     assert "**Run interrupted** in s_slow" in (out / "summary.md").read_text()
     assert metrics(out, "c_cfg")["norm_pix_loss"] is False       # --set reached the notebook as a bool
+
+
+SEEDED = HEADER.format(title="S: a seed-dependent result") + '''
+# %%
+from avlib import nb
+paths = nb.paths_for("s_seed", profile, out_dir, run_dir)
+nb.record({"finetune/scratch/top1": 50.0 + seed, "finetune/deepavfusion/top1": 60.0 + 2 * seed}, paths.out_dir)
+'''
+
+
+def test_seeds_job_runs_once_per_seed_and_aggregates(tmp_path):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    write_pair(nbs, "s_seed", SEEDED)
+    manifest = write_manifest(nbs, [{"name": "s_seed"}])
+    out = tmp_path / "reports"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rp, "_avlib_digest", lambda: "fixed")
+        code = rp.main(["--profile", "smoke", "--manifest", str(manifest), "--out", str(out), "--runs",
+                        str(tmp_path / "runs"), "--quiet", "--seeds", "0", "2"])
+    assert code == 0 and (out / "seed0" / "s_seed.ipynb").exists() and (out / "seed2" / "s_seed.ipynb").exists()
+    rows = {(r["init"], r["metric"]): r for r in json.loads((out / "seeds.json").read_text())["rows"]}
+    dav = rows[("deepavfusion", "top1")]
+    assert dav["values"] == {"0": 60.0, "2": 64.0} and dav["mean"] == 62.0 and dav["n"] == 2
+    assert dav["std"] == pytest.approx(2 ** 0.5 * 2) and (dav["min"], dav["max"]) == (60.0, 64.0)
+    md = (out / "seeds.md").read_text()
+    assert "| metric | scratch | deepavfusion |" in md and "| top1 | 51 ± 1.4 (50–52) | 62 ± 2.8 (60–64) |" in md
