@@ -37,7 +37,7 @@ from .config import config_to_dict, make_config
 from .paths import ROOT, RUNS
 from .utils import sha256_file
 
-__all__ = ["ZOO", "Recipe", "RECIPES", "ZooError", "checkpoint", "build", "verify", "manifest", "main"]
+__all__ = ["ZOO", "Recipe", "RECIPES", "ZooError", "checkpoint", "ensure", "build", "verify", "manifest", "main"]
 
 ZOO: Path = Path(os.environ.get("AVLIB_ZOO", ROOT / "zoo"))
 
@@ -66,6 +66,22 @@ class Recipe:
 
 # The profiles' recipes, in build order (a stage comes after the entry it warm-starts from).
 RECIPES: dict[str, list[Recipe]] = {}
+
+
+def ensure(profile: str, name: str, *, runs: Path | None = None, zoo: Path | None = None, device: str = "auto") -> Path:
+    """The checkpoint of entry ``name``: the zoo's file when the zoo has it (sha256 verified), else the
+    recipe trained here into ``runs/<name>`` (and the entries it warm-starts from, first). Notebooks call
+    this, so a profile without a committed zoo (``smoke``) pre-trains its stages live, in seconds."""
+    from .tasks import pretrain
+
+    found = checkpoint(profile, name, zoo=zoo, required=False)
+    if found is not None:
+        return found
+    r = _recipe(profile, name)
+    runs = Path(runs or RUNS / "zoo" / profile)             # the runs build() makes: a finished one is reused
+    warm = ensure(profile, r.warm_start, runs=runs, zoo=zoo, device=device) if r.warm_start else None
+    return pretrain(recipe_config(profile, name), runs / name, objective=r.objective, warm_start=warm,
+                    device=device, label=f"{profile}/{name}").checkpoint
 
 
 def _recipe(profile: str, name: str) -> Recipe:

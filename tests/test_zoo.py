@@ -80,3 +80,11 @@ def test_a_changed_or_missing_zoo_file_is_a_clear_error(tiny):
     assert zoo.checkpoint("smoke", "deepavfusion", zoo=root, required=False) is None
     with pytest.raises(zoo.ZooError, match=r"unknown zoo entries \['nope'\] for 'smoke'"):
         zoo.build("smoke", ["nope"], zoo=root, runs=runs)
+
+
+def test_ensure_trains_missing_stages_in_order_and_prefers_the_zoo(tiny):
+    root, runs = tiny
+    path = zoo.ensure("smoke", "deepavfusion", runs=runs, zoo=root, device="cpu")
+    assert path == runs / "deepavfusion" / "avmae.pt" and (runs / "unimodal" / "avmae.pt").exists()
+    zoo.build("smoke", ["unimodal"], zoo=root, runs=runs / "built", device="cpu")
+    assert zoo.ensure("smoke", "unimodal", runs=runs, zoo=root) == root / "smoke" / "unimodal.pt"
