@@ -24,7 +24,6 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .checkpoint import extract_state_dict, load_checkpoint, load_pretrained, save_checkpoint
 from .config import Config, apply_overrides, config_to_dict
@@ -36,7 +35,7 @@ from .objectives import OBJECTIVES
 from .probes import feature_table, fit_cached_probe, linear_probe_accuracy, token_table
 from .protocols import PROTOCOLS
 from .train import History, fit
-from .utils import barrier, is_main_process, resolve_device, seed_everything, sha256_file
+from .utils import barrier, is_main_process, progress_bar, resolve_device, seed_everything, sha256_file
 
 __all__ = ["INITS", "RunResult", "pretrain", "build_task_model", "run_task", "compare_inits",
            "evaluate", "predict_examples", "ablation", "feature_subsets", "token_probe", "run_fingerprint"]
@@ -256,14 +255,19 @@ def compare_inits(task: str, cfg: Config, run_root: str | Path, inits: Mapping[s
                   checkpoint: str | Path | None = None, device: str = "auto") -> dict[str, RunResult]:
     """The same protocol from several initializations, each in ``run_root/<name>/``.
 
-    ``inits``: ``{name: (init, checkpoint)}``, e.g. ``{"scratch": ("scratch", None), "unimodal":
-    ("warm_start", unimodal_ckpt), "deepavfusion": ("pretrained", av_ckpt)}``; default: the pre-trained
-    ``checkpoint`` vs scratch (``{"pretrained": ("pretrained", checkpoint), "scratch": ("scratch", None)}``).
+    ``inits``: ``{name: (init, checkpoint)}`` or ``{name: (init, checkpoint, overrides)}``, e.g.
+    ``{"scratch": ("scratch", None), "unimodal": ("warm_start", unimodal_ckpt), "deepavfusion":
+    ("pretrained", av_ckpt), "ezvsl": ("pretrained", ezvsl_ckpt, {"model.fusion_arch": "none"})}``:
+    ``overrides`` give the config of an init whose encoder differs (``zoo.initializations`` builds the
+    mapping). Default: the pre-trained ``checkpoint`` vs scratch.
     """
     if inits is None:
         inits = {"pretrained": ("pretrained", checkpoint), "scratch": ("scratch", None)}
-    return {name: run_task(task, cfg, Path(run_root) / name, init=init, checkpoint=ckpt, device=device, label=name)
-            for name, (init, ckpt) in inits.items()}
+    out = {}
+    for name, (init, ckpt, *overrides) in inits.items():
+        icfg = apply_overrides(cfg, overrides[0]) if overrides else cfg
+        out[name] = run_task(task, icfg, Path(run_root) / name, init=init, checkpoint=ckpt, device=device, label=name)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +365,7 @@ def ablation(cfg: Config, variants: Mapping[str, Mapping[str, Any]], run_root: s
     1-NN accuracies, ready for a table or ``viz.ablation_plot``.
     """
     rows = []
-    for name, overrides in tqdm(list(variants.items()), desc="ablation", disable=not progress):
+    for name, overrides in progress_bar(list(variants.items()), desc="ablation", disable=not progress):
         vcfg = apply_overrides(cfg, overrides)
         pre = pretrain(vcfg, Path(run_root) / name / "pretrain", device=device, label=name)
         res = run_task(probe, vcfg, Path(run_root) / name / probe, checkpoint=pre.checkpoint, device=device,

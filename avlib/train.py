@@ -60,8 +60,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .utils import (atomic_write, autocast, barrier, check_amp, is_distributed, is_main_process, rank,
-                    resolve_device, world_size)
+from .utils import (atomic_write, autocast, barrier, check_amp, is_distributed, is_main_process, progress_bar,
+                    rank, resolve_device, world_size)
 
 __all__ = [
     "fit", "History", "StepInfo", "NonFiniteLossError", "StopTraining", "ResumeError",
@@ -814,7 +814,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state())   # the last consistent state
     updating = False                       # inside the parameter update: an interrupt writes no checkpoint
     quiet = {} if main else {"disable": True}      # rank 0 only; TQDM_DISABLE etc. still apply there
-    epoch_bar = tqdm(total=cfg.epochs, initial=pos.epoch, desc=desc, dynamic_ncols=True, **quiet)
+    epoch_bar = progress_bar(total=cfg.epochs, initial=pos.epoch, desc=desc, dynamic_ncols=True, **quiet)
     step_bar = None
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -822,7 +822,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         while pos.epoch < cfg.epochs and pos.step < total_steps:
             train_model.train()
             batches = _epoch_batches(train_loader, run)
-            step_bar = tqdm(total=steps_per_epoch, initial=pos.batch // cfg.accum_steps, leave=False,
+            step_bar = progress_bar(total=steps_per_epoch, initial=pos.batch // cfg.accum_steps, leave=False,
                             desc=f"{desc} epoch {pos.epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
                             **(quiet if step_bars else {"disable": True}))
             while pos.batch + cfg.accum_steps <= steps_per_epoch * cfg.accum_steps and pos.step < total_steps:

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "seed_everything", "resolve_device", "check_amp", "autocast", "stable_hash", "markdown_table", "Registry",
+    "seed_everything", "resolve_device", "progress_bar", "check_amp", "autocast", "stable_hash", "markdown_table", "Registry",
     "seed_worker", "DistInfo", "init_distributed",
     "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_mean", "barrier", "cleanup",
     "sha256_file", "atomic_write", "folder_lock", "LockedError", "pid_alive",
@@ -234,6 +234,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if device == "cuda":   # plain "cuda": the GPU this process owns
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(device)
+
+
+def progress_bar(iterable=None, **kwargs):
+    """``tqdm.auto``'s bar (a widget in Jupyter, text in a terminal), off when ``TQDM_DISABLE`` is set:
+    ``tqdm.notebook`` ignores that variable, so the kit applies it itself. The runner sets it, and
+    executed copies keep the training loop's plain log lines instead of stale widgets."""
+    from tqdm.auto import tqdm
+
+    if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
 
 
 def check_amp(amp: str, device: torch.device) -> None:

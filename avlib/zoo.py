@@ -37,7 +37,8 @@ from .config import config_to_dict, make_config
 from .paths import ROOT, RUNS
 from .utils import sha256_file
 
-__all__ = ["ZOO", "Recipe", "RECIPES", "ZooError", "checkpoint", "ensure", "build", "verify", "manifest", "main"]
+__all__ = ["ZOO", "Recipe", "RECIPES", "ZooError", "checkpoint", "ensure", "initializations", "build", "verify",
+           "manifest", "main"]
 
 ZOO: Path = Path(os.environ.get("AVLIB_ZOO", ROOT / "zoo"))
 
@@ -56,12 +57,16 @@ class Recipe:
         objective: the registered pre-training objective (``avlib.objectives``).
         overrides: config overrides on the profile (dotted keys).
         warm_start: the entry whose modality ViTs this stage starts from (``tasks.load_branches``).
+        downstream: how a downstream run starts from it: ``"pretrained"`` (its whole encoder, with its
+            recipe's architecture) or ``"warm_start"`` (its two ViTs in the profile's own architecture,
+            a fresh fusion stream: the unimodal stage, what the audio-visual stage starts from).
     """
     name: str
     description: str
     objective: str = "deepavfusion"
     overrides: Mapping[str, Any] = field(default_factory=dict)
     warm_start: str | None = None
+    downstream: str = "pretrained"
 
 
 # The profiles' recipes, in build order (a stage comes after the entry it warm-starts from).
@@ -82,6 +87,26 @@ def ensure(profile: str, name: str, *, runs: Path | None = None, zoo: Path | Non
     warm = ensure(profile, r.warm_start, runs=runs, zoo=zoo, device=device) if r.warm_start else None
     return pretrain(recipe_config(profile, name), runs / name, objective=r.objective, warm_start=warm,
                     device=device, label=f"{profile}/{name}").checkpoint
+
+
+def initializations(profile: str, names: Sequence[str] = ("scratch", "unimodal", "deepavfusion"), *,
+                    runs: Path | None = None, zoo: Path | None = None, device: str = "auto") -> dict[str, tuple]:
+    """The initializations the downstream notebooks compare, in ``tasks.compare_inits``'s form
+    ``{name: (init, checkpoint, overrides)}``: ``scratch`` (random), ``unimodal`` (the zoo's unimodal ViTs,
+    a fresh fusion stream: what the paper's audio-visual stage starts from) and any other entry's whole
+    encoder, with its architecture's config overrides (a baseline's late-fusion backbone, an ablation's
+    fusion). Missing entries are trained here (``ensure``)."""
+    from .tasks import ENCODER_FIELDS
+
+    out: dict[str, tuple] = {"scratch": ("scratch", None, {})} if "scratch" in names else {}
+    for name in names:
+        if name in out:
+            continue
+        r = _recipe(profile, name)
+        ckpt = ensure(profile, name, runs=runs, zoo=zoo, device=device)
+        arch = {k: v for k, v in r.overrides.items() if k.startswith("model.") and k[len("model."):] in ENCODER_FIELDS}
+        out[name] = (r.downstream, ckpt, arch if r.downstream == "pretrained" else {})
+    return {name: out[name] for name in names}
 
 
 def _recipe(profile: str, name: str) -> Recipe:

@@ -88,3 +88,20 @@ def test_ensure_trains_missing_stages_in_order_and_prefers_the_zoo(tiny):
     assert path == runs / "deepavfusion" / "avmae.pt" and (runs / "unimodal" / "avmae.pt").exists()
     zoo.build("smoke", ["unimodal"], zoo=root, runs=runs / "built", device="cpu")
     assert zoo.ensure("smoke", "unimodal", runs=runs, zoo=root) == root / "smoke" / "unimodal.pt"
+
+
+def test_initializations_name_each_start_as_compare_inits_takes_it(tiny, monkeypatch):
+    root, runs = tiny
+    zoo.RECIPES["smoke"][0] = zoo.Recipe("unimodal", "two unimodal MAEs", downstream="warm_start",
+                                         overrides={"data.dataset": "synthetic", "pretrain.max_steps": 2,
+                                                    "model.fusion_arch": "none"})
+    zoo.RECIPES["smoke"].append(zoo.Recipe("late", "a late-fusion encoder", warm_start="unimodal",
+                                           overrides={"data.dataset": "synthetic", "pretrain.max_steps": 1,
+                                                      "model.fusion_arch": "none", "pretrain.epochs": 1}))
+    inits = zoo.initializations("smoke", ("scratch", "unimodal", "deepavfusion", "late"), runs=runs, zoo=root,
+                                device="cpu")
+    assert list(inits) == ["scratch", "unimodal", "deepavfusion", "late"]
+    assert inits["scratch"] == ("scratch", None, {})
+    assert inits["unimodal"][0] == "warm_start" and inits["unimodal"][2] == {}           # the profile's architecture
+    assert inits["deepavfusion"][0] == "pretrained" and inits["deepavfusion"][2] == {}
+    assert inits["late"] == ("pretrained", runs / "late" / "avmae.pt", {"model.fusion_arch": "none"})
