@@ -124,3 +124,12 @@ def test_setup_seeds_and_returns_device(capsys, restore_global_state):
         if torch.cuda.is_available():
             pytest.skip("CUDA present")
         nb.resolve_device("cuda")
+
+
+def test_narrate_fills_numbers_from_the_run_and_refuses_missing_ones():
+    text = nb.narrate("""
+        Fine-tuning reaches **{top1:.1f}%** ({delta:+.1f} points over scratch).
+        """, top1=81.234, delta=7.06)
+    assert text == "Fine-tuning reaches **81.2%** (+7.1 points over scratch)." and text._repr_markdown_() == text
+    with pytest.raises(KeyError, match="delta"):
+        nb.narrate("{top1:.1f} and {delta:+.1f}", top1=1.0)
