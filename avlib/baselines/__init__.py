@@ -4,6 +4,7 @@
 | name | module | method |
 |---|---|---|
 | ``sound_of_pixels`` | ``sound_of_pixels`` | Sound-of-Pixels (Zhao et al., ECCV 2018): visually conditioned mask prediction on mixtures |
+| ``ccol`` | ``ccol`` | CCoL (Tian et al., CVPR 2021): grounding-gated separation, separation-relabeled grounding |
 
 ``mixsep`` holds what the mix-and-separate methods share. Each module's docstring cites the code it was
 read from and lists its published vs kit hyper-parameters and every invented choice.
@@ -21,3 +22,4 @@ calibration added (no OGL, no thresholds or normalizations the method's test doe
   score at every visual token, raw (the localization metrics resize and normalize it like any map).
 """
 from . import sound_of_pixels  # noqa: F401
+from . import ccol  # noqa: F401
