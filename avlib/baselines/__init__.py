@@ -5,6 +5,7 @@
 |---|---|---|
 | ``sound_of_pixels`` | ``sound_of_pixels`` | Sound-of-Pixels (Zhao et al., ECCV 2018): visually conditioned mask prediction on mixtures |
 | ``ccol`` | ``ccol`` | CCoL (Tian et al., CVPR 2021): grounding-gated separation, separation-relabeled grounding |
+| ``oneavm`` | ``oneavm`` | OneAVM-style (reconstructed; Mo & Morgado, ICML 2023, no public code) |
 
 ``mixsep`` holds what the mix-and-separate methods share. Each module's docstring cites the code it was
 read from and lists its published vs kit hyper-parameters and every invented choice.
@@ -23,3 +24,4 @@ calibration added (no OGL, no thresholds or normalizations the method's test doe
 """
 from . import sound_of_pixels  # noqa: F401
 from . import ccol  # noqa: F401
+from . import oneavm  # noqa: F401
