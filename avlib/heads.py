@@ -42,7 +42,7 @@ from torch import nn
 __all__ = [
     "FEATURES", "AVClassifier", "AVLocalizer", "AVSegmenter", "AVSeparator", "AVSrcSepUNet",
     "DoubleConv", "Up", "tokens_to_map", "official_layer_ids",
-    "separation_targets", "separation_loss", "localization_loss", "segmentation_loss",
+    "separation_targets", "separation_loss", "separation_weight", "localization_loss", "segmentation_loss",
 ]
 
 FEATURES = ("audio", "visual", "fusion")
@@ -665,8 +665,14 @@ def separation_loss(logits: torch.Tensor, target: torch.Tensor, mix_audio: torch
     if weighted:
         if mix_audio is None:
             raise ValueError("weighted separation loss needs mix_audio")
-        weight = torch.log1p(torch.pow(10.0, mix_audio.float())).clamp(1e-3, 10.0)
+        weight = separation_weight(mix_audio)
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=weight)
+
+
+def separation_weight(mix_audio: torch.Tensor) -> torch.Tensor:
+    """Per-bin loss weights ``clamp(log1p(10 ** mix_audio), 1e-3, 10)`` (the mixture's mel power), the
+    official ``weighted_loss`` (and Sound-of-Pixels' ``log1p(|S_mix|)`` weighting on the mel grid)."""
+    return torch.log1p(torch.pow(10.0, mix_audio.float())).clamp(1e-3, 10.0)
 
 
 def localization_loss(logits: torch.Tensor, gt_map: torch.Tensor) -> torch.Tensor:

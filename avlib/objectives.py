@@ -16,6 +16,7 @@ read-outs, what the pre-trained model predicts with no downstream training: a lo
 | name | model | loss |
 |---|---|---|
 | ``deepavfusion`` | ``AVMAE``: the early-fusion encoder + one MAE decoder per modality | masked reconstruction of image and spectrogram patches (official ``loss_image + loss_audio``) |
+| ``sound_of_pixels``, ``ccol``, ``oneavm`` | prior methods on the two-stream backbone (``avlib.baselines``, imported at the end of this module) | mix-and-separate objectives; see each module |
 """
 from __future__ import annotations
 
@@ -119,3 +120,6 @@ class DeepAVFusionMAE(Objective):
         res.update(super().evaluate(model, loader, cfg, device))
         model.train()
         return res
+
+
+from . import baselines  # noqa: E402,F401
