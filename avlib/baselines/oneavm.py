@@ -26,7 +26,8 @@ Invented choices (with the field that holds each):
 1. The pairs: the 2B (source image, source audio) pairs of a batch of B mixtures (``images``,
    ``source_audio``); negatives = the other 2B - 1 pairs, in-batch, no queue, no EMA, no dropout
    (SLAVC's EMA and dropout are not reused). Another pair of the same digit class is a negative too
-   (a false negative, as for EZ-VSL; ``../shared/reference/BASELINES.md`` section 8).
+   (a false negative, as for EZ-VSL: with 10 digits and 4 per scene, another scene holds the spoken digit
+   about a third of the time).
 2. Projections: one Linear D -> ``proj_dim`` per modality (default D) on the visual tokens and on the
    mean-pooled audio tokens, L2-normalized (EZ-VSL: a 1x1 conv and a Linear after a max pool).
 3. ``tau`` = 0.03 (EZ-VSL and SLAVC, same authors); loss weights ``w_*`` = 1.
