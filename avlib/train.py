@@ -705,6 +705,17 @@ class _LogWindow:
             run.history.to_json(self.history_path)
 
 
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's buffers (BatchNorm running statistics and counters; cheap: no weights)."""
+    return {name: b.detach().clone() for name, b in model.named_buffers()}
+
+
+@torch.no_grad()
+def _restore_buffers(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    for name, b in model.named_buffers():
+        b.copy_(saved[name])
+
+
 def _evaluate(eval_fn, raw: nn.Module, run: _RunState, num_batches: int, desc: str, history_path: Path) -> None:
     """``eval_fn(raw)`` in eval mode, without gradients and with the training RNG streams untouched."""
     was_training = raw.training
@@ -811,7 +822,9 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     non_blocking = bool(getattr(train_loader, "pin_memory", False)) and device.type == "cuda"
     logger = _LogWindow(desc, total_steps, ckpts.history_path)
     callbacks = list(callbacks or [])
-    boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state())   # the last consistent state
+    # the last consistent state: position, RNGs and buffers (BatchNorm statistics move in every forward,
+    # so a checkpoint written between two optimizer steps restores them as they were at the last step)
+    boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state(), _buffers(raw))
     updating = False                       # inside the parameter update: an interrupt writes no checkpoint
     quiet = {} if main else {"disable": True}      # rank 0 only; TQDM_DISABLE etc. still apply there
     epoch_bar = progress_bar(total=cfg.epochs, initial=pos.epoch, desc=desc, dynamic_ncols=True, **quiet)
@@ -843,7 +856,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                 pos.step += 1
                 pos.batch += cfg.accum_steps
                 run.window.append(values)
-                boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state())
+                boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state(), _buffers(raw))
                 updating = False
                 step_bar.update(1)
                 step_bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -855,7 +868,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             step_bar.close()
             if pos.batch >= steps_per_epoch * cfg.accum_steps:     # the epoch is complete
                 pos.epoch, pos.batch = pos.epoch + 1, 0
-                boundary = (_Position(pos.epoch, 0, pos.step), boundary[1])
+                boundary = (_Position(pos.epoch, 0, pos.step), *boundary[1:])
                 epoch_bar.update(1)
             finished = pos.epoch >= cfg.epochs or pos.step >= total_steps
             if eval_fn is not None and (finished or (cfg.eval_every and pos.batch == 0
@@ -866,6 +879,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                 ckpts.save(pos, _rng_state(), run.epoch_start_rng, run)
     except StopTraining as e:
         history.meta.update(stopped=True, stop_reason=str(e), completed=False)
+        _restore_buffers(raw, boundary[2])
         ckpts.save(boundary[0], boundary[1], run.epoch_start_rng, run)
         if main:
             tqdm.write(f"[{desc}] stopped at step {pos.step}: {e}; checkpoint written to {ckpts.path}")
@@ -876,6 +890,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                       f"no new checkpoint (the previous one, if any, is intact)", flush=True)
         else:
             history.meta.update(stopped=True, stop_reason="KeyboardInterrupt", completed=False)
+            _restore_buffers(raw, boundary[2])
             ckpts.save(boundary[0], boundary[1], run.epoch_start_rng, run)
             print(f"[{desc}] interrupted: checkpoint at step {boundary[0].step} written to {ckpts.path}; "
                   f"call fit again to resume", flush=True)
