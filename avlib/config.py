@@ -208,7 +208,16 @@ class TrainConfig:
     pretrained_lr_ramp: bool = False     # official half-cosine ramp of the pretrained ViTs' lr
     pretrained_ramp_epochs: float = 0.5  # fraction of epochs the ramp lasts (official: epochs / 2)
     clip_grad: float | None = None
-    amp: str = "none"                    # none | bf16 | fp16 (GPU)
+    # none | bf16 | fp16 (GPU) | auto (bf16 where the device computes bf16 natively: a GPU that supports
+    # it, a CPU with AVX512-BF16 or AMX; none elsewhere, where emulated bf16 is slower than fp32)
+    amp: str = "none"
+    # scaled-dot-product attention kernel while training: "default" (torch's choice: flash on CPU) |
+    # "math" (the plain composite) | "auto" (math under bf16 autocast on CPU, else default). With bf16
+    # autocast on CPU the flash kernel's backward is ~10x slower than the math one at the small profiles'
+    # sequence lengths (<= 28 tokens); same math, float rounding.
+    attention_kernel: str = "default"
+    fused_optimizer: bool = False        # fused Adam(W) / SGD kernels on CPU too (always on CUDA); rounding only
+    threads: int | None = None           # torch intra-op threads while fit runs (None: as the process has them)
     freeze_encoder: bool = False         # linear probe
     max_steps: int | None = None         # hard cap on optimizer steps (smoke tests)
     log_every: int = 20                  # plain log line every N steps
@@ -220,8 +229,10 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if self.optimizer not in ("adamw", "adam", "sgd", "lars"):
             raise ConfigError(f"optimizer={self.optimizer!r}: adamw | adam | sgd | lars")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"amp={self.amp!r}: none | bf16 | fp16")
+        if self.amp not in ("none", "bf16", "fp16", "auto"):
+            raise ConfigError(f"amp={self.amp!r}: none | bf16 | fp16 | auto")
+        if self.attention_kernel not in ("default", "math", "auto"):
+            raise ConfigError(f"attention_kernel={self.attention_kernel!r}: default | math | auto")
 
 
 DATA_SPLITS = ("train", "val", "test")
