@@ -168,6 +168,10 @@ class DataConfig:
     test_size: int = 512                 # fixed evaluation scenes
     num_workers: int = 0
     pin_memory: bool = False
+    # fast path of the scene datasets: a DataLoader batch composes its scenes item by item, then runs the
+    # audio front end once on the whole batch (``__getitems__``) instead of once per item. The log-mels are
+    # bit-identical to the per-item reference (tests/test_scenes.py); False = the per-item reference.
+    batch_front_end: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "holdout_speakers", tuple(self.holdout_speakers))
