@@ -314,6 +314,10 @@ class SeparationConfig(TaskConfig):
     mask_rule: str = "dominant"
     weighted_loss: bool = False          # official README: True (log1p(S_mix) weights)
     eval_mixtures: int | None = None     # cap on test mixtures scored with BSS-eval (None: all; ~0.1 s each)
+    # how BSS-eval scores them (metrics.SeparationEvaluator, the same numbers): None = in process with numpy's
+    # BLAS threads as they are (reference); 0 = in process with one BLAS thread (equal up to < 1e-9 dB, and
+    # 5x faster on a busy 2-core machine, where two BLAS threads spin-wait); n = a pool of n processes
+    eval_workers: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -290,7 +290,7 @@ class Separation(Protocol):
     @torch.no_grad()
     def evaluate(self, model, loader, cfg, device="cpu"):
         model.eval()
-        ev = SeparationEvaluator(skip_rule="deepavfusion")
+        ev = SeparationEvaluator(skip_rule="deepavfusion", workers=self.config(cfg).eval_workers)
         for b in loader:
             _, est = self.separate(model, b, cfg, device)
             ev.update(b["source_waveforms"], est, b["mix_waveform"])
