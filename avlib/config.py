@@ -412,11 +412,10 @@ def _release(attn_ratio: float, mlp_ratio: float, name: str) -> Config:
 
 def _small(profile: str, *, embed_dim, depth, num_heads, fusion_heads, patch, image, mels, tokens,
            decoder_dim, decoder_depth, decoder_heads, train_size, test_size, pre_epochs, task_epochs,
-           batch, workers) -> Config:
+           batch) -> Config:
     # FSDD is 8 kHz: a 1 s clip, 32 ms windows, 16 ms hop -> 64 frames (+1 dropped) like the 3 s / 16 kHz paper grid
     data = DataConfig(dataset="avdigits", sample_rate=8000, clip_seconds=1.0, n_fft=256, hop_length=125,
-                      n_mels=mels, train_size=train_size, test_size=test_size, batch_front_end=True,
-                      num_workers=workers)
+                      n_mels=mels, train_size=train_size, test_size=test_size, batch_front_end=True)
     model = ModelConfig(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4.0, patch_size=patch,
                         image_size=(image, image), audio_size=(mels, data.num_frames),
                         num_fusion_tokens=tokens[0], num_aggr_image_tokens=tokens[1],
@@ -432,9 +431,9 @@ def _small(profile: str, *, embed_dim, depth, num_heads, fusion_heads, patch, im
     model = replace(model, image_mask_ratio=0.5, audio_mask_ratio=0.5)
     # The small profiles' fast path (python -m avlib.bench --sections small; README, "Speed"): bf16 autocast
     # where the CPU has native bf16, with the math attention kernel; fused optimizers; one intra-op thread
-    # (on a shared or busy 2-core machine two OpenMP threads spin-wait for each other at every op: several
-    # x slower) with the scenes composed in a DataLoader worker on the other core (data.num_workers, cpu
-    # profile); the audio front end once per batch (data.batch_front_end). Each switch off = the reference.
+    # (on a shared or busy 2-core machine two OpenMP threads spin-wait for each other at every op: 7-20x
+    # slower, measured at load 13); the audio front end once per batch (data.batch_front_end). Each switch
+    # off = the reference. A loader worker (data.num_workers=1) was measured ~5% slower on the busy machine.
     fast = dict(amp="auto", attention_kernel="auto", fused_optimizer=True, threads=1)
     pretrain = TrainConfig(epochs=pre_epochs, warmup_epochs=max(1, pre_epochs // 5), batch_size=batch,
                            lr=3e-4, weight_decay=0.05, betas=(0.9, 0.95), log_every=20,
@@ -460,13 +459,12 @@ PROFILES = {
     # tests: seconds
     "smoke": lambda: _small("smoke", embed_dim=32, depth=2, num_heads=2, fusion_heads=2, patch=16, image=32,
                             mels=32, tokens=(2, 2, 2), decoder_dim=16, decoder_depth=1, decoder_heads=2,
-                            train_size=32, test_size=16, pre_epochs=1, task_epochs=(2, 1, 1, 1, 1), batch=8,
-                            workers=0),
+                            train_size=32, test_size=16, pre_epochs=1, task_epochs=(2, 1, 1, 1, 1), batch=8),
     # the main job: the whole story on a 2-core laptop in minutes
     "cpu": lambda: _small("cpu", embed_dim=96, depth=4, num_heads=4, fusion_heads=4, patch=16, image=64,
                           mels=64, tokens=(4, 4, 4), decoder_dim=64, decoder_depth=2, decoder_heads=4,
                           train_size=3000, test_size=500, pre_epochs=10, task_epochs=(30, 3, 3, 3, 1),
-                          batch=64, workers=1),
+                          batch=64),
     # official ViT-B (yaml default fusion 0.25 / 4.0), real benchmarks, GPUs
     "paper": _paper,
     # the two released checkpoints' configurations
