@@ -16,7 +16,9 @@ inherits MAE's ``util/lr_sched.py`` / ``util/lr_decay.py`` conventions:
 5. optional pretrained-branch ramp: the image/audio ViTs' lr is multiplied by a half-cosine that
    rises from 0 to 1 over ``pretrained_ramp_epochs * epochs`` epochs;
 6. AdamW / Adam / SGD / LARS, AMP (bf16 autocast, or fp16 with a GradScaler), grad clipping,
-   gradient accumulation, DDP, atomic checkpoints with bit-exact resume, non-finite loss stop.
+   gradient accumulation, DDP, atomic checkpoints with bit-exact resume, non-finite loss stop;
+7. the fast-path switches of ``TrainConfig`` (each off = the reference): ``amp="auto"``, the attention
+   kernel (``utils.resolve_attention_kernel``), fused optimizers on CPU, ``threads`` while ``fit`` runs.
 
 Resume is bit-identical to an uninterrupted run (tested): the checkpoint stores the RNG states at the
 last optimizer step *and* at the start of the current epoch; resuming restores the epoch-start
