@@ -768,6 +768,31 @@ def bss_eval_sdr(ref_sources, est_sources) -> list[float]:
     return out
 
 
+def _one_blas_thread():
+    """A context in which numpy / scipy's BLAS and LAPACK use one thread (``threadpoolctl``).
+
+    BSS-eval's cost is LAPACK solves of 512- to 1024-sized systems; with several BLAS threads on a busy
+    machine they spin-wait for each other (measured 1-3 s per mixture instead of 0.3 s). The scores equal
+    the multi-threaded ones up to the solver's float rounding (< 1e-9 dB; another thread count splits
+    LAPACK's sums differently)."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api="blas")
+
+
+def _score_separation(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, sdr_mix: bool) -> dict[str, list[float]]:
+    """``bss_eval`` of one sample (plus ``sdr_mix``); what ``SeparationEvaluator`` scores, in or out of process."""
+    res = bss_eval(ref, est)
+    if sdr_mix:
+        res["sdr_mix"] = bss_eval_sdr(ref, np.repeat(mix[None], ref.shape[0], axis=0))
+    return res
+
+
+def _init_scoring_worker() -> None:
+    """A BSS-eval scoring process: one BLAS thread for its whole life (as ``_one_blas_thread``)."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1, user_api="blas")
+
+
 class SeparationEvaluator:
     """Streaming SDR/SIR/SAR with a named skip rule, plus the mixture-as-estimate baseline.
 
@@ -784,6 +809,13 @@ class SeparationEvaluator:
             baseline) and report `sdri = sdr - sdr_mix` (on the same kept samples). Costs ~10% more
             (`bss_eval_sdr`: the SDR needs no joint projection).
 
+        workers: how the samples are scored (the same ``bss_eval`` calls, hence the same numbers):
+            None -- in this process, with numpy's BLAS threads as they are (the reference);
+            0 -- in this process with one BLAS thread (``_one_blas_thread``: equal to the reference up to
+                LAPACK's rounding, < 1e-9 dB, and several x faster on a busy machine);
+            n > 0 -- in a pool of n forked processes, one BLAS thread each (equal to ``workers=0`` bit
+                for bit). ``close()`` (or ``compute()``) ends the pool.
+
     `update(ref_sources, est_sources, mix=None)`: (B, K, S) (one batch) or (K, S) (one sample);
     `mix` (B, S) / (S,) defaults to the sum of the references (the mixture of both references:
     DeepAVFusion sums waveforms; SoP sums the 1/N-scaled sources it also uses as references).
@@ -791,12 +823,15 @@ class SeparationEvaluator:
     """
 
     def __init__(self, skip_rule: str | None = "deepavfusion", *, aggregate: str = "samples",
-                 compute_sdr_mix: bool = True):
+                 compute_sdr_mix: bool = True, workers: int | None = None):
         if skip_rule is not None and skip_rule not in SKIP_RULES:
             raise ValueError(f"skip_rule must be one of {sorted(SKIP_RULES)} or None, got {skip_rule!r}")
         if aggregate not in ("samples", "batches"):
             raise ValueError(f"aggregate must be 'samples' or 'batches', got {aggregate!r}")
+        if workers is not None and workers < 0:
+            raise ValueError(f"workers must be None or >= 0, got {workers}")
         self.skip_rule, self.aggregate, self.compute_sdr_mix = skip_rule, aggregate, compute_sdr_mix
+        self.workers, self._pool = workers, None
         self.reset()
 
     def reset(self) -> None:
@@ -820,18 +855,18 @@ class SeparationEvaluator:
             raise ValueError(f"expected (B, K, S) refs and estimates, got {ref.shape}, {est.shape}")
         mix = ref.sum(1) if mix is None else _numpy(mix)
         batch: dict[str, list[float]] = {"sdr": [], "sir": [], "sar": [], "sdr_mix": []}
-        results: list[dict | None] = []
+        jobs: list[tuple | None] = []
         for r, e, m in zip(ref, est, mix):
             n = min(r.shape[-1], e.shape[-1])
             r, e = r[:, :n], e[:, :n]
-            if self._skip(r, e):
-                self.n_skipped += 1
-                results.append(None)
+            skip = self._skip(r, e)
+            self.n_skipped += skip
+            jobs.append(None if skip else (r, e, m[:n], self.compute_sdr_mix))
+        results = self._score([j for j in jobs if j is not None])
+        results = [None if j is None else results.pop(0) for j in jobs]
+        for res in results:
+            if res is None:
                 continue
-            res = bss_eval(r, e)
-            if self.compute_sdr_mix:
-                res["sdr_mix"] = bss_eval_sdr(r, np.repeat(m[None, :n], r.shape[0], axis=0))
-            results.append(res)
             for k, v in res.items():
                 self.values[k].extend(v)
                 batch[k].append(float(np.mean(v)))
@@ -840,7 +875,31 @@ class SeparationEvaluator:
         self.per_sample.extend(results)
         return results
 
+    def _score(self, jobs: list[tuple]) -> list[dict]:
+        """``_score_separation`` of every job, as ``workers`` says (class docstring)."""
+        if self.workers is None:
+            return [_score_separation(*j) for j in jobs]
+        if self.workers == 0 or len(jobs) <= 1:
+            with _one_blas_thread():
+                return [_score_separation(*j) for j in jobs]
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_init_scoring_worker)
+        return list(self._pool.map(_score_separation, *zip(*jobs)))
+
+    def close(self) -> None:
+        """End the scoring processes (``workers > 0``); a later ``update`` starts new ones."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown()
+
+    def __del__(self):
+        self.close()
+
     def compute(self) -> dict[str, float]:
+        self.close()
         # "samples": nan when nothing was kept; "batches": every update call counts (0 if empty)
         src = self.values if self.aggregate == "samples" else self.batch_means
         n_kept = sum(r is not None for r in self.per_sample)

@@ -278,7 +278,7 @@ class Separation(Protocol):
     mel-grid mask per source image; masks are scored as waveforms (``AVSeparator``, ``separate``)."""
 
     name, main_metric = "separation", "sdr"
-    eval_fields = ("test_data", "eval_mixtures")        # BSS-eval scores the first eval_mixtures test items
+    eval_fields = ("test_data", "eval_mixtures", "eval_workers")        # BSS-eval scores the first eval_mixtures test items
 
     def build(self, encoder, cfg, train_data=None):
         tcfg = self.config(cfg)
@@ -312,7 +312,7 @@ class Separation(Protocol):
     @torch.no_grad()
     def evaluate(self, model, loader, cfg, device="cpu", mask_fn=None):
         model.eval()
-        ev = SeparationEvaluator(skip_rule="deepavfusion")
+        ev = SeparationEvaluator(skip_rule="deepavfusion", workers=self.config(cfg).eval_workers)
         for b in loader:
             _, est = self.separate(model, b, cfg, device, mask_fn)
             ev.update(b["source_waveforms"], est, b["mix_waveform"])

@@ -50,7 +50,7 @@ BRANCHES = ("image.", "audio.")          # the modality ViTs of a DeepAVFusion e
 # live (0 and 2 workers give bit-identical weights, tests/test_scenes.py), activation checkpointing, and
 # which test items the evaluation scores. Run fingerprints leave them out, so changing one re-uses a
 # finished run (a changed evaluation field re-runs the evaluation only: ``eval_fingerprint``).
-PERFORMANCE_FIELDS = {"data": ("num_workers", "pin_memory", "root"), "model": ("grad_checkpointing",)}
+PERFORMANCE_FIELDS = {"data": ("num_workers", "pin_memory", "root", "batch_front_end"), "model": ("grad_checkpointing",)}
 EVAL_FIELDS = {"data": ("test_size",)}
 # ModelConfig fields that decide the encoder's architecture (and so its state dict): a checkpoint must
 # agree with the config on every one of them. Mask ratios, decoders, drop_path and the pair-attention

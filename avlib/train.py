@@ -16,7 +16,9 @@ inherits MAE's ``util/lr_sched.py`` / ``util/lr_decay.py`` conventions:
 5. optional pretrained-branch ramp: the image/audio ViTs' lr is multiplied by a half-cosine that
    rises from 0 to 1 over ``pretrained_ramp_epochs * epochs`` epochs;
 6. AdamW / Adam / SGD / LARS, AMP (bf16 autocast, or fp16 with a GradScaler), grad clipping,
-   gradient accumulation, DDP, atomic checkpoints with bit-exact resume, non-finite loss stop.
+   gradient accumulation, DDP, atomic checkpoints with bit-exact resume, non-finite loss stop;
+7. the fast-path switches of ``TrainConfig`` (each off = the reference): ``amp="auto"``, the attention
+   kernel (``utils.resolve_attention_kernel``), fused optimizers on CPU, ``threads`` while ``fit`` runs.
 
 Resume is bit-identical to an uninterrupted run (tested): the checkpoint stores the RNG states at the
 last optimizer step *and* at the start of the current epoch; resuming restores the epoch-start
@@ -60,8 +62,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .utils import (atomic_write, autocast, barrier, check_amp, is_distributed, is_main_process, progress_bar,
-                    rank, resolve_device, world_size)
+from .timing import torch_threads
+from .utils import (atomic_write, attention_kernel, autocast, barrier, check_amp, is_distributed, is_main_process,
+                    progress_bar, rank, resolve_amp, resolve_attention_kernel, resolve_device, world_size)
 
 __all__ = [
     "fit", "History", "StepInfo", "NonFiniteLossError", "StopTraining", "ResumeError",
@@ -74,7 +77,7 @@ HISTORY_NAME = "history.json"
 PRETRAINED_PREFIXES = ("encoder.image.", "encoder.audio.")   # the two initialized ViTs [code §1.5]
 # TrainConfig fields that do not change the trained weights: a checkpoint may be resumed with
 # different values (e.g. a larger max_steps continues a capped run). Every other field must match.
-RESULT_NEUTRAL_FIELDS = frozenset({"log_every", "eval_every", "ckpt_every", "max_steps", "compile"})
+RESULT_NEUTRAL_FIELDS = frozenset({"log_every", "eval_every", "ckpt_every", "max_steps", "compile", "threads"})
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -241,7 +244,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, eff_batch: int, **group_
     """The optimizer named by ``cfg.optimizer`` over ``param_groups(model, cfg, **group_kwargs)``.
 
     Each group's initial lr is ``resolve_lr(cfg, eff_batch) * lr_scale``; ``LRSchedule.apply`` then
-    sets it at every step. Built-in optimizers use ``fused=True`` on CUDA and ``foreach=True`` elsewhere.
+    sets it at every step. Built-in optimizers use ``fused=True`` on CUDA (and on CPU with
+    ``cfg.fused_optimizer``: one kernel per step instead of a dozen ``foreach`` ops, ~4x faster at the
+    small profiles, same update up to float rounding) and ``foreach=True`` elsewhere.
     """
     groups = param_groups(model, cfg, **group_kwargs)
     if not groups:
@@ -250,7 +255,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, eff_batch: int, **group_
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    fast = {"fused": True} if on_cuda else {"foreach": True}
+    fast = {"fused": True} if on_cuda or cfg.fused_optimizer else {"foreach": True}
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, **fast)
     if cfg.optimizer == "adam":      # weight_decay per group = classic L2 (the supplement uses 0)
@@ -656,9 +661,10 @@ def _epoch_batches(train_loader: DataLoader, run: _RunState):
 
 
 def _accumulate(train_model: nn.Module, batches, loss_fn, cfg: TrainConfig, scaler, device: torch.device,
-                non_blocking: bool) -> tuple[dict[str, float], int]:
-    """Forward + backward of ``cfg.accum_steps`` micro-batches (gradients sync on the last one under DDP);
-    returns the mean loss terms over micro-batches and ranks (one host sync) and the samples seen."""
+                non_blocking: bool, amp: str, kernel: str) -> tuple[dict[str, float], int]:
+    """Forward + backward of ``cfg.accum_steps`` micro-batches (gradients sync on the last one under DDP)
+    under autocast ``amp`` and attention kernel ``kernel`` (both resolved for the device); returns the mean
+    loss terms over micro-batches and ranks (one host sync) and the samples seen."""
     sums: dict[str, torch.Tensor] = {}
     samples = 0
     for micro in range(cfg.accum_steps):
@@ -667,7 +673,7 @@ def _accumulate(train_model: nn.Module, batches, loss_fn, cfg: TrainConfig, scal
         sync = (train_model.no_sync() if isinstance(train_model, DistributedDataParallel)
                 and micro < cfg.accum_steps - 1 else contextlib.nullcontext())
         with sync:
-            with autocast(cfg.amp, device):
+            with autocast(amp, device), attention_kernel(kernel):
                 loss, logs = loss_fn(train_model, batch)
             scaler.scale(loss / cfg.accum_steps).backward()
         terms = {"loss": loss.detach().float(), **{k: torch.as_tensor(v).detach().float().to(device)
@@ -793,6 +799,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     # -- setup ------------------------------------------------------------------------------------
     device = resolve_device(device)
     check_amp(cfg.amp, device)
+    amp = resolve_amp(cfg.amp, device)                      # "auto": bf16 where the device has it natively
+    kernel = resolve_attention_kernel(cfg.attention_kernel, amp, device)
     num_batches, steps_per_epoch = _batches_per_epoch(train_loader, cfg)
     run_dir = Path(run_dir)
     main = is_main_process()
@@ -803,7 +811,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     base_lr = resolve_lr(cfg, eff_batch)
     optimizer = build_optimizer(raw, cfg, eff_batch)
     schedule = LRSchedule.from_config(cfg, base_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -814,7 +822,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                          eval_fingerprint=eval_fingerprint or {})
     run = ckpts.restore(resume=resume, on_mismatch=on_mismatch, desc=desc, num_batches=num_batches)
     run.history.meta.update(lr=base_lr, eff_batch=eff_batch, world_size=world_size(),
-                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, stopped=False)
+                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, stopped=False,
+                            amp=amp, attention_kernel=kernel, threads=cfg.threads or torch.get_num_threads())
     pos, history = run.pos, run.history
 
     train_model = _wrap_for_training(model, cfg, device, ddp)
@@ -829,6 +838,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     quiet = {} if main else {"disable": True}      # rank 0 only; TQDM_DISABLE etc. still apply there
     epoch_bar = progress_bar(total=cfg.epochs, initial=pos.epoch, desc=desc, dynamic_ncols=True, **quiet)
     step_bar = None
+    threads = torch_threads(cfg.threads)          # cfg.threads intra-op threads until fit returns
+    threads.__enter__()
 
     # -- the loop ---------------------------------------------------------------------------------
     try:
@@ -840,7 +851,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                             **(quiet if step_bars else {"disable": True}))
             while pos.batch + cfg.accum_steps <= steps_per_epoch * cfg.accum_steps and pos.step < total_steps:
                 epoch_float = pos.epoch + pos.batch / num_batches
-                values, samples = _accumulate(train_model, batches, loss_fn, cfg, scaler, device, non_blocking)
+                values, samples = _accumulate(train_model, batches, loss_fn, cfg, scaler, device, non_blocking,
+                                              amp, kernel)
                 logger.samples += samples
                 bad = {k: v for k, v in values.items() if not math.isfinite(v)}
                 if bad:
@@ -899,6 +911,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         if step_bar is not None:
             step_bar.close()
         epoch_bar.close()
+        threads.__exit__(None, None, None)
     if run.eval_stale and eval_fn is not None and history.meta.get("completed"):
         _evaluate(eval_fn, raw, run, num_batches, desc, ckpts.history_path)     # same weights, new test data
         ckpts.save(pos, _rng_state(), run.epoch_start_rng, run)
