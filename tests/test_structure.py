@@ -20,7 +20,7 @@ LAYERS = [
     {"protocols", "objectives",
      "baselines", "baselines.mixsep", "baselines.sound_of_pixels", "baselines.ccol", "baselines.oneavm"},
     {"tasks"},
-    {"pretrain", "reproduce", "bench", "zoo", "nb"},
+    {"pretrain", "reproduce", "bench", "zoo", "budgets", "nb"},
     {"viz", "widgets"},
 ]
 
