@@ -37,8 +37,8 @@ from .config import config_to_dict, make_config
 from .paths import ROOT, RUNS
 from .utils import sha256_file
 
-__all__ = ["ZOO", "Recipe", "RECIPES", "staged_recipe", "ZooError", "checkpoint", "ensure", "initializations", "build", "verify",
-           "manifest", "main"]
+__all__ = ["ZOO", "Recipe", "RECIPES", "staged_recipe", "ZooError", "checkpoint", "ensure", "initializations",
+           "compared_inits", "build", "verify", "manifest", "main"]
 
 ZOO: Path = Path(os.environ.get("AVLIB_ZOO", ROOT / "zoo"))
 
@@ -141,6 +141,45 @@ def initializations(profile: str, names: Sequence[str] = ("scratch", "unimodal",
         arch = {k: v for k, v in r.overrides.items() if k.startswith("model.") and k[len("model."):] in ENCODER_FIELDS}
         out[name] = (r.downstream, ckpt, arch if r.downstream == "pretrained" else {})
     return {name: out[name] for name in names}
+
+
+def compared_inits(profile: str, *, pretrain_ckpt: str | Path | None = None, unimodal_ckpt: str | Path | None = None,
+                   names: Sequence[str] = ("scratch", "unimodal", "deepavfusion"), run_dir: Path | None = None,
+                   cfg=None, device: str = "auto") -> dict[str, tuple]:
+    """The initializations a downstream notebook compares (``tasks.compare_inits``'s mapping): random
+    (``scratch``), the unimodal warm start (``unimodal``: its two ViTs, a fresh fusion stream) and
+    DeepAVFusion's audio-visual pre-training (``deepavfusion``: the whole encoder), at the same budget.
+
+    Checkpoints handed over by 02 (``pretrain_ckpt``, ``unimodal_ckpt``) are used as given; otherwise the
+    profile's zoo entries (``ensure``: the committed file, or the recipe trained here). A profile without
+    zoo recipes (``paper``) pre-trains DeepAVFusion into ``run_dir/pretrain`` with its own recipe
+    (``cfg``) and has a unimodal row only when ``unimodal_ckpt`` is given (the official recipe starts from
+    ImageNet MAE / AudioMAE checkpoints, which the kit does not ship).
+    """
+    from .tasks import pretrain
+
+    zoo_profile = profile in RECIPES
+    out: dict[str, tuple] = {}
+    for name in names:
+        if name == "scratch":
+            out[name] = ("scratch", None, {})
+        elif name == "unimodal":
+            ckpt = unimodal_ckpt or (ensure(profile, "unimodal", device=device) if zoo_profile else None)
+            if ckpt:
+                out[name] = ("warm_start", Path(ckpt), {})
+        elif name == "deepavfusion":
+            ckpt = pretrain_ckpt
+            if not ckpt and zoo_profile:
+                ckpt = ensure(profile, "deepavfusion", device=device)
+            if not ckpt:
+                if cfg is None or run_dir is None:
+                    raise ZooError(f"profile {profile!r} has no zoo: pass pretrain_ckpt, or cfg and run_dir to "
+                                   "pre-train here")
+                ckpt = pretrain(cfg, Path(run_dir) / "pretrain", device=device).checkpoint
+            out[name] = ("pretrained", Path(ckpt), {})
+        else:
+            out.update(initializations(profile, (name,), device=device))
+    return out
 
 
 def _recipe(profile: str, name: str) -> Recipe:

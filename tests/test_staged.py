@@ -145,3 +145,22 @@ def test_budget_curves_read_the_validation_split_only(tmp_path, monkeypatch):
     assert ("localization", "val") in seen and ("localization", "test") not in seen
     fig = budgets.plot_curves(curves, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0 and fig.axes[0].get_title() == "localization"
+
+
+def test_the_notebooks_compare_three_initializations(tmp_path, monkeypatch):
+    monkeypatch.setitem(zoo.RECIPES, "smoke", [replace(r, overrides={**r.overrides, "data.dataset": "synthetic",
+                                                                      "pretrain.max_steps": 1})
+                                               for r in zoo.RECIPES["smoke"]])
+    monkeypatch.setattr(zoo, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(zoo, "ZOO", tmp_path / "zoo")              # no committed smoke zoo: trained here
+    inits = zoo.compared_inits("smoke", device="cpu")
+    assert list(inits) == ["scratch", "unimodal", "deepavfusion"]
+    assert inits["scratch"][0] == "scratch" and inits["unimodal"][0] == "warm_start"
+    assert inits["deepavfusion"][0] == "pretrained" and inits["deepavfusion"][1].is_file()
+    handed = zoo.compared_inits("smoke", pretrain_ckpt=inits["deepavfusion"][1], unimodal_ckpt="uni.pt")
+    assert handed["deepavfusion"][1] == inits["deepavfusion"][1] and str(handed["unimodal"][1]) == "uni.pt"
+    # a profile without zoo recipes: no unimodal row unless given, and DeepAVFusion needs a checkpoint
+    monkeypatch.delitem(zoo.RECIPES, "smoke")
+    assert list(zoo.compared_inits("smoke", pretrain_ckpt="av.pt")) == ["scratch", "deepavfusion"]
+    with pytest.raises(zoo.ZooError, match="pretrain_ckpt"):
+        zoo.compared_inits("smoke")
