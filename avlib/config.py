@@ -282,9 +282,9 @@ class ModelConfig:
     decoder_num_heads: int = 16
     decoder_mlp_ratio: float = 4.0
     norm_pix_loss: bool = True           # both modalities
-    # Small-scale masked-modeling deviations (kit; the official values are "patch" / "random"), measured
-    # at the cpu profile with frozen-token probes on the validation split (docs/protocols.md, "The staged
-    # recipe at small scale"):
+    # Small-scale masked-modeling deviations (kit; the official values are "patch" / "random"), measured at
+    # the cpu profile with frozen-token probes on the validation split
+    # (docs/pretraining.md#the-staged-recipe-at-small-scale):
     # - image_target_norm: norm_pix_loss standardizes each target patch over all its p*p*3 values
     #   ("patch", official) or each colour channel of a patch over its p*p pixels ("channel"). AV-Digits
     #   cells have random foreground / background colours, which a masked cell cannot predict and which

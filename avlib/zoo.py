@@ -71,7 +71,7 @@ class Recipe:
 
 def staged_recipe(unimodal: Mapping[str, Any] | None = None, audiovisual: Mapping[str, Any] | None = None
                   ) -> list[Recipe]:
-    """The official staged recipe at small scale (docs/protocols.md, "The staged recipe at small scale"):
+    """The official staged recipe at small scale (docs/pretraining.md#the-staged-recipe-at-small-scale):
 
     1. ``unimodal``: masked modeling of each modality alone: the two ViTs and their decoders with no fusion
        stream (``model.fusion_arch="none"``: the image MAE and the audio MAE train side by side, neither
@@ -98,7 +98,7 @@ def staged_recipe(unimodal: Mapping[str, Any] | None = None, audiovisual: Mappin
 # The profiles' recipes, in build order (a stage comes after the entry it warm-starts from). Budgets:
 # ``cpu``: batch 64 of 3,000 training scenes = 47 steps per epoch; 64 epochs (~3,000 steps) of unimodal
 # masked modeling and 17 (~800 steps) of audio-visual, lr 1e-3 with 10% warm-up, chosen with frozen-token
-# probes on the validation split (docs/protocols.md). ``smoke``: the same stages at the profile's budget.
+# probes on the validation split (docs/pretraining.md). ``smoke``: the same stages at the profile's budget.
 RECIPES: dict[str, list[Recipe]] = {
     "cpu": staged_recipe(
         unimodal={"pretrain.epochs": 64, "pretrain.warmup_epochs": 6, "pretrain.lr": 1e-3, "pretrain.eval_every": 16},
