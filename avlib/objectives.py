@@ -16,6 +16,9 @@ read-outs, what the pre-trained model predicts with no downstream training: a lo
 | name | model | loss |
 |---|---|---|
 | ``deepavfusion`` | ``AVMAE``: the early-fusion encoder + one MAE decoder per modality | masked reconstruction of image and spectrogram patches (official ``loss_image + loss_audio``) |
+
+The supplement's comparison methods (EZ-VSL, SLAVC, Mix-and-Localize, ...) live in ``avlib.baselines``, one
+module each, and register themselves when this module is imported (the import at the end).
 """
 from __future__ import annotations
 
@@ -45,12 +48,14 @@ class Objective:
 
     Attributes:
         name: registry key, also stored in every checkpoint the objective writes.
-        mixtures: pre-trains on mix-and-separate pairs (``MixtureDataset``) instead of single scenes.
+        mixtures: pre-trains on mix-and-separate pairs (``MixtureDataset``) instead of single scenes;
+            ``"alternates"``: pairs that also carry a second mixture of other recordings of the same sources
+            (``AlternateMixtureDataset``, Mix-and-Localize).
         checkpoint_name: file written into the pre-training run directory.
     """
 
     name: str = ""
-    mixtures: bool = False
+    mixtures: bool | str = False
 
     @property
     def checkpoint_name(self) -> str:
@@ -119,3 +124,6 @@ class DeepAVFusionMAE(Objective):
         res.update(super().evaluate(model, loader, cfg, device))
         model.train()
         return res
+
+
+from . import baselines  # noqa: E402,F401  (registers the comparison methods)
