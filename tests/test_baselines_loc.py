@@ -175,6 +175,11 @@ def test_mix_and_localize_cycle_on_a_toy_pair():
     swapped = torch.stack([e(1), e(0)])[None]                                          # M2's nodes bind the other way
     loss, acc = cycle_loss(v, same, swapped, 1.0)
     assert loss.item() == pytest.approx(-math.log(2 * sig * (1 - sig)), abs=1e-6) and acc.item() == 0.0
+    both = torch.stack([e(0), e(0)])[None]                                             # M2's nodes both bind image 0
+    loss, acc = cycle_loss(v, same, both, 1.0)
+    # A_SI rows are both [s, 1-s]: the walk from either node reaches node 0 with s^2 + (1-s)^2, node 1 with 2s(1-s)
+    want = -(math.log(sig ** 2 + (1 - sig) ** 2) + math.log(2 * sig * (1 - sig))) / 2
+    assert loss.item() == pytest.approx(want, abs=1e-6) and acc.item() == 0.5
 
 
 def test_mix_and_localize_model_walks_between_its_two_mixtures():
