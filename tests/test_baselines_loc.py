@@ -149,6 +149,7 @@ def test_slavc_model_pairs_online_images_with_ema_audio_and_back():
     cfg = _cfg()
     obj = OBJECTIVES["slavc"]
     model = obj.build(cfg)
+    model.start_ema()                                  # (what the first training forward does)
     with torch.no_grad():                              # targets that differ from the online branch
         for q in model.ema_heads.parameters():
             q.add_(0.05 * torch.randn_like(q))
@@ -220,13 +221,18 @@ def test_slavc_ema_copies_move_by_the_ema_rule_inside_the_training_forward():
     cfg = _cfg()
     obj = OBJECTIVES["slavc"]
     model = obj.build(cfg)
-    # the EMA copies start equal to the online modules
     online = dict(model.encoder.named_parameters()) | {f"h.{k}": v for k, v in model.heads.named_parameters()}
     ema = dict(model.ema_encoder.named_parameters()) | {f"h.{k}": v for k, v in model.ema_heads.named_parameters()}
-    assert all(torch.equal(online[k], ema[k]) for k in online)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    with torch.no_grad():                          # weights loaded after build, as a warm start does
+        for k, v in online.items():
+            if v.requires_grad:
+                v.add_(0.01 * torch.randn_like(v))
+    assert not all(torch.equal(online[k], ema[k]) for k in online)
     b = _batch(obj, cfg)
-    obj.loss(model, b)[0].backward()
+    obj.loss(model, b)[0].backward()                                    # the first training forward:
+    for k in online:                                                    # the EMA copies start as the online ones
+        torch.testing.assert_close(ema[k], online[k], rtol=0, atol=1e-6)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     opt.step()                                                          # online != EMA from here
     before = {k: v.detach().clone() for k, v in ema.items()}
     now = {k: v.detach().clone() for k, v in online.items()}
@@ -381,7 +387,7 @@ def test_a_pretrained_baseline_hands_its_online_encoder_downstream(pretrained):
     name, cfg, _, result = pretrained
     stored = torch.load(result.checkpoint, weights_only=True)
     assert stored["objective"] == name and stored["objective_options"] == OBJECTIVES[name].options()
-    model = build_task_model("finetune", cfg, "pretrained", result.checkpoint)
+    model = build_task_model("localization", cfg, "pretrained", result.checkpoint)
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, result.model.encoder.state_dict()[k]), k
 

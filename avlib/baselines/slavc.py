@@ -20,7 +20,8 @@ Tricks, as the code does them: dropout (p = 0.9) on the visual features before t
 EMA branch too (one ``nn.Dropout`` module serves both; the targets are computed in train mode); audio
 dropout 0; the EMA update happens inside every training forward, *before* the targets are computed
 (``mode == 'train'``), so the EMA weights live in the model's state dict and a resumed run continues bit for
-bit. ``--use_momentum`` is parsed but never read in the code: the EMA is always on.
+bit. ``--use_momentum`` is parsed but never read in the code: the EMA is always on. The EMA copies start
+equal to the online modules when training starts (after a warm start has been loaded; ``start_ema``).
 
 Port to the kit and every change for the tiny scale:
 
@@ -100,6 +101,11 @@ class SLAVCModel(nn.Module):
         self.heads = SLAVCHeads(cfg.model.embed_dim, dim)
         self.ema_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.ema_heads = copy.deepcopy(self.heads).requires_grad_(False)
+        # The EMA copies start as copies of the online modules *when training starts* (SLAVC builds both from
+        # the same ImageNet weights): a warm start (tasks.pretrain's load_branches) loads the online encoder
+        # after this constructor, so the first training forward (or read-out) copies it again. A buffer, so
+        # a resumed run knows it has started.
+        self.register_buffer("ema_started", torch.zeros((), dtype=torch.bool))
         self.img_dropout = nn.Dropout(dropout_img)
         self.aud_dropout = nn.Dropout(dropout_aud)
         self.tau, self.ema_momentum, self.audio_pool = float(tau), float(ema_momentum), audio_pool
@@ -110,6 +116,14 @@ class SLAVCModel(nn.Module):
         v = self.img_dropout(encode(encoder, "image", image))                              # (B, Nv, D)
         a = self.aud_dropout(pool_tokens(encode(encoder, "audio", audio), self.audio_pool))  # (B, D)
         return unit(heads.img_proj1(v)), unit(heads.img_proj2(v)), unit(heads.aud_proj1(a)), unit(heads.aud_proj2(a))
+
+    @torch.no_grad()
+    def start_ema(self) -> None:
+        """Copy the online encoder and heads into the EMA copies, once (see ``ema_started``)."""
+        if not bool(self.ema_started):
+            self.ema_encoder.load_state_dict(self.encoder.state_dict())
+            self.ema_heads.load_state_dict(self.heads.state_dict())
+            self.ema_started.fill_(True)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -124,6 +138,7 @@ class SLAVCModel(nn.Module):
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         v1, v2, a1, a2 = self.branch(self.encoder, self.heads, image, audio)
         with torch.no_grad():
+            self.start_ema()
             if self.training:
                 self.update_ema()
             tv1, tv2, ta1, ta2 = self.branch(self.ema_encoder, self.ema_heads, image, audio)   # targets
@@ -170,6 +185,7 @@ class SLAVC(LateFusionObjective):
     def localization_map(self, model: SLAVCModel, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """``model.py`` (``Savl``): the mean of the two heads' diagonal maps, cosines per visual token,
         with the EMA encoder and heads (``readout="ema"``) -> (B, gh, gw)."""
+        model.start_ema()                     # an untrained (e.g. only warm-started) model: EMA = online
         with eval_mode(model):
             enc, heads = ((model.ema_encoder, model.ema_heads) if self.readout == "ema"
                           else (model.encoder, model.heads))
