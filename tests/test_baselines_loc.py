@@ -16,7 +16,7 @@ from avlib.baselines import extended_test_scenes, zero_shot_localization, zero_s
 from avlib.baselines.common import LateFusionObjective, encode, validation_loss
 from avlib.baselines.ezvsl import max_xmil_logits
 from avlib.baselines.mix_and_localize import cycle_loss
-from avlib.baselines.slavc import SLAVC, slavc_logits
+from avlib.baselines.slavc import SLAVC, slavc_logits, surviving_channels_dropout
 from avlib.config import make_config
 from avlib.data import AlternateMixtureDataset, MixtureDataset, make_loaders
 from avlib.metrics import (LocalizationEvaluator, SLAVCEvaluator, ciou_per_sample, slavc_ap, slavc_confidence,
@@ -217,6 +217,15 @@ def test_every_parameter_the_objective_trains_gets_a_gradient(name):
     assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
 
 
+def test_slavc_visual_dropout_keeps_the_published_surviving_channels():
+    assert surviving_channels_dropout(512) == pytest.approx(0.9)               # the code's value at its width
+    assert surviving_channels_dropout(96) == pytest.approx(1 - 51.2 / 96) and surviving_channels_dropout(32) == 0.0
+    assert OBJECTIVES["slavc"].build(make_config("cpu", **LATE)).img_dropout.p == pytest.approx(1 - 51.2 / 96)
+    assert SLAVC(dropout_img=0.9).build(_cfg()).img_dropout.p == 0.9
+    with pytest.raises(ValueError, match="dropout_img"):
+        SLAVC(dropout_img=1.0)
+
+
 def test_slavc_ema_copies_move_by_the_ema_rule_inside_the_training_forward():
     cfg = _cfg()
     obj = OBJECTIVES["slavc"]
@@ -365,7 +374,12 @@ def test_slavc_evaluation_on_scenes_with_silent_and_offscreen_sounds():
 @pytest.fixture(scope="module", params=NAMES)
 def pretrained(request, tmp_path_factory):
     name = request.param
-    cfg = _cfg(**{"pretrain.epochs": 6, "pretrain.log_every": 1})
+    # one object per scene (grid 1), so the match of sound and picture is learnable by the smoke model (32-d,
+    # 2x2 tokens) in 24 steps of 16; with four objects per scene the loss moves less than its step noise.
+    # The same optimizer for every method: AdamW at a constant 3e-4 (the smoke profile's lr, no warm-up).
+    cfg = _cfg(**{"data.grid": 1, "data.train_size": 64, "pretrain.batch_size": 16, "pretrain.epochs": 6,
+                  "pretrain.lr": 3e-4, "pretrain.schedule": "constant", "pretrain.warmup_epochs": 0.0,
+                  "pretrain.log_every": 1})
     obj = OBJECTIVES[name]
     seed_everything(cfg.seed)                      # what pretrain does first: the same initial weights
     _, test = make_loaders(cfg, mixtures=obj.mixtures)

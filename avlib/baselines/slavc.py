@@ -29,19 +29,27 @@ Port to the kit and every change for the tiny scale:
 |---|---|
 | visual: 512x7x7 map, dropout, two 1x1 convs 512 -> D, L2 | visual tokens, dropout on them, two Linears, L2 |
 | audio: ResNet-18, global max pool, dropout 0, two Linears 512 -> D | audio tokens, max pool, two Linears, L2 |
-| tau 0.03, D 512, dropout_img 0.9, dropout_aud 0 | the same (``tau``, ``dim``, ``dropout_img``, ``dropout_aud``) |
+| tau 0.03, D 512, dropout_aud 0 | the same (``tau``, ``dim``, ``dropout_aud``) |
+| dropout_img 0.9 on 512 channels | **1 - 51.2 / embed_dim** (``dropout_img=None``), see below: 0.47 at 96-d |
 | EMA momentum 0.999 (``--m_img``, ``--m_aud``; argparse default 0.9) | **0.99** (``ema_momentum``), see below |
 | maps: mean of the two heads' diagonal maps, EMA encoders (``--use_mom_eval``) | the same (``readout``), cosines |
 | test maps blended with OGL (alpha 0.9) | dropped (AV-only maps) |
 | Adam lr 1e-4, weight decay 0, constant, batch 128, 20 epochs | ``optimizer_overrides``; steps, batch: the run's |
 
-The one change, the EMA momentum: the published run takes 20 epochs x 144k clips / 128 = ~22.5k steps, so
-0.999's horizon of 1 / (1 - m) = 1k steps is ~4 % of it; a kit run takes ~10^3 steps, where 0.999 would
-leave 0.999^1000 = 37 % of the random initial weights in the targets at the end. 0.99 (a 100-step
-horizon, 5 % of 2k steps) keeps the target's lag a similar fraction of the run. One momentum serves both
-modalities (the script sets both to 0.999). Kept although unverified at this scale (BASELINES.md): the
-dropout 0.9 on 96-d tokens (a 512x7x7 map keeps ~51 channels per location, a 96-d token ~10). The maps are
-cosines in [-1, 1]: the reference's cos / tau with its fixed range [-1/tau, 1/tau] is the same map scaled.
+The two changes. *Visual dropout*: the code drops 90 % of a 512-channel map, so each location's projection
+sees ~51 surviving channels; on the kit's 96-d tokens (cpu profile) 0.9 would leave ~10, and at the smoke
+profile's 32-d ~3, where SLAVC did not lower its loss at all (measured: 32 steps on 64 fixed synthetic
+scenes, lr 1e-3, means of the first and last 8 steps: 4.32 -> 4.27 with 0.9, 4.18 -> 2.15 without dropout).
+The kit keeps the published number of surviving channels instead: ``dropout_img=None`` means
+``p = 1 - 0.1 * 512 / embed_dim`` (0 when that is negative): exactly 0.9 at the published width 512, 0.93
+at ViT-B's 768, 0.47 at 96-d, 0 at 32-d; a float fixes it (0.9: the code's value).
+
+*EMA momentum*: the published run takes 20 epochs x 144k clips / 128 = ~22.5k steps, so 0.999's horizon of
+1 / (1 - m) = 1k steps is ~4 % of it; a kit run takes ~10^3 steps, where 0.999 would leave 0.999^1000 = 37 %
+of the random initial weights in the targets at the end. 0.99 (a 100-step horizon, 5 % of 2k steps) keeps
+the target's lag a similar fraction of the run. One momentum serves both modalities (the script sets both
+to 0.999). The maps are cosines in [-1, 1]: the reference's cos / tau with its fixed range [-1/tau, 1/tau]
+is the same map scaled.
 
 The encoder handed downstream (``encoder``) is the online one, as for every method (the EMA copy is the
 targets' device and the read-out's); its keys are ``encoder.*``, the EMA copy's ``ema_encoder.*``.
@@ -63,9 +71,16 @@ from ..objectives import register_objective
 from .common import (AUDIO_POOLS, LateFusionObjective, as_grid, encode, eval_mode, init_conv1x1_, init_linear_,
                      late_fusion_encoder, pool_tokens, unit)
 
-__all__ = ["SLAVCHeads", "SLAVCModel", "SLAVC", "slavc_logits"]
+__all__ = ["SLAVCHeads", "SLAVCModel", "SLAVC", "slavc_logits", "surviving_channels_dropout"]
 
 READOUTS = ("ema", "online")
+PUBLISHED_DROPOUT, PUBLISHED_WIDTH = 0.9, 512      # --dropout_img 0.9 on the ResNet-18's 512 channels
+
+
+def surviving_channels_dropout(width: int) -> float:
+    """The visual dropout that keeps SLAVC's published number of surviving channels per location,
+    ``(1 - 0.9) * 512 = 51.2``, on features of ``width`` channels (0 when ``width`` <= 51.2)."""
+    return max(0.0, 1.0 - (1.0 - PUBLISHED_DROPOUT) * PUBLISHED_WIDTH / width)
 
 
 def slavc_logits(v1: torch.Tensor, v2: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -94,7 +109,7 @@ class SLAVCModel(nn.Module):
     """Online encoder and heads, their EMA copies (``requires_grad=False``, in the state dict), the two
     dropouts; ``forward(image, audio) -> (loss, terms)`` updates the EMA copies first when training."""
 
-    def __init__(self, cfg: Config, *, dim: int, tau: float, dropout_img: float, dropout_aud: float,
+    def __init__(self, cfg: Config, *, dim: int, tau: float, dropout_img: float | None, dropout_aud: float,
                  ema_momentum: float, audio_pool: str):
         super().__init__()
         self.encoder = late_fusion_encoder(cfg, "SLAVC")
@@ -106,7 +121,8 @@ class SLAVCModel(nn.Module):
         # after this constructor, so the first training forward (or read-out) copies it again. A buffer, so
         # a resumed run knows it has started.
         self.register_buffer("ema_started", torch.zeros((), dtype=torch.bool))
-        self.img_dropout = nn.Dropout(dropout_img)
+        self.img_dropout = nn.Dropout(surviving_channels_dropout(cfg.model.embed_dim) if dropout_img is None
+                                      else dropout_img)
         self.aud_dropout = nn.Dropout(dropout_aud)
         self.tau, self.ema_momentum, self.audio_pool = float(tau), float(ema_momentum), audio_pool
 
@@ -156,7 +172,7 @@ class SLAVC(LateFusionObjective):
     name: str = "slavc"
     tau: float = 0.03             # --tau 0.03
     dim: int = 512                # --out_dim 512
-    dropout_img: float = 0.9      # --dropout_img 0.9
+    dropout_img: float | None = None   # --dropout_img 0.9 at 512 channels; None: the same surviving channels
     dropout_aud: float = 0.0      # --dropout_aud 0
     ema_momentum: float = 0.99    # published 0.999 (--m_img / --m_aud), scaled to the kit's run length
     audio_pool: str = "max"       # the audio ResNet's AdaptiveMaxPool2d; "mean" also offered
@@ -171,6 +187,8 @@ class SLAVC(LateFusionObjective):
             raise ValueError(f"audio_pool={self.audio_pool!r}: one of {AUDIO_POOLS}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout={self.readout!r}: one of {READOUTS}")
+        if self.dropout_img is not None and not 0.0 <= self.dropout_img < 1.0:
+            raise ValueError(f"dropout_img={self.dropout_img}: a value in [0, 1), or None (module docstring)")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum={self.ema_momentum}: a value in [0, 1)")
 
