@@ -29,7 +29,7 @@ from ..probes import knn_probe
 from ..protocols import PROTOCOLS
 
 __all__ = ["late_fusion_encoder", "encode", "pool_tokens", "unit", "as_grid", "eval_mode", "init_conv1x1_",
-           "init_linear_", "LateFusionObjective", "validation_loss", "zero_shot_localization",
+           "init_linear_", "LateFusionObjective", "adam_recipe", "validation_loss", "zero_shot_localization",
            "extended_test_scenes", "zero_shot_slavc"]
 
 AUDIO_POOLS = ("max", "mean")
@@ -136,6 +136,16 @@ class LateFusionObjective(Objective):
 
     name: str = ""
     optimizer_overrides: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {"audio_pool": AUDIO_POOLS}    # fields that name one of a few options
+
+    def __post_init__(self):
+        for field, allowed in self.choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field}={getattr(self, field)!r}: one of {allowed}")
+
+    def loss(self, model, batch):
+        """Scene methods: ``model(image, audio) -> (loss, terms)``."""
+        return model(batch["image"], batch["audio"])
 
     def options(self) -> dict[str, Any]:
         """The hyper-parameters (dataclass fields) of this objective."""
@@ -156,6 +166,12 @@ class LateFusionObjective(Objective):
         with eval_mode(model):
             out.update(knn_probe(self.encoder(model), loader, device))
         return out
+
+
+def adam_recipe(lr: float, weight_decay: float) -> dict[str, Any]:
+    """A published optimizer as ``pretrain.*`` overrides: Adam (L2 weight decay), default betas, constant lr."""
+    return {"pretrain.optimizer": "adam", "pretrain.lr": lr, "pretrain.weight_decay": weight_decay,
+            "pretrain.betas": (0.9, 0.999), "pretrain.schedule": "constant", "pretrain.warmup_epochs": 0.0}
 
 
 def _to(batch: Mapping[str, Any], device) -> dict[str, Any]:

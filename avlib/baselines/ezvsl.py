@@ -37,7 +37,7 @@ from torch import nn
 
 from ..config import Config
 from ..objectives import register_objective
-from .common import (AUDIO_POOLS, LateFusionObjective, as_grid, encode, eval_mode, init_conv1x1_, init_linear_,
+from .common import (LateFusionObjective, adam_recipe, as_grid, encode, eval_mode, init_conv1x1_, init_linear_,
                      late_fusion_encoder, pool_tokens, unit)
 
 __all__ = ["EZVSLModel", "EZVSL", "max_xmil_logits"]
@@ -84,19 +84,10 @@ class EZVSL(LateFusionObjective):
     dim: int = 512                # --out_dim 512
     audio_pool: str = "max"       # the audio ResNet's AdaptiveMaxPool2d; "mean" also offered
 
-    optimizer_overrides: ClassVar[dict[str, Any]] = {
-        "pretrain.optimizer": "adam", "pretrain.lr": 1e-4, "pretrain.weight_decay": 0.0,
-        "pretrain.betas": (0.9, 0.999), "pretrain.schedule": "constant", "pretrain.warmup_epochs": 0.0}
-
-    def __post_init__(self):
-        if self.audio_pool not in AUDIO_POOLS:
-            raise ValueError(f"audio_pool={self.audio_pool!r}: one of {AUDIO_POOLS}")
+    optimizer_overrides: ClassVar[dict[str, Any]] = adam_recipe(lr=1e-4, weight_decay=0.0)   # train.py, scripts
 
     def build(self, cfg: Config) -> EZVSLModel:
         return EZVSLModel(cfg, self.dim, self.tau, self.audio_pool)
-
-    def loss(self, model, batch):
-        return model(batch["image"], batch["audio"])
 
     @torch.no_grad()
     def localization_map(self, model: EZVSLModel, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:

@@ -52,8 +52,8 @@ from torch import nn
 
 from ..config import Config
 from ..objectives import register_objective
-from .common import (AUDIO_POOLS, LateFusionObjective, as_grid, encode, eval_mode, late_fusion_encoder, pool_tokens,
-                     unit, validation_loss)
+from .common import (AUDIO_POOLS, LateFusionObjective, adam_recipe, as_grid, encode, eval_mode, late_fusion_encoder,
+                     pool_tokens, unit, validation_loss)
 
 __all__ = ["MixAndLocalizeModel", "MixAndLocalize", "cycle_loss"]
 
@@ -136,15 +136,8 @@ class MixAndLocalize(LateFusionObjective):
     node_readout: str = "max"     # the kit's rule for a single-source test clip (module docstring)
 
     mixtures = "alternates"       # AlternateMixtureDataset: the second mixture M2 (not a dataclass field)
-    optimizer_overrides: ClassVar[dict[str, Any]] = {
-        "pretrain.optimizer": "adam", "pretrain.lr": 1e-4, "pretrain.weight_decay": 5e-4,
-        "pretrain.betas": (0.9, 0.999), "pretrain.schedule": "constant", "pretrain.warmup_epochs": 0.0}
-
-    def __post_init__(self):
-        if self.audio_pool not in AUDIO_POOLS:
-            raise ValueError(f"audio_pool={self.audio_pool!r}: one of {AUDIO_POOLS}")
-        if self.node_readout not in NODE_READOUTS:
-            raise ValueError(f"node_readout={self.node_readout!r}: one of {NODE_READOUTS}")
+    optimizer_overrides: ClassVar[dict[str, Any]] = adam_recipe(lr=1e-4, weight_decay=5e-4)   # README, config.py
+    choices: ClassVar[dict[str, tuple]] = {"audio_pool": AUDIO_POOLS, "node_readout": NODE_READOUTS}
 
     def build(self, cfg: Config) -> MixAndLocalizeModel:
         return MixAndLocalizeModel(cfg, dim=self.dim, num_nodes=self.num_nodes, temperature=self.temperature,

@@ -68,8 +68,8 @@ from torch import nn
 
 from ..config import Config
 from ..objectives import register_objective
-from .common import (AUDIO_POOLS, LateFusionObjective, as_grid, encode, eval_mode, init_conv1x1_, init_linear_,
-                     late_fusion_encoder, pool_tokens, unit)
+from .common import (AUDIO_POOLS, LateFusionObjective, adam_recipe, as_grid, encode, eval_mode, init_conv1x1_,
+                     init_linear_, late_fusion_encoder, pool_tokens, unit)
 
 __all__ = ["SLAVCHeads", "SLAVCModel", "SLAVC", "slavc_logits", "surviving_channels_dropout"]
 
@@ -178,15 +178,11 @@ class SLAVC(LateFusionObjective):
     audio_pool: str = "max"       # the audio ResNet's AdaptiveMaxPool2d; "mean" also offered
     readout: str = "ema"          # zero-shot maps from the EMA copies (--use_mom_eval) or the online ones
 
-    optimizer_overrides: ClassVar[dict[str, Any]] = {
-        "pretrain.optimizer": "adam", "pretrain.lr": 1e-4, "pretrain.weight_decay": 0.0,
-        "pretrain.betas": (0.9, 0.999), "pretrain.schedule": "constant", "pretrain.warmup_epochs": 0.0}
+    optimizer_overrides: ClassVar[dict[str, Any]] = adam_recipe(lr=1e-4, weight_decay=0.0)   # train_vggsound144k.sh
+    choices: ClassVar[dict[str, tuple]] = {"audio_pool": AUDIO_POOLS, "readout": READOUTS}
 
     def __post_init__(self):
-        if self.audio_pool not in AUDIO_POOLS:
-            raise ValueError(f"audio_pool={self.audio_pool!r}: one of {AUDIO_POOLS}")
-        if self.readout not in READOUTS:
-            raise ValueError(f"readout={self.readout!r}: one of {READOUTS}")
+        super().__post_init__()
         if self.dropout_img is not None and not 0.0 <= self.dropout_img < 1.0:
             raise ValueError(f"dropout_img={self.dropout_img}: a value in [0, 1), or None (module docstring)")
         if not 0.0 <= self.ema_momentum < 1.0:
@@ -195,9 +191,6 @@ class SLAVC(LateFusionObjective):
     def build(self, cfg: Config) -> SLAVCModel:
         return SLAVCModel(cfg, dim=self.dim, tau=self.tau, dropout_img=self.dropout_img,
                           dropout_aud=self.dropout_aud, ema_momentum=self.ema_momentum, audio_pool=self.audio_pool)
-
-    def loss(self, model, batch):
-        return model(batch["image"], batch["audio"])
 
     @torch.no_grad()
     def localization_map(self, model: SLAVCModel, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
