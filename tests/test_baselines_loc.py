@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from avlib.audio import AudioFrontEnd
-from avlib.baselines import extended_test_scenes, zero_shot_localization, zero_shot_slavc
+from avlib.baselines import extended_test_scenes, load_objective_model, zero_shot_localization, zero_shot_slavc
 from avlib.baselines.common import LateFusionObjective, encode, validation_loss
 from avlib.baselines.ezvsl import max_xmil_logits
 from avlib.baselines.mix_and_localize import cycle_loss
@@ -39,9 +39,9 @@ def _cfg(**kw):
     return make_config("smoke", **{**LATE, **kw})
 
 
-def _batch(obj, cfg, split="train"):
-    train, test = make_loaders(cfg, mixtures=obj.mixtures)
-    return next(iter(train if split == "train" else test))
+def _batch(obj, cfg):
+    """One training batch of the objective's own data (scenes, or mixture pairs)."""
+    return next(iter(make_loaders(cfg, mixtures=obj.mixtures)[0]))
 
 
 def e(i, n=2):
@@ -212,7 +212,8 @@ def test_every_parameter_the_objective_trains_gets_a_gradient(name):
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen - {n for n in frozen if n.startswith(("ema_encoder.", "ema_heads."))} == FROZEN
     assert (name == "slavc") == any(n.startswith("ema_") for n in frozen)
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert trained and missing == []
     assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
 
@@ -258,7 +259,7 @@ def test_slavc_ema_copies_move_by_the_ema_rule_inside_the_training_forward():
 
 
 def test_slavc_resumes_bit_for_bit_with_its_ema_and_dropout(tmp_path):
-    cfg = _cfg(**{"data.train_size": 16, "pretrain.batch_size": 4, "pretrain.epochs": 2, "pretrain.log_every": 1})
+    cfg = _cfg(**{"data.train_size": 16, "pretrain.batch_size": 4, "pretrain.epochs": 1, "pretrain.log_every": 1})
     obj = OBJECTIVES["slavc"]
 
     def run(run_dir, callbacks=()):
@@ -270,13 +271,13 @@ def test_slavc_resumes_bit_for_bit_with_its_ema_and_dropout(tmp_path):
     ref, ref_hist = run(tmp_path / "ref")
 
     def stop(info):
-        if info.step >= 3:                                              # mid-epoch (4 steps per epoch)
-            raise StopTraining("stop at step 3")
+        if info.step >= 2:                                              # mid-epoch (4 steps per epoch)
+            raise StopTraining("stop at step 2")
 
     run(tmp_path / "b", [stop])
     torch.manual_seed(999)                          # the resumed process starts from another RNG state
     model, hist = run(tmp_path / "b")
-    assert hist.meta["resumed_from_step"] == [3] and hist.meta["completed"]
+    assert hist.meta["resumed_from_step"] == [2] and hist.meta["completed"] and len(hist.steps) == 4
     ref_sd, sd = ref.state_dict(), model.state_dict()
     assert any(k.startswith("ema_encoder.") for k in sd)
     for k in ref_sd:
@@ -404,6 +405,11 @@ def test_a_pretrained_baseline_hands_its_online_encoder_downstream(pretrained):
     model = build_task_model("localization", cfg, "pretrained", result.checkpoint)
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, result.model.encoder.state_dict()[k]), k
+    # the whole model comes back for the zero-shot read-outs (EMA copies included)
+    obj, again, stored_cfg = load_objective_model(result.checkpoint)
+    assert obj is OBJECTIVES[name] and stored_cfg == cfg and not again.training
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,7 +425,8 @@ def test_alternate_mixtures_are_other_recordings_of_the_same_sources(dataset, re
     cfg = make_config("smoke", **{"data.dataset": dataset})
     front = AudioFrontEnd(cfg.data)
     for split in ("train", "test"):
-        alt, base = AlternateMixtureDataset(cfg, split, root=root, size=4), MixtureDataset(cfg, split, root=root, size=4)
+        alt = AlternateMixtureDataset(cfg, split, root=root, size=4)
+        base = MixtureDataset(cfg, split, root=root, size=4)
         for i in range(4):
             it, plain = alt[i], base[i]
             assert all(torch.equal(it[k], plain[k]) for k in plain)      # the first mixture is untouched

@@ -14,7 +14,8 @@ when ``avlib.objectives`` is imported:
 
     cfg = make_config("cpu", **{"model.fusion_arch": "none"})
     result = tasks.pretrain(cfg, run_dir, objective="slavc")           # checkpoint run_dir/slavc.pt
-    baselines.zero_shot_localization("slavc", result.model, test_loader, cfg)    # cIoU / AUC / cell_acc
+    objective, model, cfg = baselines.load_objective_model(run_dir / "slavc.pt")  # heads and EMA copies too
+    baselines.zero_shot_localization(objective, model, test_loader, cfg)          # cIoU / AUC / cell_acc
 
 **The kit's zero-shot read-out rule** (one rule for every method, printed next to each number): the map
 is the method's own test-time audio-visual map, with no OGL object prior and no other non-AV term, as a
@@ -29,4 +30,4 @@ scenes with silent and off-screen sounds with SLAVC's evaluator (``zero_shot_sla
 from . import ezvsl  # noqa: F401
 from . import slavc  # noqa: F401
 from . import mix_and_localize  # noqa: F401
-from .common import extended_test_scenes, zero_shot_localization, zero_shot_slavc  # noqa: F401
+from .common import extended_test_scenes, load_objective_model, zero_shot_localization, zero_shot_slavc  # noqa: F401

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import Config
+from ..checkpoint import extract_state_dict, load_checkpoint
+from ..config import Config, config_from_dict
 from ..data.loaders import SCENE_DATASETS, make_dataset
 from ..metrics import SLAVCEvaluator
 from ..model import DeepAVFusion, build_encoder
@@ -29,8 +30,8 @@ from ..probes import knn_probe
 from ..protocols import PROTOCOLS
 
 __all__ = ["late_fusion_encoder", "encode", "pool_tokens", "unit", "as_grid", "eval_mode", "init_conv1x1_",
-           "init_linear_", "LateFusionObjective", "adam_recipe", "validation_loss", "zero_shot_localization",
-           "extended_test_scenes", "zero_shot_slavc"]
+           "init_linear_", "LateFusionObjective", "adam_recipe", "validation_loss", "load_objective_model",
+           "zero_shot_localization", "extended_test_scenes", "zero_shot_slavc"]
 
 AUDIO_POOLS = ("max", "mean")
 
@@ -192,6 +193,22 @@ def validation_loss(objective: Objective, model: nn.Module, loader, device="cpu"
                 sums[k] = sums.get(k, 0.0) + float(v) * b
             n += b
     return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def load_objective_model(checkpoint, device="cpu") -> tuple[Objective, nn.Module, Config]:
+    """The objective, its whole pre-trained model (heads and EMA copies included, for the zero-shot
+    read-outs) and the config of a checkpoint that ``tasks.pretrain`` wrote for a comparison method.
+    Refuses a checkpoint whose stored hyper-parameters differ from the registered objective's."""
+    ckpt = load_checkpoint(checkpoint)
+    obj = OBJECTIVES[ckpt.get("objective", "?")]
+    stored = ckpt.get("objective_options")
+    if stored is not None and stored != obj.options():
+        raise ValueError(f"{checkpoint}: written with {obj.name} options {stored}, registered now: {obj.options()}; "
+                         f"register the variant under its own name to read it")
+    cfg = config_from_dict(ckpt["config"])
+    model = obj.build(cfg)
+    model.load_state_dict(extract_state_dict(ckpt), strict=True)
+    return obj, model.to(device).eval(), cfg
 
 
 # ----------------------------------------------------------------------------------------------
