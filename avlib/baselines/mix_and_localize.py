@@ -32,15 +32,17 @@ Port to the kit and every change:
 | T 0.07 (``--cycle_temp``), K 2 (``--mix_audio_nodes``), width 128 | the same (``temperature``, ``num_nodes``, ``dim``)|
 | Adam, lr 1e-3 / 10 = 1e-4 (MUSIC command), wd 5e-4 on all parameters | ``optimizer_overrides`` (biases: no wd) |
 
-The mixing changes only the network's input level (log-mel: a constant offset), kept as the kit's
-separation data builds it. Initialization: PyTorch defaults, as the code (a 1x1 Conv2d and a Linear
+Mixing: MnL equalizes the two clips' RMS and averages them; the kit keeps its separation pairs as they are
+(peak-normalized FSDD clips, each with its own random +-6 dB training gain, summed), so the two sources'
+relative level varies more here (the mean instead of the sum is only a constant offset of the log-mel).
+Initialization: PyTorch defaults, as the code (a 1x1 Conv2d and a Linear
 share them). The model's ``conv_av`` (a bias-free 1x1 conv on the maps, one scalar) is left out: the
 loss never uses it, so it stays at its random (possibly negative) initialization.
 
 Zero-shot read-out: one cosine map per node (``av_map``, the raw cosines); the repository has no
 localization evaluation, so the kit states its rule for a single-source test clip: the **maximum over the
-nodes** at each location (``node_readout``; "mean" also offered): the node bound to the sounding source
-gives the peak, the other node's map is not suppressed by averaging it in.
+nodes** at each location (``node_readout``; "mean" also offered): the node that binds the sounding source
+gives the peak, and the other node's map does not dilute it.
 """
 from __future__ import annotations
 
