@@ -1,6 +1,8 @@
 # The kit's entry points. Every target creates/reuses the local virtual environment (.venv) itself.
 #   make reproduce   set up, fetch data if needed, run every notebook at the cpu profile -> reports/cpu/
 #   make test        set up, run the test suite (what CI runs)
+#   make zoo         rebuild the pre-trained checkpoints the notebooks use (zoo/, about 2 h on 2 cores)
+#   make seeds       the downstream comparison over seeds 0, 1, 2 -> reports/cpu/seeds.md
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +17,7 @@ export AVLIB_DATA_ROOT := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: setup reproduce test data smoke bench lab clean-reports check-notebooks
+.PHONY: setup reproduce test data smoke bench lab clean-reports check-notebooks seeds zoo
 
 setup: $(STAMP)
 
@@ -33,6 +35,14 @@ reproduce: data
 
 smoke: setup
 	$(PY) -m avlib.reproduce --profile smoke
+
+# the comparison repeated over 3 seeds (downstream notebooks; the zoo's checkpoints are shared)
+seeds: data
+	$(PY) -m avlib.reproduce --profile $(PROFILE) --seeds 0 1 2 --from 03_classification
+
+# rebuild the model zoo of a profile (zoo/manifest.json records how each file was made)
+zoo: data
+	$(PY) -m avlib.zoo build --profile $(PROFILE)
 
 test: setup
 	$(PY) -m pytest -q

@@ -23,6 +23,8 @@ with the iSTFT.
 """
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -221,8 +223,16 @@ class MaskToWaveform(nn.Module):
 def apply_mel_mask(mix_waveform: torch.Tensor, mask: torch.Tensor, data_cfg: Any = None, *,
                    logits: bool = False) -> torch.Tensor:
     """Functional form of :class:`MaskToWaveform`: ``(B, S)``, ``(B, 1, F, T)`` -> ``(B, S)``.
-    ``data_cfg=None`` uses the paper front end (``DataConfig()``)."""
+    ``data_cfg=None`` uses the paper front end (``DataConfig()``). The module (filterbank, window) is built
+    once per front-end geometry and device, not per call."""
     if data_cfg is None:
         from avlib.config import DataConfig
         data_cfg = DataConfig()
-    return MaskToWaveform(data_cfg).to(mix_waveform.device)(mix_waveform, mask, logits=logits)
+    key = tuple(sorted(_params(data_cfg).items()))
+    return _mask_to_waveform(key, str(mix_waveform.device))(mix_waveform, mask, logits=logits)
+
+
+@functools.lru_cache(maxsize=8)
+def _mask_to_waveform(params: tuple, device: str) -> MaskToWaveform:
+    p = dict(params)
+    return MaskToWaveform(SimpleNamespace(**p, clip_seconds=p["clip_samples"] / p["sample_rate"])).to(device)

@@ -4,6 +4,7 @@
     python -m avlib.bench                                 # + the ViT-B release configs, batch 8 and 64 blocks
     python -m avlib.bench --configs vggsound_release,vggsound_release:dense --sections pretrain,inference
     python -m avlib.bench --device cuda --compile --json bench.json
+    python -m avlib.bench --sections small --threads 1       # the cpu profile's training steps, fast vs reference
 
 Sections (each one function, ``bench_*`` below):
   1. pretraining step: ``AVMAE`` forward + backward (+ AdamW with ``--optimizer``) at the configured mask
@@ -16,12 +17,18 @@ Sections (each one function, ``bench_*`` below):
      stand in, with a note, when the recordings are not available);
   5. analytic model FLOPs (formulas in ``avmae_flops``) and, on CUDA, bf16 autocast throughput and model
      FLOPs utilization (MFU) of ViT-B pretraining at batch 64, with ``--compile`` adding
-     ``torch.compile`` and activation-checkpointing rows.
+     ``torch.compile`` and activation-checkpointing rows;
+  6. the small profiles' training steps (``--small-config``, default ``cpu``): pre-training and each
+     downstream protocol's step (``--small-stages``; ``--quick``: pre-training only), data excluded, data
+     included and the data path alone, for three paths timed interleaved in one process (``SMALL_PATHS``:
+     every fast switch off, the fast switches at the reference's threads, the profile as configured), with
+     achieved GFLOP/s against fp32 / bf16 GEMM ceilings timed in the same rounds; plus the separation
+     scoring (BSS-eval), reference vs fast.
 The machine (CPU model, cores, threads, load, versions, GPU) heads the report: read timings with it.
 
 Ratios are always reference / fast: "speedup" = explicit time / separable time (> 1: separable is
 faster), "mem ratio" = explicit peak / separable peak. For the released configs at batch 2 on CPU a
-second ratio compares with the official code's CPU timings (DEEPAVFUSION.md §1.7, a different CPU:
+second ratio compares with the official code's CPU timings (docs/official_implementation.md §1.7, a different CPU:
 indicative only).
 
 Timing: the explicit and separable paths of a row are built in one process and called round-robin
@@ -71,10 +78,20 @@ MODES = ("explicit", "separable")       # reference first
 FAST_MODE = "separable+bf16"            # every fast switch that applies on any device: exact pairs + bf16 autocast
 RELEASE_PROFILES = ("paper", "vggsound_release", "as2m_release")
 RESULT_TAG = "BENCH_RESULT "
+# the stages timed (linprobe trains a linear layer on cached features: nothing to time per step)
+SMALL_STAGES = ("pretrain", "finetune", "localization", "segmentation", "separation")
+# reference = every fast switch off (today's path); "fast @ ref threads" = the fast switches but the
+# reference's threads and no loader worker (what the switches buy at equal CPU resources); fast = the profile
+SMALL_PATHS = ("reference", "fast @ ref threads", "fast")
+_REFERENCE_DATA = {"batch_front_end": False, "num_workers": 0}
+_REFERENCE_TRAIN = {"amp": "none", "attention_kernel": "default", "fused_optimizer": False, "threads": None}
+# ceiling GEMMs: calls of 10 ms and more, which a busy machine time-slices as it does the steps (a 512
+# GEMM finishes within one time slice and reads up to 3x "faster" than any long computation there)
+GEMM_SIZES = (1024, 2048)
 GiB, MiB = 2 ** 30, 2 ** 20
 
-# The official code's CPU timings [DEEPAVFUSION.md §1.7]: AVMAE fwd+bwd and encoder-only no_grad forward,
-# batch 2, torch.set_num_threads(2) on a 2-core Intel Xeon, medians of 8 after 2 warm-ups.
+# The official code's CPU timings (docs/official_implementation.md §1.7): AVMAE fwd+bwd and encoder-only
+# no_grad forward, batch 2, torch.set_num_threads(2) on a 2-core Intel Xeon, medians of 8 after 2 warm-ups.
 OFFICIAL_CPU_S = {
     "vggsound_release": {"pretrain": 1.50, "inference": 0.56},
     "as2m_release": {"pretrain": 1.69, "inference": 0.60},
@@ -117,6 +134,9 @@ class BenchOptions:
     loader_workers: tuple[int, ...] = (0, 2)
     seed: int = 0
     fast_path: bool = True             # section 1: also time every fast switch at once vs the reference
+    small_config: str = "cpu"          # section 6: the small profile whose training steps are timed
+    small_stages: tuple[str, ...] = SMALL_STAGES
+    scoring_mixtures: int = 8          # section 6: separation test mixtures scored with BSS-eval
 
     def __post_init__(self):
         if self.threads is None:
@@ -324,8 +344,177 @@ def _job_loader(job: dict) -> dict:
             "num_batches": runs[0]["num_batches"]}
 
 
+# ----------------------------------------------------------------------------------------------
+# Section 6: the small profiles' training steps, fast path vs reference
+# ----------------------------------------------------------------------------------------------
+
+
+def small_path_config(profile: str, path: str):
+    """The ``Config`` of one path of section 6: the profile as it is (``"fast"``), with every fast switch
+    off (``"reference"``), or with the fast switches but the reference's threads and loader workers."""
+    cfg = make_config(profile)
+    if path == "fast":
+        return cfg
+    if path not in SMALL_PATHS:
+        raise ValueError(f"path {path!r}: one of {SMALL_PATHS}")
+    from avlib.config import TASKS, apply_overrides
+    train = _REFERENCE_TRAIN if path == "reference" else {"threads": None}
+    data = _REFERENCE_DATA if path == "reference" else {"num_workers": 0}
+    over = {f"data.{k}": v for k, v in data.items()}
+    for stage in ("pretrain", *(f"{t}.train" for t in TASKS)):
+        over.update({f"{stage}.{k}": v for k, v in train.items()})
+    return apply_overrides(cfg, over)
+
+
+def stage_flops(cfg, stage: str) -> int:
+    """Model FLOPs of one training step of ``stage`` (``avlib.flops``): the AVMAE step for pre-training;
+    3 x the unmasked encoder forward for a protocol (the heads are not counted), at the batch the encoder
+    sees (separation: one mixture per source image, ``K = 2`` per item)."""
+    from avlib.flops import encoder_flops
+    if stage == "pretrain":
+        return avmae_flops(cfg.model, cfg.pretrain.batch_size)["train"]
+    B = cfg.task(stage).train.batch_size * (2 if stage == "separation" else 1)
+    return 3 * encoder_flops(cfg.model, B)
+
+
+class _SmallStep:
+    """One path of one stage, stepped as ``avlib.train.fit`` steps it: the stage's model and optimizer
+    (``build_optimizer``), forward under the resolved autocast and attention kernel, backward, optimizer
+    step, all at the path's ``TrainConfig.threads``. ``excl()`` steps on one fixed batch (data excluded),
+    ``incl()`` on the next batch of the stage's training loader (data included, workers as configured),
+    ``data()`` only fetches a batch from a loader without workers (the data path's own cost)."""
+
+    def __init__(self, cfg, stage: str, root, seed: int):
+        from avlib.data.loaders import make_loaders
+        from avlib.objectives import OBJECTIVES
+        from avlib.protocols import PROTOCOLS
+        from avlib.tasks import build_task_model
+        from avlib.train import build_optimizer, effective_batch
+        from avlib.utils import resolve_amp, resolve_attention_kernel
+        task = None if stage == "pretrain" else stage
+        self.tcfg = cfg.pretrain if task is None else cfg.task(task).train
+        self.loader, _ = make_loaders(cfg, task, root=root, test_size=1)
+        self.bare, _ = make_loaders(cfg, task, root=root, num_workers=0, test_size=1)
+        torch.manual_seed(seed)                                      # the same initial weights on every path
+        if task is None:
+            obj = OBJECTIVES["deepavfusion"]
+            self.model, self.loss_fn = obj.build(cfg), obj.loss
+        else:
+            self.model = build_task_model(task, cfg, "scratch", train_data=self.loader.dataset)
+            self.loss_fn = PROTOCOLS[task].loss
+        self.model.train()
+        self.opt = build_optimizer(self.model, self.tcfg, effective_batch(self.tcfg, 1))
+        self.amp = resolve_amp(self.tcfg.amp, "cpu")
+        self.kernel = resolve_attention_kernel(self.tcfg.attention_kernel, self.amp, "cpu")
+        self.fixed = next(iter(self.bare))
+        self._it = self._bare_it = None
+        self.batch = self.tcfg.batch_size
+
+    def _step(self, batch) -> None:
+        from avlib.utils import attention_kernel
+        with torch_threads(self.tcfg.threads):
+            with autocast(self.amp, "cpu"), attention_kernel(self.kernel):
+                loss, _ = self.loss_fn(self.model, batch)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+
+    @staticmethod
+    def _next(loader, it):
+        try:
+            return next(it), it
+        except (StopIteration, TypeError):                          # exhausted (or not started): a new epoch
+            it = iter(loader)
+            return next(it), it
+
+    def excl(self) -> None:
+        self._step(self.fixed)
+
+    def incl(self) -> None:
+        batch, self._it = self._next(self.loader, self._it)
+        self._step(batch)
+
+    def data(self) -> None:
+        with torch_threads(self.tcfg.threads):
+            _, self._bare_it = self._next(self.bare, self._bare_it)
+
+
+def _gemm(n: int, dtype: torch.dtype, threads: int) -> Callable[[], None]:
+    g = torch.Generator().manual_seed(n)
+    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+
+    def run():
+        with torch_threads(threads):
+            torch.mm(a, b)
+    return run
+
+
+def _job_small(job: dict) -> dict:
+    """Every path of one stage, data excluded / included / data only, plus the GEMM ceilings (fp32 and
+    bf16 at each thread count the paths use, ``GEMM_SIZES``), all interleaved in one process."""
+    stage = job["stage"]
+    steps = {path: _SmallStep(small_path_config(job["config"], path), stage, job.get("root"), job.get("seed", 0))
+             for path in job["paths"]}
+    fns: dict[str, Callable[[], None]] = {}
+    for path, st in steps.items():
+        fns.update({f"{path}|excl": st.excl, f"{path}|incl": st.incl, f"{path}|data": st.data})
+    threads = sorted({st.tcfg.threads or torch.get_num_threads() for st in steps.values()})
+    for t in threads:
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            for n in GEMM_SIZES:
+                fns[f"gemm|{name}|{t}|{n}"] = _gemm(n, dtype, t)
+    timings = measure_interleaved(fns, job["warmup"], job["repeats"], max_seconds=job["max_seconds"])
+    out = {"stage": stage, "config": job["config"], "threads": threads, "paths": {}, "gemm": {}}
+    for key, t in timings.items():
+        if key.startswith("gemm|"):
+            _, name, th, n = key.split("|")
+            gflops = 2 * int(n) ** 3 / t.median / 1e9
+            best = out["gemm"].setdefault(f"{name}|{th}", {"gflops": 0.0})
+            if gflops > best["gflops"]:
+                best.update(gflops=gflops, n=int(n))
+            continue
+        path, kind = key.split("|")
+        st = steps[path]
+        res = out["paths"].setdefault(path, {"batch": st.batch, "amp": st.amp, "attention_kernel": st.kernel,
+                                             "threads": st.tcfg.threads or torch.get_num_threads(),
+                                             "workers": st.loader.num_workers})
+        res[kind] = {"times": t.times, "median_s": t.median, "min_s": t.min, "max_s": t.max, "n": t.n,
+                     "first_s": t.first_s, "samples_per_s": st.batch / t.median}
+    out["flops"] = stage_flops(small_path_config(job["config"], "fast"), stage)
+    return {"ok": True, **out}
+
+
+def _job_scoring(job: dict) -> dict:
+    """BSS-eval of ``job["mixtures"]`` separation test mixtures (estimates: the sources plus a share of the
+    other source) with the reference ``SeparationEvaluator`` and the profile's (``separation.eval_workers``),
+    interleaved; checks that the scores agree."""
+    from avlib.data.loaders import make_dataset
+    from avlib.metrics import SeparationEvaluator
+    cfg = make_config(job["config"])
+    ds = make_dataset(cfg, "test", "separation", root=job.get("root"), size=job["mixtures"])
+    items = [ds[i] for i in range(len(ds))]
+    ref = torch.stack([it["source_waveforms"] for it in items])
+    est = 0.8 * ref + 0.2 * ref.flip(1)
+    workers = cfg.separation.eval_workers
+    scores = {}
+
+    def score(w):
+        def run():
+            ev = SeparationEvaluator("deepavfusion", workers=w)
+            ev.update(ref, est)
+            scores[w] = ev.compute()
+        return run
+    t = measure_interleaved({"reference": score(None), "fast": score(workers)}, job["warmup"], job["repeats"],
+                            max_seconds=job["max_seconds"])
+    diff = max(abs(scores[None][k] - scores[workers][k]) for k in ("sdr", "sir", "sar", "sdr_mix"))
+    return {"ok": True, "mixtures": len(items), "workers": workers, "max_abs_diff_db": diff,
+            **{k: {"ok": True, "times": v.times, "median_s": v.median, "min_s": v.min, "max_s": v.max, "n": v.n}
+               for k, v in t.items()}}
+
+
 _JOBS = {"pretrain": lambda job: _time_modes(job, _model_step), "inference": lambda job: _time_modes(job, _model_step),
-         "fusion": lambda job: _time_modes(job, _fusion_step), "loader": _job_loader}
+         "fusion": lambda job: _time_modes(job, _fusion_step), "loader": _job_loader, "small": _job_small,
+         "scoring": _job_scoring}
 
 
 def run_job(job: dict) -> dict:
@@ -496,6 +685,33 @@ def bench_loader(opts: BenchOptions) -> tuple[list[dict], list[str]]:
     return [], notes
 
 
+def bench_small(opts: BenchOptions) -> dict:
+    """Section 6: each stage of ``opts.small_config`` (``opts.small_stages``), every path of ``SMALL_PATHS``
+    interleaved with the GEMM ceilings in one process; then the separation scoring, reference vs fast."""
+    root = _find_data_root()
+    rows = []
+    for stage in opts.small_stages:
+        job = _base_job(opts, "small", config=opts.small_config, stage=stage, paths=list(SMALL_PATHS), root=root)
+        job["max_seconds"] = 10 * opts.max_seconds                   # a round times 3 paths x 3 kinds + GEMMs
+        res = dispatch(job, opts.isolate)
+        rows.append(res if res.get("ok") else {"stage": stage, **res})
+        if res.get("ok"):
+            ref, fast = res["paths"]["reference"]["incl"], res["paths"]["fast"]["incl"]
+            _log(f"small     {stage:13s} data incl.: reference {ref['samples_per_s']:.0f} samples/s, "
+                 f"fast {fast['samples_per_s']:.0f} ({ref['median_s'] / fast['median_s']:.2f}x)")
+        else:
+            _log(f"small     {stage:13s} {res.get('error')}")
+    scoring = None
+    if "separation" in opts.small_stages:
+        job = {**_base_job(opts, "scoring", config=opts.small_config, mixtures=opts.scoring_mixtures, root=root),
+               "repeats": min(opts.repeats, 3)}
+        scoring = dispatch(job, opts.isolate)
+        if scoring.get("ok"):
+            _log(f"small     BSS-eval of {scoring['mixtures']} mixtures: reference {_fmt_s(scoring['reference']['median_s'])}"
+                 f", fast {_fmt_s(scoring['fast']['median_s'])}")
+    return {"rows": rows, "scoring": scoring, "root": root}
+
+
 def bench_gpu(specs: list[str], opts: BenchOptions) -> list[dict]:
     """Section 5 on CUDA: pretraining of each ViT-B config at batch 64 (or --batch) in fp32 and bf16
     autocast (separable and explicit), plus torch.compile / grad checkpointing rows with ``compile``.
@@ -651,6 +867,70 @@ def _gpu_table(rows: list[dict]) -> str:
     return _table(header, body)
 
 
+def _small_rate(res: dict, flops: int) -> float:
+    return flops / res["median_s"] / 1e9
+
+
+def _round_ratios(a: dict, b: dict) -> str:
+    """median a / b (per-round min–max) of two interleaved timings."""
+    rounds = [x / y for x, y in zip(a["times"], b["times"])]
+    spread = f" ({min(rounds):.2f}–{max(rounds):.2f})" if len(rounds) > 1 else ""
+    return f"**{a['median_s'] / b['median_s']:.2f}x**{spread}"
+
+
+def _small_tables(small: dict) -> list[str]:
+    """Section 6's tables: samples/s and speedups per stage, GFLOP/s against the GEMM ceilings."""
+    header = ["stage", "B", "data", "reference samples/s", "fast @ ref threads samples/s", "fast samples/s",
+              "**fast / reference** (per-round range)", "fast @ ref threads / reference",
+              "reference GFLOP/s (of fp32 ceiling)", "fast GFLOP/s (of its ceiling)"]
+    body, ceil_rows, paths = [], [], {}
+    for row in small["rows"]:
+        if not row.get("ok"):
+            body.append([row["stage"], "–", "–", row.get("error", "failed"), *["–"] * 6])
+            continue
+        P, flops, gemm = row["paths"], row["flops"], row["gemm"]
+        ref, mid, fast = P["reference"], P["fast @ ref threads"], P["fast"]
+        paths = {k: (v["amp"], v["attention_kernel"], v["threads"], v["workers"]) for k, v in P.items()}
+        for kind, label in (("excl", "excluded"), ("incl", "included"), ("data", "data only")):
+            r, m, f = ref[kind], mid[kind], fast[kind]
+            if kind == "data":
+                body.append([row["stage"], ref["batch"], label, f"{r['samples_per_s']:.0f}", f"{m['samples_per_s']:.0f}",
+                             f"{f['samples_per_s']:.0f}", _round_ratios(r, f), f"{r['median_s'] / m['median_s']:.2f}x",
+                             "–", "–"])
+                continue
+            c_ref = gemm[f"fp32|{ref['threads']}"]["gflops"]
+            c_fast = gemm[f"{'bf16' if fast['amp'] == 'bf16' else 'fp32'}|{fast['threads']}"]["gflops"]
+            rr, rf = _small_rate(r, flops), _small_rate(f, flops)
+            body.append([row["stage"], ref["batch"], label, f"{r['samples_per_s']:.0f}", f"{m['samples_per_s']:.0f}",
+                         f"{f['samples_per_s']:.0f}", _round_ratios(r, f), f"{r['median_s'] / m['median_s']:.2f}x",
+                         f"{rr:.1f} ({rr / c_ref:.0%})", f"{rf:.1f} ({rf / c_fast:.0%})"])
+        ceil_rows.append([row["stage"], f"{flops / 1e9:.2f}"] + [
+            f"{gemm[k]['gflops']:.0f} (n={gemm[k]['n']})" if k in gemm else "–"
+            for k in (f"fp32|{t}" for t in row["threads"])] + [
+            f"{gemm[k]['gflops']:.0f} (n={gemm[k]['n']})" if k in gemm else "–"
+            for k in (f"bf16|{t}" for t in row["threads"])])
+    out = [_table(header, body), ""]
+    if paths:
+        out += ["Paths (amp, attention kernel, torch threads, loader workers): " + "; ".join(
+            f"{k}: {', '.join(str(x) for x in v)}" for k, v in paths.items()) + ".", ""]
+    if ceil_rows:
+        threads = next(r["threads"] for r in small["rows"] if r.get("ok"))
+        out += ["GEMM ceiling (square `torch.mm`, best size of " + ", ".join(str(n) for n in GEMM_SIZES) +
+                ", median of the interleaved calls) and the model FLOPs per step (`stage_flops`: the AVMAE step; "
+                "3 x the encoder forward for a protocol, heads not counted):", "",
+                _table(["stage", "GFLOP / step"] + [f"fp32 GFLOP/s, {t} thread(s)" for t in threads]
+                       + [f"bf16 GFLOP/s, {t} thread(s)" for t in threads], ceil_rows), ""]
+    sc = small.get("scoring")
+    if sc and sc.get("ok"):
+        out += [f"Separation scoring (BSS-eval v3, `SeparationEvaluator`) of {sc['mixtures']} test mixtures: "
+                f"reference (numpy's BLAS threads) {_fmt_timing(sc['reference'])}, fast "
+                f"(`workers={sc['workers']}`) {_fmt_timing(sc['fast'])}: {_round_ratios(sc['reference'], sc['fast'])}; "
+                f"largest score difference {sc['max_abs_diff_db']:.1e} dB.", ""]
+    elif sc:
+        out += [f"Separation scoring: {sc.get('error')}", ""]
+    return out
+
+
 def format_report(results: dict, opts: BenchOptions) -> str:
     """The markdown report of ``results`` (the dict ``main`` also writes as JSON)."""
     out = ["# avlib benchmark", "", "## Machine", "",
@@ -707,6 +987,17 @@ def format_report(results: dict, opts: BenchOptions) -> str:
             out += [_gpu_table(results["gpu"]), ""]
         elif results.get("gpu_note"):
             out += [results["gpu_note"], ""]
+    if "small" in results:
+        out += [f"## 6. Small profiles: training steps at `{opts.small_config}`, fast path vs reference", "",
+                "One training step as `fit` runs it (forward, backward, optimizer step) for pre-training and each "
+                "downstream protocol (the linear probe trains on cached features: not timed). Paths: *reference* "
+                "= every fast switch off (fp32, torch's attention kernel, foreach optimizer, torch's threads, "
+                "per-item audio front end, no loader worker); *fast* = the profile as configured; *fast @ ref "
+                "threads* = the fast switches at the reference's threads without a worker (what the switches "
+                "buy at equal CPU). Data excluded = one fixed batch; included = the next batch of the "
+                "training loader; data only = fetching a batch without workers. All paths and the GEMMs are "
+                "timed interleaved in one process (medians; per-round range of the ratio).", ""]
+        out += _small_tables(results["small"])
     out.append("load average at end: " + results.get("load_end", "–"))
     return "\n".join(out)
 
@@ -714,7 +1005,7 @@ def format_report(results: dict, opts: BenchOptions) -> str:
 # ----------------------------------------------------------------------------------------------
 # 7. Command line
 # ----------------------------------------------------------------------------------------------
-SECTIONS = ("pretrain", "inference", "fusion", "loader", "flops")   # flops: section 5 (+ GPU rows on CUDA)
+SECTIONS = ("pretrain", "inference", "fusion", "loader", "flops", "small")   # flops: section 5 (+ GPU rows on CUDA)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -742,6 +1033,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-config", default="cpu", help="profile of the loader benchmark")
     p.add_argument("--loader-batches", type=int, help="batches per loader pass (default 20; --quick 5)")
     p.add_argument("--loader-workers", default="0,2", help="comma list of worker counts")
+    p.add_argument("--small-config", default="cpu", help="section 6: the small profile timed (default cpu)")
+    p.add_argument("--small-stages", help=f"section 6: comma list of {','.join(SMALL_STAGES)} (default all; "
+                   "--quick: pretrain)")
     p.add_argument("--mem-fraction", type=float, default=0.5, help="explicit path runs if its analytic memory < "
                    "this fraction of the free memory")
     p.add_argument("--no-isolate", action="store_true", help="measure in-process (default on CPU: a subprocess each)")
@@ -769,6 +1063,9 @@ def main(argv: list[str] | None = None) -> dict:
     bad = set(sections) - set(SECTIONS)
     if bad:
         raise SystemExit(f"unknown sections {sorted(bad)}; choose from {SECTIONS}")
+    bad = set(_csv(args.small_stages or "")) - set(SMALL_STAGES)
+    if bad:
+        raise SystemExit(f"unknown --small-stages {sorted(bad)}; choose from {SMALL_STAGES}")
     opts = BenchOptions(
         device=device, threads=args.threads,
         warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
@@ -776,7 +1073,10 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer=args.optimizer, amp=args.amp, compile=args.compile, isolate=False if args.no_isolate else None,
         mem_fraction=args.mem_fraction, peak_tflops=args.peak_tflops, loader_config=args.loader_config,
         loader_batches=args.loader_batches or (5 if args.quick else 20),
-        loader_workers=tuple(_csv(args.loader_workers, int)), fast_path=not args.no_fast_path)
+        loader_workers=tuple(_csv(args.loader_workers, int)), fast_path=not args.no_fast_path,
+        small_config=args.small_config,
+        small_stages=tuple(_csv(args.small_stages)) if args.small_stages else (("pretrain",) if args.quick
+                                                                                else SMALL_STAGES))
     micro_batches = tuple(_csv(args.micro_batches, int)) if args.micro_batches else ((8,) if args.quick else (8, 64))
 
     results: dict[str, Any] = {"machine": machine_info(opts), "options": asdict(opts), "configs": specs,
@@ -792,6 +1092,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "loader" in sections:
             rows, notes = bench_loader(opts)
             results["loader"] = {"rows": rows, "notes": notes}
+        if "small" in sections:
+            results["small"] = bench_small(opts)
         if "flops" in sections:
             results["flops_configs"] = specs
             vit_b = [s for s in specs if s.partition(":")[0] in RELEASE_PROFILES and ":" not in s]

@@ -5,7 +5,7 @@
     model, model_cfg = load_pretrained("checkpoint_latest.pth") # an official pre-training checkpoint, or ours
 
 An official pre-training checkpoint (``checkpoints/deepavfusion_vitb_*_ep200/checkpoints/checkpoint_latest.pth``,
-../shared/reference/DEEPAVFUSION.md §5) holds ``ckpt['state_dict']`` = the full ``AVMAE`` state dict (keys
+docs/official_implementation.md §5) holds ``ckpt['state_dict']`` = the full ``AVMAE`` state dict (keys
 ``encoder.*`` and ``{image,audio}_decoder_*``). Ours use the same layout plus ``ckpt['config']``.
 """
 from __future__ import annotations
@@ -345,7 +345,7 @@ def load_pretrained(path: str | os.PathLike, profile: str | None = None,
 
 
 # ----------------------------------------------------------------------------------------------
-# The golden fixtures' descriptive config (../shared/reference/fixtures/FIXTURES.md §2)
+# The golden fixtures' descriptive config (docs/official_implementation.md §8)
 # ----------------------------------------------------------------------------------------------
 def model_config_from_fixture(c: Mapping[str, Any], **overrides: Any) -> ModelConfig:
     """``ModelConfig`` from the descriptive ``config`` dict stored in an ``avmae_*.pt`` fixture."""

@@ -12,8 +12,8 @@ was expected and how to fix it. Command-line text (``--set pretrain.epochs=10``)
 type by ``parse_assignments`` first. Profiles shrink sizes, never structure: every profile builds the
 same modules, masking and losses.
 
-Sources for the values: ``[code]`` = the official implementation (``../shared/reference/DEEPAVFUSION.md``),
-``[supp]`` = the seed paper's supplementary material (``SEED_SUPPLEMENT.md``).
+Sources for the values: ``[code §x.y]`` = section x.y of ``docs/official_implementation.md`` (the official
+implementation), ``[supp A.x]`` = section A.x of ``docs/protocols.md`` (the paper's supplementary material).
 """
 from __future__ import annotations
 
@@ -105,11 +105,13 @@ _RULES: dict[str, dict[str, _Rule]] = {
         optimizer=_choice("adamw", "adam", "sgd", "lars"), lr=_POSITIVE, blr=_POSITIVE, min_lr=_NON_NEGATIVE,
         warmup_epochs=_NON_NEGATIVE, schedule=_choice("cosine", "constant"), weight_decay=_NON_NEGATIVE,
         betas=_BELOW_ONE, momentum=_BELOW_ONE, layer_decay=_SHARE, pretrained_ramp_epochs=_FRACTION,
-        clip_grad=_POSITIVE, amp=_choice("none", "bf16", "fp16"), max_steps=_AT_LEAST_1, log_every=_AT_LEAST_1,
+        clip_grad=_POSITIVE, amp=_choice("none", "bf16", "fp16", "auto"),
+        attention_kernel=_choice("default", "math", "auto"), threads=_AT_LEAST_1, max_steps=_AT_LEAST_1, log_every=_AT_LEAST_1,
         eval_every=_NON_NEGATIVE, ckpt_every=_NON_NEGATIVE),
     "ClassificationConfig": dict(features=_choice("audio", "visual", "fusion"), head=_choice("linear", "official")),
     "SegmentationConfig": dict(head=_choice("upsample", "official_unet")),
-    "SeparationConfig": dict(mask_rule=_choice("dominant", "official"), eval_mixtures=_AT_LEAST_1),
+    "SeparationConfig": dict(mask_rule=_choice("dominant", "official"), eval_mixtures=_AT_LEAST_1,
+                             eval_workers=_NON_NEGATIVE),
     "Config": dict(profile=_Rule(bool, "a non-empty profile name")),
 }
 
@@ -372,6 +374,10 @@ class DataConfig:
     test_size: int = 512                 # fixed evaluation scenes
     num_workers: int = 0
     pin_memory: bool = False
+    # fast path of the scene datasets: a DataLoader batch composes its scenes item by item, then runs the
+    # audio front end once on the whole batch (``__getitems__``) instead of once per item. The log-mels are
+    # bit-identical to the per-item reference (tests/test_scenes.py); False = the per-item reference.
+    batch_front_end: bool = False
 
     def __post_init__(self):
         _validate(self)
@@ -407,7 +413,16 @@ class TrainConfig:
     pretrained_lr_ramp: bool = False     # official half-cosine ramp of the pretrained ViTs' lr
     pretrained_ramp_epochs: float = 0.5  # fraction of epochs the ramp lasts (official: epochs / 2)
     clip_grad: float | None = None
-    amp: str = "none"                    # none | bf16 | fp16 (GPU)
+    # none | bf16 | fp16 (GPU) | auto (bf16 where the device computes bf16 natively: a GPU that supports
+    # it, a CPU with AVX512-BF16 or AMX; none elsewhere, where emulated bf16 is slower than fp32)
+    amp: str = "none"
+    # scaled-dot-product attention kernel while training: "default" (torch's choice: flash on CPU) |
+    # "math" (the plain composite) | "auto" (math under bf16 autocast on CPU, else default). With bf16
+    # autocast on CPU the flash kernel's backward is ~10x slower than the math one at the small profiles'
+    # sequence lengths (<= 28 tokens); same math, float rounding.
+    attention_kernel: str = "default"
+    fused_optimizer: bool = False        # fused Adam(W) / SGD kernels on CPU too (always on CUDA); rounding only
+    threads: int | None = None           # torch intra-op threads while fit runs (None: as the process has them)
     freeze_encoder: bool = False         # linear probe
     max_steps: int | None = None         # hard cap on optimizer steps (smoke tests)
     log_every: int = 20                  # plain log line every N steps
@@ -493,6 +508,10 @@ class SeparationConfig(TaskConfig):
     mask_rule: str = "dominant"
     weighted_loss: bool = False          # official README: True (log1p(S_mix) weights)
     eval_mixtures: int | None = None     # cap on test mixtures scored with BSS-eval (None: all; ~0.1 s each)
+    # how BSS-eval scores them (metrics.SeparationEvaluator, the same numbers): None = in process with numpy's
+    # BLAS threads as they are (reference); 0 = in process with one BLAS thread (equal up to < 1e-9 dB, and
+    # 5x faster on a busy 2-core machine, where two BLAS threads spin-wait); n = a pool of n processes
+    eval_workers: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -591,7 +610,7 @@ def _small(profile: str, *, embed_dim, depth, num_heads, fusion_heads, patch, im
            batch) -> Config:
     # FSDD is 8 kHz: a 1 s clip, 32 ms windows, 16 ms hop -> 64 frames (+1 dropped) like the 3 s / 16 kHz paper grid
     data = DataConfig(dataset="avdigits", sample_rate=8000, clip_seconds=1.0, n_fft=256, hop_length=125,
-                      n_mels=mels, train_size=train_size, test_size=test_size)
+                      n_mels=mels, train_size=train_size, test_size=test_size, batch_front_end=True)
     model = ModelConfig(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4.0, patch_size=patch,
                         image_size=(image, image), audio_size=(mels, data.num_frames),
                         num_fusion_tokens=tokens[0], num_aggr_image_tokens=tokens[1],
@@ -605,10 +624,16 @@ def _small(profile: str, *, embed_dim, depth, num_heads, fusion_heads, patch, im
     # it lost to scratch (41.0 vs 56.2% top-1). Mask ratio 0.5 and lr 3e-4 keep 8 tokens per modality
     # and the features useful (fine-tune 64.0 vs 56.2%; converged probe on audio+visual+fusion 55 vs 51%).
     model = replace(model, image_mask_ratio=0.5, audio_mask_ratio=0.5)
+    # The small profiles' fast path (python -m avlib.bench --sections small; README, "Speed"): bf16 autocast
+    # where the CPU has native bf16, with the math attention kernel; fused optimizers; one intra-op thread
+    # (on a shared or busy 2-core machine two OpenMP threads spin-wait for each other at every op: 7-20x
+    # slower, measured at load 13); the audio front end once per batch (data.batch_front_end). Each switch
+    # off = the reference. A loader worker (data.num_workers=1) was measured ~5% slower on the busy machine.
+    fast = dict(amp="auto", attention_kernel="auto", fused_optimizer=True, threads=1)
     pretrain = TrainConfig(epochs=pre_epochs, warmup_epochs=max(1, pre_epochs // 5), batch_size=batch,
                            lr=3e-4, weight_decay=0.05, betas=(0.9, 0.95), log_every=20,
-                           eval_every=0, ckpt_every=1)
-    tasks = _supplement_tasks(*task_epochs, batch=batch, log_every=20, eval_every=0, ckpt_every=0)
+                           eval_every=0, ckpt_every=1, **fast)
+    tasks = _supplement_tasks(*task_epochs, batch=batch, log_every=20, eval_every=0, ckpt_every=0, **fast)
     # full-model protocols keep the supplement's Adam lr 1e-4. The linear probe trains on features the
     # frozen encoder caches once (cache_features), so it can afford the steps to converge (30 epochs at
     # lr 3e-3, ~1,400 steps of one linear layer, seconds); an under-trained probe measures the optimizer,
@@ -621,7 +646,7 @@ def _small(profile: str, *, embed_dim, depth, num_heads, fusion_heads, patch, im
     # BSS-eval costs ~0.4 s per mixture (8 kHz, 1 s) on one core, so the test split is scored on its first mixtures only
     sep = tasks["separation"]
     tasks["separation"] = replace(sep, train=replace(sep.train, batch_size=max(1, batch // 2)),
-                                  eval_mixtures=min(test_size, 64))
+                                  eval_mixtures=min(test_size, 64), eval_workers=0)
     return Config(profile=profile, model=model, data=data, pretrain=pretrain, **tasks)
 
 

@@ -8,8 +8,8 @@ layer-wise lr decay) and reuses its features through the ENCODER CONTRACT (ARCHI
     out.embs_image / embs_audio / embs_fusion: tuples of L tensors          # BEFORE the final norms
     encoder.image_grid, encoder.audio_grid = (rows, cols)   (tokens row-major), encoder.embed_dim, num_layers
 
-Sources: ``[supp A.x]`` = SEED_SUPPLEMENT.md (the DEFAULT protocols); ``[code §3.x]`` =
-../shared/reference/DEEPAVFUSION.md (the official heads, kept as named alternatives with the official
+Sources: ``[supp A.x]`` = docs/protocols.md (the DEFAULT protocols); ``[code §3.x]`` =
+docs/official_implementation.md (the official heads, kept as named alternatives with the official
 state-dict key names; at ViT-B size they match manifest_vitb_{linprobe_vggsound,avsegm_s4,avsrcsep}.json
 key for key and shape for shape).
 
@@ -42,7 +42,7 @@ from torch import nn
 __all__ = [
     "FEATURES", "AVClassifier", "AVLocalizer", "AVSegmenter", "AVSeparator", "AVSrcSepUNet",
     "DoubleConv", "Up", "tokens_to_map", "official_layer_ids",
-    "separation_targets", "separation_loss", "localization_loss", "segmentation_loss",
+    "separation_targets", "separation_loss", "separation_weight", "localization_loss", "segmentation_loss",
 ]
 
 FEATURES = ("audio", "visual", "fusion")
@@ -665,8 +665,14 @@ def separation_loss(logits: torch.Tensor, target: torch.Tensor, mix_audio: torch
     if weighted:
         if mix_audio is None:
             raise ValueError("weighted separation loss needs mix_audio")
-        weight = torch.log1p(torch.pow(10.0, mix_audio.float())).clamp(1e-3, 10.0)
+        weight = separation_weight(mix_audio)
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=weight)
+
+
+def separation_weight(mix_audio: torch.Tensor) -> torch.Tensor:
+    """Per-bin loss weights ``clamp(log1p(10 ** mix_audio), 1e-3, 10)`` (the mixture's mel power), the
+    official ``weighted_loss`` (and Sound-of-Pixels' ``log1p(|S_mix|)`` weighting on the mel grid)."""
+    return torch.log1p(torch.pow(10.0, mix_audio.float())).clamp(1e-3, 10.0)
 
 
 def localization_loss(logits: torch.Tensor, gt_map: torch.Tensor) -> torch.Tensor:

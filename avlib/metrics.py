@@ -6,8 +6,8 @@ different classes, and the localization "cIoU" in tables is a success rate, not 
 variant here has its own name, its docstring says which convention it follows, and the evaluators
 return keys that carry the convention in the name (`avsbench_miou` vs `davf_miou`).
 
-Specification: `shared/reference/PEERS_AND_METRICS.md` section B (B1 localization, B2 segmentation,
-B3 separation, B4 classification) and `shared/reference/DEEPAVFUSION.md` sections 3.2-3.6. The
+Specification: `docs/metrics.md` (every definition, in prose, with the peer code it follows) and
+`docs/official_implementation.md` sections 3.2-3.6 (the official evaluators). The
 upstream files each function follows are named in its docstring.
 
 | task | function / evaluator | convention | scale |
@@ -36,16 +36,16 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    # classification (B4)
+    # classification
     "topk", "top1", "multi_head_top1", "mean_ap", "mean_roc_auc", "multi_head_mean_ap",
-    # localization (B1)
+    # localization
     "ciou_per_sample", "ciou_batch", "normalize_scores", "localization_metrics", "LocalizationEvaluator",
     "LOC_AUC_THRESHOLDS", "cell_hits",
     "slavc_confidence", "slavc_precision_recall", "slavc_ap", "slavc_max_f1", "slavc_loc_acc", "SLAVCEvaluator",
-    # segmentation (B2)
+    # segmentation
     "avsbench_mask_iou", "avsbench_fscore_curve", "avsbench_miou", "avsbench_fscore",
     "AVSBenchEvaluator", "davf_fscore_binary", "davf_segmentation", "DeepAVFusionSegEvaluator",
-    # separation (B3)
+    # separation
     "bss_eval", "bss_eval_sdr", "is_silent", "SKIP_RULES", "SeparationEvaluator",
 ]
 
@@ -75,7 +75,7 @@ def _numpy(x) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- #
-# Classification (PEERS_AND_METRICS.md B4; DEEPAVFUSION.md 3.2-3.3)
+# Classification (docs/metrics.md#classification; docs/official_implementation.md §3.2-3.3)
 # --------------------------------------------------------------------------------------------- #
 
 def _class_indices(target) -> torch.Tensor:
@@ -94,7 +94,7 @@ def topk(logits, target, k: int = 5) -> float:
         k: a sample is correct if its target is among the `min(k, C)` highest scores.
 
     `torch.topk` breaks ties (as timm does); torchmetrics' `MulticlassAccuracy` defaults to *macro*
-    averaging and gives a different number (PEERS_AND_METRICS.md B4, "Library cautions").
+    averaging and gives a different number (docs/metrics.md#top-1-accuracy).
     """
     logits, target = _tensor(logits), _class_indices(target)
     if logits.ndim != 2 or logits.shape[0] != target.shape[0]:
@@ -106,7 +106,7 @@ def topk(logits, target, k: int = 5) -> float:
 
 
 def top1(logits, target) -> float:
-    """Micro top-1 accuracy in percent (`timm.utils.accuracy(...)[0]`; PEERS_AND_METRICS.md B4)."""
+    """Micro top-1 accuracy in percent (`timm.utils.accuracy(...)[0]`; docs/metrics.md#top-1-accuracy)."""
     return topk(logits, target, k=1)
 
 
@@ -127,7 +127,7 @@ def multi_head_top1(logits_by_head: Mapping[str, object], target) -> dict[str, f
 
     Returns `{head: top1, ..., "all": top1(mean of the heads' logits)}`. The official log keys are
     `val_acc1_image`, `val_acc1_audio`, `val_acc1_fusion`, `val_acc1_all`; the paper number is
-    `all` (DEEPAVFUSION.md 3.2). The mean is over logits, not probabilities.
+    `all` (docs/official_implementation.md §3.2). The mean is over logits, not probabilities.
     """
     if not logits_by_head:
         raise ValueError("logits_by_head is empty")
@@ -166,10 +166,10 @@ def mean_ap(scores, targets, classes: str = "seen") -> float:
         targets: (N, C) multi-hot labels.
         classes:
             "seen" -- DeepAVFusion `util/misc.py::calc_multi_class_stats`: mean over the classes with
-                at least one positive in `targets` (DEEPAVFUSION.md 3.2).
+                at least one positive in `targets` (docs/official_implementation.md §3.2).
             "all" -- AST / CAV-MAE / AudioMAE `util/stat.py`: mean over all C classes; sklearn 1.9
                 scores a class without positives as 0.0, which pulls the mean down whenever the eval
-                subset lacks a class (PEERS_AND_METRICS.md B4). AST prints a fraction; here x100.
+                subset lacks a class (docs/metrics.md#mean-average-precision). AST prints a fraction; here x100.
     """
     from sklearn.metrics import average_precision_score
 
@@ -200,7 +200,7 @@ def multi_head_mean_ap(scores_by_head: Mapping[str, object], targets, classes: s
 
 
 # --------------------------------------------------------------------------------------------- #
-# Sound source localization: cIoU / AUC (PEERS_AND_METRICS.md B1; DEEPAVFUSION.md 3.4)
+# Sound source localization: cIoU / AUC (docs/metrics.md#localization; docs/official_implementation.md §3.4)
 # Protocol of stoneMo/EZ-VSL test.py::validate + utils.py::Evaluator/normalize_img.
 # --------------------------------------------------------------------------------------------- #
 
@@ -292,7 +292,7 @@ def ciou_batch(pred_maps, gt_maps, threshold="median", *, mode: str = "bilinear"
     """`ciou_per_sample` for a batch: pred (B, h, w) or (B, 1, h, w), gt (B, H, W) or (B, 1, H, W).
 
     Each prediction is scored against its own GT map (EZ-VSL's `test.py` reads the whole batch's
-    `gt_map` and is only correct with batch size 1; SLAVC fixed that; PEERS_AND_METRICS.md B1).
+    `gt_map` and is only correct with batch size 1; SLAVC fixed that; docs/metrics.md#ciou).
     """
     pred, gt = _tensor(pred_maps), _tensor(gt_maps)
     if pred.ndim == 4:
@@ -520,7 +520,7 @@ class SLAVCEvaluator:
 
 
 # --------------------------------------------------------------------------------------------- #
-# Segmentation, AVSBench protocol (PEERS_AND_METRICS.md B2)
+# Segmentation, AVSBench protocol (docs/metrics.md#avsbench-miou)
 # OpenNLPLab/AVSBench avs_scripts/avs_s4/utils/utility.py (mask_iou, _eval_pr, Eval_Fmeasure)
 # and avs_s4/test.py + utils/pyutils.py::AverageMeter (mean over batches).
 # --------------------------------------------------------------------------------------------- #
@@ -633,7 +633,7 @@ def avsbench_miou(pred, gt, *, batch_frames: int | None = None, from_logits: boo
 
 def avsbench_fscore(pred, gt, *, batch_frames: int | None = None, from_logits: bool = True,
                     num_thresholds: int = 255, beta2: float = 0.3) -> float:
-    """AVSBench F-score (beta^2 = 0.3, S4/MS3) with its batch dependence (PEERS_AND_METRICS.md B2).
+    """AVSBench F-score (beta^2 = 0.3, S4/MS3) with its batch dependence (docs/metrics.md#avsbench-f-score).
 
     Per batch of `batch_frames` consecutive frames: the F curves (255 thresholds) of the frames with
     non-empty GT are averaged, then the max over thresholds is taken (one operating threshold per
@@ -709,7 +709,8 @@ class AVSBenchEvaluator:
 
 
 # --------------------------------------------------------------------------------------------- #
-# Segmentation, DeepAVFusion's own evaluator (PEERS_AND_METRICS.md B2 end; DEEPAVFUSION.md 3.5)
+# Segmentation, DeepAVFusion's own evaluator (docs/metrics.md#deepavfusion-evaluator;
+# docs/official_implementation.md §3.5)
 # stoneMo/DeepAVFusion eval_avsegm.py::AVSegmEvaluator (adapted from the AVSS code)
 # --------------------------------------------------------------------------------------------- #
 
@@ -861,7 +862,7 @@ def davf_segmentation(pred, gt, *, from_logits: bool = True, beta2: float = 0.3)
 
 
 # --------------------------------------------------------------------------------------------- #
-# Separation (PEERS_AND_METRICS.md B3; DEEPAVFUSION.md 3.6)
+# Separation (docs/metrics.md#separation; docs/official_implementation.md §3.6)
 # mir_eval.separation.bss_eval_sources (BSS-Eval v3, mir_eval<0.9), skip rules of
 # DeepAVFusion eval_avsrcsep.py::evaluate and Sound-of-Pixels main.py::calc_metrics.
 # --------------------------------------------------------------------------------------------- #
@@ -940,6 +941,31 @@ def bss_eval_sdr(ref_sources, est_sources) -> list[float]:
     return out
 
 
+def _one_blas_thread():
+    """A context in which numpy / scipy's BLAS and LAPACK use one thread (``threadpoolctl``).
+
+    BSS-eval's cost is LAPACK solves of 512- to 1024-sized systems; with several BLAS threads on a busy
+    machine they spin-wait for each other (measured 1-3 s per mixture instead of 0.3 s). The scores equal
+    the multi-threaded ones up to the solver's float rounding (< 1e-9 dB; another thread count splits
+    LAPACK's sums differently)."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api="blas")
+
+
+def _score_separation(ref: np.ndarray, est: np.ndarray, mix: np.ndarray, sdr_mix: bool) -> dict[str, list[float]]:
+    """``bss_eval`` of one sample (plus ``sdr_mix``); what ``SeparationEvaluator`` scores, in or out of process."""
+    res = bss_eval(ref, est)
+    if sdr_mix:
+        res["sdr_mix"] = bss_eval_sdr(ref, np.repeat(mix[None], ref.shape[0], axis=0))
+    return res
+
+
+def _init_scoring_worker() -> None:
+    """A BSS-eval scoring process: one BLAS thread for its whole life (as ``_one_blas_thread``)."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1, user_api="blas")
+
+
 class SeparationEvaluator:
     """Streaming SDR/SIR/SAR with a named skip rule, plus the mixture-as-estimate baseline.
 
@@ -956,6 +982,13 @@ class SeparationEvaluator:
             baseline) and report `sdri = sdr - sdr_mix` (on the same kept samples). Costs ~10% more
             (`bss_eval_sdr`: the SDR needs no joint projection).
 
+        workers: how the samples are scored (the same ``bss_eval`` calls, hence the same numbers):
+            None -- in this process, with numpy's BLAS threads as they are (the reference);
+            0 -- in this process with one BLAS thread (``_one_blas_thread``: equal to the reference up to
+                LAPACK's rounding, < 1e-9 dB, and several x faster on a busy machine);
+            n > 0 -- in a pool of n forked processes, one BLAS thread each (equal to ``workers=0`` bit
+                for bit). ``close()`` (or ``compute()``) ends the pool.
+
     `update(ref_sources, est_sources, mix=None)`: (B, K, S) (one batch) or (K, S) (one sample);
     `mix` (B, S) / (S,) defaults to the sum of the references (the mixture of both references:
     DeepAVFusion sums waveforms; SoP sums the 1/N-scaled sources it also uses as references).
@@ -963,12 +996,15 @@ class SeparationEvaluator:
     """
 
     def __init__(self, skip_rule: str | None = "deepavfusion", *, aggregate: str = "samples",
-                 compute_sdr_mix: bool = True):
+                 compute_sdr_mix: bool = True, workers: int | None = None):
         if skip_rule is not None and skip_rule not in SKIP_RULES:
             raise ValueError(f"skip_rule must be one of {sorted(SKIP_RULES)} or None, got {skip_rule!r}")
         if aggregate not in ("samples", "batches"):
             raise ValueError(f"aggregate must be 'samples' or 'batches', got {aggregate!r}")
+        if workers is not None and workers < 0:
+            raise ValueError(f"workers must be None or >= 0, got {workers}")
         self.skip_rule, self.aggregate, self.compute_sdr_mix = skip_rule, aggregate, compute_sdr_mix
+        self.workers, self._pool = workers, None
         self.reset()
 
     def reset(self) -> None:
@@ -992,18 +1028,18 @@ class SeparationEvaluator:
             raise ValueError(f"expected (B, K, S) refs and estimates, got {ref.shape}, {est.shape}")
         mix = ref.sum(1) if mix is None else _numpy(mix)
         batch: dict[str, list[float]] = {"sdr": [], "sir": [], "sar": [], "sdr_mix": []}
-        results: list[dict | None] = []
+        jobs: list[tuple | None] = []
         for r, e, m in zip(ref, est, mix):
             n = min(r.shape[-1], e.shape[-1])
             r, e = r[:, :n], e[:, :n]
-            if self._skip(r, e):
-                self.n_skipped += 1
-                results.append(None)
+            skip = self._skip(r, e)
+            self.n_skipped += skip
+            jobs.append(None if skip else (r, e, m[:n], self.compute_sdr_mix))
+        results = self._score([j for j in jobs if j is not None])
+        results = [None if j is None else results.pop(0) for j in jobs]
+        for res in results:
+            if res is None:
                 continue
-            res = bss_eval(r, e)
-            if self.compute_sdr_mix:
-                res["sdr_mix"] = bss_eval_sdr(r, np.repeat(m[None, :n], r.shape[0], axis=0))
-            results.append(res)
             for k, v in res.items():
                 self.values[k].extend(v)
                 batch[k].append(float(np.mean(v)))
@@ -1012,7 +1048,31 @@ class SeparationEvaluator:
         self.per_sample.extend(results)
         return results
 
+    def _score(self, jobs: list[tuple]) -> list[dict]:
+        """``_score_separation`` of every job, as ``workers`` says (class docstring)."""
+        if self.workers is None:
+            return [_score_separation(*j) for j in jobs]
+        if self.workers == 0 or len(jobs) <= 1:
+            with _one_blas_thread():
+                return [_score_separation(*j) for j in jobs]
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_init_scoring_worker)
+        return list(self._pool.map(_score_separation, *zip(*jobs)))
+
+    def close(self) -> None:
+        """End the scoring processes (``workers > 0``); a later ``update`` starts new ones."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown()
+
+    def __del__(self):
+        self.close()
+
     def compute(self) -> dict[str, float]:
+        self.close()
         # "samples": nan when nothing was kept; "batches": every update call counts (0 if empty)
         src = self.values if self.aggregate == "samples" else self.batch_means
         n_kept = sum(r is not None for r in self.per_sample)

@@ -3,9 +3,10 @@
 Mo & Morgado, "Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense Interactions
 through Masked Modeling", CVPR 2024 (arXiv:2312.01017). Official code: github.com/stoneMo/DeepAVFusion
 (commit 2768e7f). This is a clean-room re-implementation built from timm pieces, so that every
-state_dict key and shape equals the official one (checked against ../shared/reference/manifests) and
-every output reproduces the official golden fixtures (../shared/reference/fixtures/FIXTURES.md, "§x.y"
-below) within 1e-5. Built on: MAE (He et al. 2022, facebookresearch/mae) and timm's ViT ``Block``.
+state_dict key and shape equals the official one and every output reproduces the official golden
+fixtures within 1e-5 (the tests check both: docs/official_implementation.md §8). "§x.y" below are
+sections of docs/official_implementation.md (§4: the numerical details a re-implementation must match).
+Built on: MAE (He et al. 2022, facebookresearch/mae) and timm's ViT ``Block``.
 
 Reading order, top to bottom:
   1. helpers: 2-D sin-cos tables, multi-head split/merge, softmax attention, a timm ViT block that

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from .paths import REPORTS, ROOT, RUNS
 from .utils import atomic_write, resolve_device, seed_everything
 
-__all__ = ["setup", "resolve_device", "paths_for", "NotebookPaths", "record", "check_shape", "show_source",
+__all__ = ["setup", "resolve_device", "paths_for", "NotebookPaths", "record", "narrate", "check_shape", "show_source",
            "save_fig", "audio_player", "parse_overrides", "git_sha"]
 
 
@@ -149,10 +149,19 @@ def _scalar(key: str, value: Any):
                     "metrics.json is a flat table (save arrays next to it with np.save)")
 
 
+SLASH = "\u2215"            # '∕' (division slash) stands for a '/' inside a name: '/' separates the levels
+
+
 def _flatten(d: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested metrics -> ``<task>/<init>/<metric>`` keys with JSON-able scalar values."""
+    """Nested metrics -> ``<task>/<init>/<metric>`` keys with JSON-able scalar values. A '/' inside a
+    nested name (e.g. the variant ``"mask 0.75 / 0.8"``) becomes ``SLASH``, so every name stays one level."""
     from .config import flatten
-    return {k: _scalar(k, v) for k, v in flatten(d, "/").items()}
+
+    def escape(x):
+        if not isinstance(x, Mapping):
+            return x
+        return {(str(k).replace("/", SLASH)): escape(v) for k, v in x.items()}
+    return {k: _scalar(k, v) for k, v in flatten({k: escape(v) for k, v in d.items()}, "/").items()}
 
 
 def record(metrics: Mapping[str, Any], out_dir: str | os.PathLike, *, cfg=None, show: bool = True,
@@ -223,6 +232,22 @@ def check_shape(t, expected: Sequence[int | str | None], name: str = "tensor", *
         raise AssertionError(f"{name} has shape {shape}, expected ({', '.join(show(w) for w in want)}): "
                              + "; ".join(problems))
     return {k: v for k, v in bound.items() if k in want}
+
+
+class Narration(str):
+    """Markdown text rendered from a run's own numbers (``narrate``); displays as Markdown."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
+def narrate(template: str, **values: Any) -> Narration:
+    """The narrative around a result, with its numbers filled in from this run, never typed by hand:
+    ``nb.narrate("Fine-tuning reaches {top1:.1f}% from the checkpoint.", top1=res.metrics["top1"])``.
+    ``template`` is a ``str.format`` template of Markdown; a missing value is an error (a KeyError
+    naming it), so text and numbers cannot drift apart. Shown as Markdown in notebooks and executed copies."""
+    import textwrap
+    return Narration(textwrap.dedent(template).strip().format(**values))
 
 
 def show_source(obj):

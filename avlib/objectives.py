@@ -16,9 +16,11 @@ read-outs, what the pre-trained model predicts with no downstream training: a lo
 | name | model | loss |
 |---|---|---|
 | ``deepavfusion`` | ``AVMAE``: the early-fusion encoder + one MAE decoder per modality | masked reconstruction of image and spectrogram patches (official ``loss_image + loss_audio``) |
+| ``ezvsl``, ``slavc``, ``mix_and_localize`` | the supplement's localization methods on the two-stream backbone (``avlib.baselines``) | contrastive / cycle-walk localization objectives; see each module |
+| ``sound_of_pixels``, ``ccol``, ``oneavm`` | the supplement's separation methods on the two-stream backbone (``avlib.baselines``) | mix-and-separate objectives; see each module |
 
-The supplement's comparison methods (EZ-VSL, SLAVC, Mix-and-Localize, ...) live in ``avlib.baselines``, one
-module each, and register themselves when this module is imported (the import at the end).
+The comparison methods live in ``avlib.baselines``, one module each, and register themselves when this
+module is imported (the import at the end); ``docs/baselines.md`` describes them.
 """
 from __future__ import annotations
 

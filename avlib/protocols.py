@@ -278,7 +278,7 @@ class Separation(Protocol):
     mel-grid mask per source image; masks are scored as waveforms (``AVSeparator``, ``separate``)."""
 
     name, main_metric = "separation", "sdr"
-    eval_fields = ("test_data", "eval_mixtures")        # BSS-eval scores the first eval_mixtures test items
+    eval_fields = ("test_data", "eval_mixtures", "eval_workers")        # BSS-eval scores the first eval_mixtures test items
 
     def build(self, encoder, cfg, train_data=None):
         tcfg = self.config(cfg)
@@ -290,31 +290,40 @@ class Separation(Protocol):
         inner = model.module if hasattr(model, "module") else model
         return inner.loss(model(mix, images), sources, mix), {}
 
+    @staticmethod
+    def head_mask(model, mix_audio: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The downstream head's mask probabilities: ``sigmoid(AVSeparator(mix_audio, image))`` ``(B, 1, F, T)``."""
+        return torch.sigmoid(model(mix_audio, image))
+
     @torch.no_grad()
-    def separate(self, model, batch, cfg: Config, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def separate(self, model, batch, cfg: Config, device="cpu", mask_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Separation inference: mask probabilities ``(B, K, 1, F, T)`` and the separated waveforms
-        ``(B, K, S)`` (the mixture's STFT masked by each source's mask, back through the iSTFT)."""
+        ``(B, K, S)`` (the mixture's STFT masked by each source's mask, back through the iSTFT).
+
+        ``mask_fn(model, mix_audio (N, 1, F, T), image (N, 3, H, W)) -> (N, 1, F, T)`` in [0, 1] makes the
+        masks (default ``head_mask``, the ``AVSeparator``); a pre-training objective's zero-shot
+        ``separation_mask`` goes through the same waveform path and scoring (``avlib.baselines``)."""
         mix, images, _ = separation_inputs(batch)
         B, K = batch["images"].shape[:2]
-        probs = torch.sigmoid(model(mix.to(device), images.to(device))).cpu()             # (B*K, 1, F, T)
+        probs = (mask_fn or self.head_mask)(model, mix.to(device), images.to(device)).float().cpu()  # (B*K, 1, F, T)
         est = apply_mel_mask(batch["mix_waveform"].repeat_interleave(K, 0), probs, cfg.data)   # (B*K, S)
         return probs.view(B, K, *probs.shape[1:]), est.view(B, K, -1)
 
     @torch.no_grad()
-    def evaluate(self, model, loader, cfg, device="cpu"):
+    def evaluate(self, model, loader, cfg, device="cpu", mask_fn=None):
         model.eval()
-        ev = SeparationEvaluator(skip_rule="deepavfusion")
+        ev = SeparationEvaluator(skip_rule="deepavfusion", workers=self.config(cfg).eval_workers)
         for b in loader:
-            _, est = self.separate(model, b, cfg, device)
+            _, est = self.separate(model, b, cfg, device, mask_fn)
             ev.update(b["source_waveforms"], est, b["mix_waveform"])
         res = ev.compute()
         return {k: float(res[k]) for k in ("sdr", "sir", "sar", "sdr_mix", "sdri", "n_kept", "n_skipped")}
 
     @torch.no_grad()
-    def predict(self, model, batch, cfg, device="cpu"):
+    def predict(self, model, batch, cfg, device="cpu", mask_fn=None):
         from .audio import AudioFrontEnd
         model.eval().to(device)
-        probs, est = self.separate(model, batch, cfg, device)
+        probs, est = self.separate(model, batch, cfg, device, mask_fn)
         B, K = est.shape[:2]
         pred_audio = AudioFrontEnd(cfg.data)(est.flatten(0, 1)).view(B, K, *batch["mix_audio"].shape[1:])
         return {"mix_audio": batch["mix_audio"], "mix_waveform": batch["mix_waveform"], "images": batch["images"],

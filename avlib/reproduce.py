@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .paths import REPORTS, ROOT, RUNS
-from .utils import markdown_table, stable_hash
+from .utils import atomic_write, markdown_table, stable_hash
 
 __all__ = [
     "MANIFEST", "KERNEL_ENV", "RUNNER_PARAMS", "ReproduceError", "NotebookFailed", "RunInterrupted", "Step", "Manifest",
@@ -70,7 +70,9 @@ MANIFEST: Path = Path(os.environ.get("AVLIB_MANIFEST", ROOT / "notebooks" / "man
 KERNEL_ENV = {
     "PYTHONHASHSEED": "0",                     # hash-randomized set/dict orders become reproducible
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",      # needed by torch.use_deterministic_algorithms on CUDA
-    "TQDM_MININTERVAL": "5",                   # at most one progress-bar refresh per 5 s in reports/*.ipynb
+    # no progress-bar widgets in executed copies (static viewers show them as stale labels or "0%"): the
+    # training loop's plain log lines ("[finetune (scratch)] step 40/138 | ...") are the progress record
+    "TQDM_DISABLE": "1",
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",     # silences ipykernel's "frozen modules" debugger warning
 }
 KERNEL_ENV_UNSET = ("MPLBACKEND",)             # a user's MPLBACKEND=Agg would hide every inline figure
@@ -421,8 +423,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Old or new file, never half of one (imported here: avlib.utils imports torch, the CLI need not)."""
-    from .utils import atomic_write
+    """Old or new file, never half of one."""
     atomic_write(path, text, mode="w")
 
 
@@ -795,6 +796,44 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
     return markdown_table(header, rows, _fmt) + [""]
 
 
+# Column order of result tables: the baseline first, then the paper's starting point and its method;
+# every other initialization or method after them, in the order the notebooks recorded them.
+INIT_ORDER = ("scratch", "unimodal", "pretrained", "deepavfusion")
+
+
+def _comparison_groups(records: Sequence[Mapping]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{task: {metric: {init: value}}}`` from every notebook's ``<task>/<init>/<metric>`` keys."""
+    groups: dict[str, dict[str, dict[str, float]]] = {}
+    for r in records:
+        for row in comparisons(r["metrics"]):
+            groups.setdefault(row["task"], {}).setdefault(row["metric"], {})[row["init"]] = row["value"]
+    return groups
+
+
+def _ordered_inits(values: Iterable[Mapping[str, float]]) -> list[str]:
+    seen = list(dict.fromkeys(k for v in values for k in v))
+    return [k for k in INIT_ORDER if k in seen] + [k for k in seen if k not in INIT_ORDER]
+
+
+def _results_tables(groups: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """The headline (each protocol's main metric, one column per initialization / method) and one table
+    per task with all its metrics. Every init is kept, whatever its name."""
+    from .protocols import PROTOCOLS
+    lines = []
+    main = {t: (PROTOCOLS[t].main_metric, groups[t][PROTOCOLS[t].main_metric]) for t in PROTOCOLS
+            if t in groups and PROTOCOLS[t].main_metric in groups[t]}
+    if main:
+        inits = _ordered_inits(v for _, v in main.values())
+        lines += ["## Main results", "", "Each protocol's main metric, by initialization (columns).", ""]
+        lines += _table(["task", "metric", *inits], [(t, m, *[v.get(k) for k in inits]) for t, (m, v) in main.items()])
+    lines += ["## All comparisons", ""]
+    for t, metrics in groups.items():
+        inits = _ordered_inits(metrics.values())
+        lines += [f"**{t}**", ""]
+        lines += _table(["metric", *inits], [(m, *[v.get(k) for k in inits]) for m, v in metrics.items()])
+    return lines
+
+
 def _collect(man: Manifest, state: Mapping, out: Path) -> list[dict]:
     records = []
     for step in man.steps:
@@ -813,8 +852,8 @@ def _collect(man: Manifest, state: Mapping, out: Path) -> list[dict]:
 
 def render_summary(records: Sequence[Mapping], profile: str, wall_s: float | None = None,
                    base: Path | None = None, run: Mapping | None = None) -> str:
-    """Markdown: a status table, pretrained-vs-scratch and other ``<task>/<init>/<metric>`` comparisons,
-    then each notebook's metrics and figures. Paths are written relative to ``base``; ``run`` (state.json's
+    """Markdown: a status table, the ``<task>/<init>/<metric>`` comparisons (main results, then every
+    metric per task), then each notebook's metrics and figures. Paths are written relative to ``base``; ``run`` (state.json's
     ``run`` record) adds a line when the run is not ``ok`` (running, failed, interrupted)."""
     rel = (lambda p: os.path.relpath(p, base)) if base else str
     lines = [f"# avlib reproduction: profile `{profile}`", ""]
@@ -834,27 +873,9 @@ def render_summary(records: Sequence[Mapping], profile: str, wall_s: float | Non
         if r.get("error"):
             lines += [f"**{r['name']} failed:**", "", "```", r["error"], "```", ""]
 
-    rows = [dict(row, notebook=r["name"]) for r in records for row in comparisons(r["metrics"])]
-    groups: dict[tuple[str, str], dict[str, float]] = {}
-    for row in rows:
-        groups.setdefault((row["task"], row["metric"]), {})[row["init"]] = row["value"]
-    paired = {k: v for k, v in groups.items() if {"pretrained", "scratch"} <= set(v)}
-    if paired:
-        lines += ["## Pretrained vs scratch", ""]
-        lines += _table(["task", "metric", "pretrained", "scratch", "Δ (pretrained − scratch)"],
-                        [(t, m, v["pretrained"], v["scratch"], f"{v['pretrained'] - v['scratch']:+.4g}")
-                         for (t, m), v in paired.items()])
-    others = {}
-    for (t, m), v in groups.items():
-        rest = {k: x for k, x in v.items() if (t, m) not in paired or k not in ("pretrained", "scratch")}
-        if rest:
-            others.setdefault(t, []).append((m, rest))
-    if others:
-        lines += ["## Other comparisons", ""]
-        for t, items in others.items():
-            inits = list(dict.fromkeys(k for _, v in items for k in v))
-            lines += [f"**{t}**", ""]
-            lines += _table(["metric", *inits], [(m, *[v.get(k) for k in inits]) for m, v in items])
+    groups = _comparison_groups(records)
+    if groups:
+        lines += _results_tables(groups)
 
     lines += ["## Notebooks", ""]
     for r in records:
@@ -891,6 +912,62 @@ def _write_summary(man: Manifest, state: Mapping, out: Path, profile: str, wall_
 
 
 # ----------------------------------------------------------------------------------------------
+# The seeds job
+# ----------------------------------------------------------------------------------------------
+def seeds_job(profile: str, seeds: Sequence[int], *, out: str | os.PathLike | None = None,
+              runs: str | os.PathLike | None = None, **kwargs) -> dict:
+    """Run the notebooks once per seed (``<out>/seed<N>``, ``<runs>/seed<N>``; pre-trained checkpoints from
+    the zoo are shared, everything the notebooks train is re-seeded), then aggregate every
+    ``<task>/<init>/<metric>`` over the seeds into ``<out>/seeds.json`` and ``<out>/seeds.md``: mean,
+    standard deviation and range, with the per-seed values. Returns the aggregate."""
+    out = Path(out or REPORTS / profile)
+    runs = Path(runs or RUNS / profile)
+    per_seed = {}
+    for seed in seeds:
+        summary = reproduce(profile, out=out / f"seed{seed}", runs=runs / f"seed{seed}", seed=seed, **kwargs)
+        per_seed[seed] = summary
+    if kwargs.get("dry_run"):
+        return {}
+    table = aggregate_seeds({s: sm.get("comparisons", []) for s, sm in per_seed.items()})
+    _write_json(out / "seeds.json", {"profile": profile, "seeds": list(seeds), "rows": table})
+    _write_text(out / "seeds.md", render_seeds(table, profile, list(seeds)))
+    return {"profile": profile, "seeds": list(seeds), "rows": table}
+
+
+def aggregate_seeds(comparisons_by_seed: Mapping[int, Sequence[Mapping]]) -> list[dict]:
+    """``[{task, init, metric, mean, std, min, max, n, values: {seed: value}}]`` over the seeds (``std``:
+    the sample standard deviation, 0 for one seed)."""
+    import statistics
+    cells: dict[tuple[str, str, str], dict[int, float]] = {}
+    for seed, rows in comparisons_by_seed.items():
+        for r in rows:
+            cells.setdefault((r["task"], r["init"], r["metric"]), {})[seed] = float(r["value"])
+    out = []
+    for (task, init, metric), values in cells.items():
+        v = list(values.values())
+        out.append({"task": task, "init": init, "metric": metric, "mean": statistics.fmean(v),
+                    "std": statistics.stdev(v) if len(v) > 1 else 0.0, "min": min(v), "max": max(v),
+                    "n": len(v), "values": {str(k): x for k, x in values.items()}})
+    return out
+
+
+def render_seeds(rows: Sequence[Mapping], profile: str, seeds: Sequence[int]) -> str:
+    """Markdown: per task, one row per metric and one column per init, ``mean ± std (min–max)``."""
+    lines = [f"# avlib seeds job: profile `{profile}`, seeds {', '.join(map(str, seeds))}", "",
+             "Each cell: mean ± sample standard deviation over the seeds (min–max).", ""]
+    groups: dict[str, dict[str, dict[str, Mapping]]] = {}
+    for r in rows:
+        groups.setdefault(r["task"], {}).setdefault(r["metric"], {})[r["init"]] = r
+    for task, metrics in groups.items():
+        inits = _ordered_inits(metrics.values())
+        lines += [f"**{task}**", ""]
+        body = [(m, *[(f"{c[k]['mean']:.4g} ± {c[k]['std']:.2g} ({c[k]['min']:.4g}–{c[k]['max']:.4g})"
+                       if k in c else "") for k in inits]) for m, c in metrics.items()]
+        lines += _table(["metric", *inits], body)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
@@ -906,6 +983,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="store_true", help="re-run notebooks even when up to date")
     ap.add_argument("--timeout", type=float, help="per-cell execution timeout in seconds")
     ap.add_argument("--seed", type=int, default=0, help="the seed parameter of every notebook (default 0)")
+    ap.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                    help="the seeds job: the whole run once per seed (into <out>/seed<N>, <runs>/seed<N>), then "
+                         "seeds.md / seeds.json in <out> with the mean and spread of every <task>/<init>/<metric>")
     ap.add_argument("--device", default="auto", help="the device parameter of every notebook (default auto)")
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="config overrides added to every notebook's `overrides` parameter, e.g. --set "
@@ -943,9 +1023,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM (a scheduler, `kill`) stops the run like Ctrl-C: recorded as interrupted, not a raw kill
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            reproduce(args.profile, manifest=args.manifest, out=args.out, runs=args.runs, only=args.only,
-                      start=args.start, force=args.force, timeout=args.timeout, seed=args.seed, device=args.device,
-                      overrides=overrides, log_output=not args.quiet, dry_run=args.dry_run)
+            common = dict(manifest=args.manifest, only=args.only, start=args.start, force=args.force,
+                          timeout=args.timeout, device=args.device, overrides=overrides,
+                          log_output=not args.quiet, dry_run=args.dry_run)
+            if args.seeds:
+                seeds_job(args.profile, args.seeds, out=args.out, runs=args.runs, **common)
+            else:
+                reproduce(args.profile, out=args.out, runs=args.runs, seed=args.seed, **common)
         finally:
             signal.signal(signal.SIGTERM, previous)
         return 0

@@ -24,7 +24,6 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .checkpoint import extract_state_dict, load_checkpoint, load_pretrained, save_checkpoint
 from .config import Config, apply_overrides, config_to_dict
@@ -36,7 +35,7 @@ from .objectives import OBJECTIVES
 from .probes import feature_table, fit_cached_probe, linear_probe_accuracy, token_table
 from .protocols import PROTOCOLS
 from .train import History, fit
-from .utils import barrier, is_main_process, resolve_device, seed_everything, sha256_file
+from .utils import barrier, is_main_process, progress_bar, resolve_device, seed_everything, sha256_file
 
 __all__ = ["INITS", "RunResult", "pretrain", "build_task_model", "run_task", "compare_inits",
            "evaluate", "predict_examples", "ablation", "feature_subsets", "token_probe", "run_fingerprint"]
@@ -51,7 +50,7 @@ BRANCHES = ("image.", "audio.")          # the modality ViTs of a DeepAVFusion e
 # live (0 and 2 workers give bit-identical weights, tests/test_scenes.py), activation checkpointing, and
 # which test items the evaluation scores. Run fingerprints leave them out, so changing one re-uses a
 # finished run (a changed evaluation field re-runs the evaluation only: ``eval_fingerprint``).
-PERFORMANCE_FIELDS = {"data": ("num_workers", "pin_memory", "root"), "model": ("grad_checkpointing",)}
+PERFORMANCE_FIELDS = {"data": ("num_workers", "pin_memory", "root", "batch_front_end"), "model": ("grad_checkpointing",)}
 EVAL_FIELDS = {"data": ("test_size",)}
 # ModelConfig fields that decide the encoder's architecture (and so its state dict): a checkpoint must
 # agree with the config on every one of them. Mask ratios, decoders, drop_path and the pair-attention
@@ -256,14 +255,19 @@ def compare_inits(task: str, cfg: Config, run_root: str | Path, inits: Mapping[s
                   checkpoint: str | Path | None = None, device: str = "auto") -> dict[str, RunResult]:
     """The same protocol from several initializations, each in ``run_root/<name>/``.
 
-    ``inits``: ``{name: (init, checkpoint)}``, e.g. ``{"scratch": ("scratch", None), "unimodal":
-    ("warm_start", unimodal_ckpt), "deepavfusion": ("pretrained", av_ckpt)}``; default: the pre-trained
-    ``checkpoint`` vs scratch (``{"pretrained": ("pretrained", checkpoint), "scratch": ("scratch", None)}``).
+    ``inits``: ``{name: (init, checkpoint)}`` or ``{name: (init, checkpoint, overrides)}``, e.g.
+    ``{"scratch": ("scratch", None), "unimodal": ("warm_start", unimodal_ckpt), "deepavfusion":
+    ("pretrained", av_ckpt), "ezvsl": ("pretrained", ezvsl_ckpt, {"model.fusion_arch": "none"})}``:
+    ``overrides`` give the config of an init whose encoder differs (``zoo.initializations`` builds the
+    mapping). Default: the pre-trained ``checkpoint`` vs scratch.
     """
     if inits is None:
         inits = {"pretrained": ("pretrained", checkpoint), "scratch": ("scratch", None)}
-    return {name: run_task(task, cfg, Path(run_root) / name, init=init, checkpoint=ckpt, device=device, label=name)
-            for name, (init, ckpt) in inits.items()}
+    out = {}
+    for name, (init, ckpt, *overrides) in inits.items():
+        icfg = apply_overrides(cfg, overrides[0]) if overrides else cfg
+        out[name] = run_task(task, icfg, Path(run_root) / name, init=init, checkpoint=ckpt, device=device, label=name)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,7 +298,7 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
         clf = AVClassifier(encoder, train_loader.dataset.num_classes, features=subset, head=cfg.linprobe.head,
                            freeze_encoder=True)
         fit_cached_probe(clf, xtr, ytr, cfg.linprobe.train, seed=cfg.seed, run_dir=run_dir / "+".join(subset),
-                         device=device, desc=f"probe {'+'.join(subset)}",
+                         device=device, desc=f"linprobe {'+'.join(subset)} ({init})",
                          fingerprint={**fp, "head": cfg.linprobe.head})
         clf.eval()
         with torch.no_grad():
@@ -304,21 +308,22 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
 
 
 def token_probe(cfg: Config, *, init: str = "pretrained", checkpoint: str | Path | None = None,
-                train_size: int = 1500, test_size: int = 500, device: str = "auto") -> dict[str, float]:
+                train_size: int | None = None, test_size: int | None = None, device: str = "auto") -> dict[str, float]:
     """What the frozen encoder's tokens say about the digits, read out linearly (a kit diagnostic).
 
     The localization, segmentation and separation heads read *local* visual tokens and the *global*
     audio token, so they start from whatever digit identity those tokens already carry. This fits a
     logistic regression (``linear_probe_accuracy``) on ``train_size`` task scenes and scores
-    ``test_size`` test scenes for two questions: which digit is spoken (mean audio token, ``audio``) and
+    ``test_size`` test scenes (default: 1,500 / 500, fewer at profiles with smaller splits) for two questions: which digit is spoken (mean audio token, ``audio``) and
     which digit is drawn in each grid cell (mean of the cell's visual tokens, ``visual_cell``). Needs
     scenes with per-cell classes (AV-Digits / synthetic). Returns top-1 (%) and the sample counts.
     """
     device = resolve_device(device)
     seed_everything(cfg.seed)
     grid = int(cfg.data.grid)
-    train = make_dataset(cfg, "train", "localization", size=train_size)
-    test = make_dataset(cfg, "test", "localization", size=test_size)
+    # at most 1,500 / 500 scenes (the cpu profile's probe), never more than the profile composes per epoch
+    train = make_dataset(cfg, "train", "localization", size=train_size or min(1500, cfg.data.train_size))
+    test = make_dataset(cfg, "test", "localization", size=test_size or min(500, cfg.data.test_size))
     if "cell_classes" not in test[0]:
         raise ValueError(f"token_probe needs scenes with per-cell classes (AV-Digits / synthetic); "
                          f"{type(test).__name__} items have none")
@@ -360,7 +365,7 @@ def ablation(cfg: Config, variants: Mapping[str, Mapping[str, Any]], run_root: s
     1-NN accuracies, ready for a table or ``viz.ablation_plot``.
     """
     rows = []
-    for name, overrides in tqdm(list(variants.items()), desc="ablation", disable=not progress):
+    for name, overrides in progress_bar(list(variants.items()), desc="ablation", disable=not progress):
         vcfg = apply_overrides(cfg, overrides)
         pre = pretrain(vcfg, Path(run_root) / name / "pretrain", device=device, label=name)
         res = run_task(probe, vcfg, Path(run_root) / name / probe, checkpoint=pre.checkpoint, device=device,

@@ -5,7 +5,7 @@
     history.last_eval        # {"epoch": ..., "step": ..., "nn_acc": ...}
 
 Only ``loss_fn(model, batch) -> (loss, {term: value})`` and ``eval_fn(model) -> {metric: float}``
-differ between tasks. Everything else follows the official recipe (DEEPAVFUSION.md §1.5, §3), which
+differ between tasks. Everything else follows the official recipe (docs/official_implementation.md §1.5, §3), which
 inherits MAE's ``util/lr_sched.py`` / ``util/lr_decay.py`` conventions:
 
 1. lr = ``cfg.lr`` or ``blr * eff_batch / 256`` with ``eff_batch = batch_size * accum_steps * world``;
@@ -16,7 +16,9 @@ inherits MAE's ``util/lr_sched.py`` / ``util/lr_decay.py`` conventions:
 5. optional pretrained-branch ramp: the image/audio ViTs' lr is multiplied by a half-cosine that
    rises from 0 to 1 over ``pretrained_ramp_epochs * epochs`` epochs;
 6. AdamW / Adam / SGD / LARS, AMP (bf16 autocast, or fp16 with a GradScaler), grad clipping,
-   gradient accumulation, DDP, atomic checkpoints with bit-exact resume, non-finite loss stop.
+   gradient accumulation, DDP, atomic checkpoints with bit-exact resume, non-finite loss stop;
+7. the fast-path switches of ``TrainConfig`` (each off = the reference): ``amp="auto"``, the attention
+   kernel (``utils.resolve_attention_kernel``), fused optimizers on CPU, ``threads`` while ``fit`` runs.
 
 Resume is bit-identical to an uninterrupted run (tested): the checkpoint stores the RNG states at the
 last optimizer step *and* at the start of the current epoch; resuming restores the epoch-start
@@ -60,8 +62,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
-from .utils import (atomic_write, autocast, barrier, check_amp, is_distributed, is_main_process, rank,
-                    resolve_device, world_size)
+from .timing import torch_threads
+from .utils import (atomic_write, attention_kernel, autocast, barrier, check_amp, is_distributed, is_main_process,
+                    progress_bar, rank, resolve_amp, resolve_attention_kernel, resolve_device, world_size)
 
 __all__ = [
     "fit", "History", "StepInfo", "NonFiniteLossError", "StopTraining", "ResumeError",
@@ -74,7 +77,7 @@ HISTORY_NAME = "history.json"
 PRETRAINED_PREFIXES = ("encoder.image.", "encoder.audio.")   # the two initialized ViTs [code §1.5]
 # TrainConfig fields that do not change the trained weights: a checkpoint may be resumed with
 # different values (e.g. a larger max_steps continues a capped run). Every other field must match.
-RESULT_NEUTRAL_FIELDS = frozenset({"log_every", "eval_every", "ckpt_every", "max_steps", "compile"})
+RESULT_NEUTRAL_FIELDS = frozenset({"log_every", "eval_every", "ckpt_every", "max_steps", "compile", "threads"})
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -241,7 +244,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, eff_batch: int, **group_
     """The optimizer named by ``cfg.optimizer`` over ``param_groups(model, cfg, **group_kwargs)``.
 
     Each group's initial lr is ``resolve_lr(cfg, eff_batch) * lr_scale``; ``LRSchedule.apply`` then
-    sets it at every step. Built-in optimizers use ``fused=True`` on CUDA and ``foreach=True`` elsewhere.
+    sets it at every step. Built-in optimizers use ``fused=True`` on CUDA (and on CPU with
+    ``cfg.fused_optimizer``: one kernel per step instead of a dozen ``foreach`` ops, ~4x faster at the
+    small profiles, same update up to float rounding) and ``foreach=True`` elsewhere.
     """
     groups = param_groups(model, cfg, **group_kwargs)
     if not groups:
@@ -250,7 +255,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, eff_batch: int, **group_
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    fast = {"fused": True} if on_cuda else {"foreach": True}
+    fast = {"fused": True} if on_cuda or cfg.fused_optimizer else {"foreach": True}
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, **fast)
     if cfg.optimizer == "adam":      # weight_decay per group = classic L2 (the supplement uses 0)
@@ -656,9 +661,10 @@ def _epoch_batches(train_loader: DataLoader, run: _RunState):
 
 
 def _accumulate(train_model: nn.Module, batches, loss_fn, cfg: TrainConfig, scaler, device: torch.device,
-                non_blocking: bool) -> tuple[dict[str, float], int]:
-    """Forward + backward of ``cfg.accum_steps`` micro-batches (gradients sync on the last one under DDP);
-    returns the mean loss terms over micro-batches and ranks (one host sync) and the samples seen."""
+                non_blocking: bool, amp: str, kernel: str) -> tuple[dict[str, float], int]:
+    """Forward + backward of ``cfg.accum_steps`` micro-batches (gradients sync on the last one under DDP)
+    under autocast ``amp`` and attention kernel ``kernel`` (both resolved for the device); returns the mean
+    loss terms over micro-batches and ranks (one host sync) and the samples seen."""
     sums: dict[str, torch.Tensor] = {}
     samples = 0
     for micro in range(cfg.accum_steps):
@@ -667,7 +673,7 @@ def _accumulate(train_model: nn.Module, batches, loss_fn, cfg: TrainConfig, scal
         sync = (train_model.no_sync() if isinstance(train_model, DistributedDataParallel)
                 and micro < cfg.accum_steps - 1 else contextlib.nullcontext())
         with sync:
-            with autocast(cfg.amp, device):
+            with autocast(amp, device), attention_kernel(kernel):
                 loss, logs = loss_fn(train_model, batch)
             scaler.scale(loss / cfg.accum_steps).backward()
         terms = {"loss": loss.detach().float(), **{k: torch.as_tensor(v).detach().float().to(device)
@@ -703,6 +709,17 @@ class _LogWindow:
             tqdm.write(f"[{self.desc}] step {run.pos.step}/{self.total_steps} | epoch {entry['epoch']:.2f} | "
                        f"{_format_logs(means)} | lr {lr:.3e} | {entry['samples_per_s']:.0f} samples/s")
             run.history.to_json(self.history_path)
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's buffers (BatchNorm running statistics and counters; cheap: no weights)."""
+    return {name: b.detach().clone() for name, b in model.named_buffers()}
+
+
+@torch.no_grad()
+def _restore_buffers(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    for name, b in model.named_buffers():
+        b.copy_(saved[name])
 
 
 def _evaluate(eval_fn, raw: nn.Module, run: _RunState, num_batches: int, desc: str, history_path: Path) -> None:
@@ -782,6 +799,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     # -- setup ------------------------------------------------------------------------------------
     device = resolve_device(device)
     check_amp(cfg.amp, device)
+    amp = resolve_amp(cfg.amp, device)                      # "auto": bf16 where the device has it natively
+    kernel = resolve_attention_kernel(cfg.attention_kernel, amp, device)
     num_batches, steps_per_epoch = _batches_per_epoch(train_loader, cfg)
     run_dir = Path(run_dir)
     main = is_main_process()
@@ -792,7 +811,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     base_lr = resolve_lr(cfg, eff_batch)
     optimizer = build_optimizer(raw, cfg, eff_batch)
     schedule = LRSchedule.from_config(cfg, base_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -803,7 +822,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                          eval_fingerprint=eval_fingerprint or {})
     run = ckpts.restore(resume=resume, on_mismatch=on_mismatch, desc=desc, num_batches=num_batches)
     run.history.meta.update(lr=base_lr, eff_batch=eff_batch, world_size=world_size(),
-                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, stopped=False)
+                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, stopped=False,
+                            amp=amp, attention_kernel=kernel, threads=cfg.threads or torch.get_num_threads())
     pos, history = run.pos, run.history
 
     train_model = _wrap_for_training(model, cfg, device, ddp)
@@ -811,23 +831,28 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     non_blocking = bool(getattr(train_loader, "pin_memory", False)) and device.type == "cuda"
     logger = _LogWindow(desc, total_steps, ckpts.history_path)
     callbacks = list(callbacks or [])
-    boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state())   # the last consistent state
+    # the last consistent state: position, RNGs and buffers (BatchNorm statistics move in every forward,
+    # so a checkpoint written between two optimizer steps restores them as they were at the last step)
+    boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state(), _buffers(raw))
     updating = False                       # inside the parameter update: an interrupt writes no checkpoint
     quiet = {} if main else {"disable": True}      # rank 0 only; TQDM_DISABLE etc. still apply there
-    epoch_bar = tqdm(total=cfg.epochs, initial=pos.epoch, desc=desc, dynamic_ncols=True, **quiet)
+    epoch_bar = progress_bar(total=cfg.epochs, initial=pos.epoch, desc=desc, dynamic_ncols=True, **quiet)
     step_bar = None
+    threads = torch_threads(cfg.threads)          # cfg.threads intra-op threads until fit returns
+    threads.__enter__()
 
     # -- the loop ---------------------------------------------------------------------------------
     try:
         while pos.epoch < cfg.epochs and pos.step < total_steps:
             train_model.train()
             batches = _epoch_batches(train_loader, run)
-            step_bar = tqdm(total=steps_per_epoch, initial=pos.batch // cfg.accum_steps, leave=False,
+            step_bar = progress_bar(total=steps_per_epoch, initial=pos.batch // cfg.accum_steps, leave=False,
                             desc=f"{desc} epoch {pos.epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
                             **(quiet if step_bars else {"disable": True}))
             while pos.batch + cfg.accum_steps <= steps_per_epoch * cfg.accum_steps and pos.step < total_steps:
                 epoch_float = pos.epoch + pos.batch / num_batches
-                values, samples = _accumulate(train_model, batches, loss_fn, cfg, scaler, device, non_blocking)
+                values, samples = _accumulate(train_model, batches, loss_fn, cfg, scaler, device, non_blocking,
+                                              amp, kernel)
                 logger.samples += samples
                 bad = {k: v for k, v in values.items() if not math.isfinite(v)}
                 if bad:
@@ -843,7 +868,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                 pos.step += 1
                 pos.batch += cfg.accum_steps
                 run.window.append(values)
-                boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state())
+                boundary = (_Position(pos.epoch, pos.batch, pos.step), _rng_state(), _buffers(raw))
                 updating = False
                 step_bar.update(1)
                 step_bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -855,7 +880,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             step_bar.close()
             if pos.batch >= steps_per_epoch * cfg.accum_steps:     # the epoch is complete
                 pos.epoch, pos.batch = pos.epoch + 1, 0
-                boundary = (_Position(pos.epoch, 0, pos.step), boundary[1])
+                boundary = (_Position(pos.epoch, 0, pos.step), *boundary[1:])
                 epoch_bar.update(1)
             finished = pos.epoch >= cfg.epochs or pos.step >= total_steps
             if eval_fn is not None and (finished or (cfg.eval_every and pos.batch == 0
@@ -866,6 +891,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                 ckpts.save(pos, _rng_state(), run.epoch_start_rng, run)
     except StopTraining as e:
         history.meta.update(stopped=True, stop_reason=str(e), completed=False)
+        _restore_buffers(raw, boundary[2])
         ckpts.save(boundary[0], boundary[1], run.epoch_start_rng, run)
         if main:
             tqdm.write(f"[{desc}] stopped at step {pos.step}: {e}; checkpoint written to {ckpts.path}")
@@ -876,6 +902,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                       f"no new checkpoint (the previous one, if any, is intact)", flush=True)
         else:
             history.meta.update(stopped=True, stop_reason="KeyboardInterrupt", completed=False)
+            _restore_buffers(raw, boundary[2])
             ckpts.save(boundary[0], boundary[1], run.epoch_start_rng, run)
             print(f"[{desc}] interrupted: checkpoint at step {boundary[0].step} written to {ckpts.path}; "
                   f"call fit again to resume", flush=True)
@@ -884,6 +911,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         if step_bar is not None:
             step_bar.close()
         epoch_bar.close()
+        threads.__exit__(None, None, None)
     if run.eval_stale and eval_fn is not None and history.meta.get("completed"):
         _evaluate(eval_fn, raw, run, num_batches, desc, ckpts.history_path)     # same weights, new test data
         ckpts.save(pos, _rng_state(), run.epoch_start_rng, run)

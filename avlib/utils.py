@@ -38,8 +38,9 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "seed_everything", "resolve_device", "check_amp", "autocast", "stable_hash", "markdown_table", "Registry",
-    "seed_worker", "DistInfo", "init_distributed",
+    "seed_everything", "resolve_device", "progress_bar", "check_amp", "autocast", "native_bf16", "resolve_amp",
+    "resolve_attention_kernel", "attention_kernel", "stable_hash", "markdown_table", "Registry", "seed_worker",
+    "DistInfo", "init_distributed",
     "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_mean", "barrier", "cleanup",
     "sha256_file", "atomic_write", "folder_lock", "LockedError", "pid_alive",
 ]
@@ -236,8 +237,48 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def progress_bar(iterable=None, **kwargs):
+    """``tqdm.auto``'s bar (a widget in Jupyter, text in a terminal), off when ``TQDM_DISABLE`` is set:
+    ``tqdm.notebook`` ignores that variable, so the kit applies it itself. The runner sets it, and
+    executed copies keep the training loop's plain log lines instead of stale widgets."""
+    from tqdm.auto import tqdm
+
+    if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bf16 natively: a GPU that supports it, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere oneDNN emulates bf16 and autocast runs slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_amp(amp: str, device: torch.device | str) -> str:
+    """The mixed-precision mode a ``TrainConfig.amp`` value means on ``device``: ``"auto"`` is ``"bf16"``
+    where the device has native bf16 (``native_bf16``) and ``"none"`` elsewhere; other values as given."""
+    if amp != "auto":
+        return amp
+    return "bf16" if native_bf16(device) else "none"
+
+
+def resolve_attention_kernel(kernel: str, amp: str, device: torch.device | str) -> str:
+    """The attention kernel a ``TrainConfig.attention_kernel`` value means: ``"auto"`` is ``"math"`` under
+    bf16 autocast on CPU (there the flash kernel's bf16 backward is ~10x slower than the math kernel at the
+    small profiles' sequence lengths, measured with ``avlib.bench``) and ``"default"`` elsewhere."""
+    if kernel != "auto":
+        return kernel
+    return "math" if resolve_amp(amp, device) == "bf16" and torch.device(device).type == "cpu" else "default"
+
+
 def check_amp(amp: str, device: torch.device) -> None:
-    """Refuse a mixed-precision mode the device cannot run (``"none"`` | ``"bf16"`` | ``"fp16"``)."""
+    """Refuse a mixed-precision mode the device cannot run (``"none"`` | ``"bf16"`` | ``"fp16"`` | ``"auto"``)."""
+    amp = resolve_amp(amp, device)
     if amp == "fp16" and device.type != "cuda":
         raise ValueError(f"amp='fp16' needs a CUDA device (got {device}); on CPU use amp='none' or 'bf16'")
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -247,12 +288,25 @@ def check_amp(amp: str, device: torch.device) -> None:
 def autocast(amp: str, device: torch.device | str):
     """The autocast context of a ``TrainConfig.amp`` mode: ``"none"`` (a no-op context), ``"bf16"`` or
     ``"fp16"`` on ``device``'s type. Used by the training loop and the benchmark alike."""
+    amp = resolve_amp(amp, device)
     if amp == "none":
         return contextlib.nullcontext()
     if amp not in ("bf16", "fp16"):
-        raise ValueError(f"amp={amp!r}: none | bf16 | fp16")
+        raise ValueError(f"amp={amp!r}: none | bf16 | fp16 | auto")
     return torch.autocast(device_type=torch.device(device).type,
                           dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def attention_kernel(kernel: str = "default"):
+    """The context of a resolved ``TrainConfig.attention_kernel`` (``resolve_attention_kernel``): ``"default"``
+    (a no-op: torch picks the scaled-dot-product-attention kernel) or ``"math"`` (only the plain composite
+    kernel: softmax(q k^T) v as separate ops). Same math; the kernels round differently."""
+    if kernel == "default":
+        return contextlib.nullcontext()
+    if kernel != "math":
+        raise ValueError(f"attention kernel {kernel!r}: default | math")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ papermill, tests and readers without widgets call the same code with fixed argum
 
     fig, player = render_scene(dataset, 3)          # what scene_explorer(dataset) shows at index 3
     scene_explorer(dataset)                         # the same, with a slider (JupyterLab)
+    scene_explorer(dataset, static=True)            # a Gallery of fixed views (executed copies, papermill)
 
 ``ipywidgets`` is imported only when an explorer is built.
 """
@@ -18,7 +19,7 @@ from . import viz
 from .nb import audio_player
 
 __all__ = ["render_scene", "render_overlay", "render_separation", "audio_players", "scene_explorer",
-           "overlay_explorer", "separation_explorer"]
+           "overlay_explorer", "separation_explorer", "Gallery"]
 
 
 def _lookup(obj, *names: str):
@@ -170,48 +171,81 @@ def _explorer(render, controls: Mapping[str, Any]):
     return w.VBox([w.HBox(list(controls.values())), out])
 
 
+class Gallery:
+    """The static stand-in for an explorer: the same ``render`` at a few fixed settings, displayed in
+    order with a caption each (executed copies, static viewers, readers without widgets)."""
+
+    def __init__(self, render, settings: list[dict], title: str):
+        self.render, self.settings, self.title = render, list(settings), title
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import Markdown, display
+
+        display(Markdown(f"*{self.title}: a static gallery of {len(self.settings)} views "
+                         "(run the notebook in JupyterLab with `explorers=True` for the interactive explorer).*"))
+        for kw in self.settings:
+            display(Markdown("**" + ", ".join(f"{k} {v}" for k, v in kw.items()) + "**"))
+            _show(*_as_tuple(self.render(**kw)))
+
+
 def _as_tuple(x):
     return x if isinstance(x, tuple) else (x,)
 
 
-def scene_explorer(dataset, *, sample_rate: int | None = None, hop_length: int | None = None):
-    """Browse scenes: frame, ground truth, spectrogram and an audio player (``render_scene``)."""
+def scene_explorer(dataset, *, sample_rate: int | None = None, hop_length: int | None = None,
+                   static: bool = False):
+    """Browse scenes: frame, ground truth, spectrogram and an audio player (``render_scene``).
+    ``static``: a ``Gallery`` of the first three scenes instead of the slider."""
+    def render(index):
+        return render_scene(dataset, index, sample_rate=sample_rate, hop_length=hop_length)
+    if static:
+        return Gallery(render, [{"index": i} for i in range(min(3, len(dataset)))], "scene explorer")
     import ipywidgets as w
 
     index = w.IntSlider(value=0, min=0, max=len(dataset) - 1, description="scene", continuous_update=False)
-    return _explorer(lambda index: render_scene(dataset, index, sample_rate=sample_rate, hop_length=hop_length),
-                     {"index": index})
+    return _explorer(render, {"index": index})
 
 
-def overlay_explorer(images, pred_maps, gt_maps, *, normalized: bool = True):
+def overlay_explorer(images, pred_maps, gt_maps, *, normalized: bool = True, static: bool = False):
     """Slide through localization / segmentation overlays with a threshold slider (``render_overlay``);
-    with ``pred_maps`` a dict ``{method: maps}``, a dropdown picks the method."""
+    with ``pred_maps`` a dict ``{method: maps}``, a dropdown picks the method. ``static``: a ``Gallery``
+    of the first two samples for every method at threshold 0.5."""
+    def render(**kw):
+        return render_overlay(images, pred_maps, gt_maps, normalized=normalized, **kw)
+    methods = list(pred_maps) if isinstance(pred_maps, Mapping) else [None]
+    if static:
+        return Gallery(render, [{"index": i, "threshold": 0.5, **({"method": m} if m else {})}
+                                for m in methods for i in range(min(2, len(images)))], "overlay explorer")
     import ipywidgets as w
 
     controls = {"index": w.IntSlider(value=0, min=0, max=len(images) - 1, description="sample",
                                      continuous_update=False),
                 "threshold": w.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="threshold",
                                            continuous_update=False)}
-    if isinstance(pred_maps, Mapping):
-        controls["method"] = w.Dropdown(options=list(pred_maps), description="method")
-    return _explorer(lambda **kw: render_overlay(images, pred_maps, gt_maps, normalized=normalized, **kw),
-                     controls)
+    if methods != [None]:
+        controls["method"] = w.Dropdown(options=methods, description="method")
+    return _explorer(render, controls)
 
 
 def separation_explorer(mix_wave, pred_waves, gt_waves, sample_rate: int, *, source_names=None,
-                        normalize: bool = False):
+                        normalize: bool = False, static: bool = False):
     """Listen to mixture / separated / ground truth (``render_separation``; players on one common scale
-    unless ``normalize``); batched inputs ``(B, S)``, ``(B, K, S)`` get an example slider."""
-    import ipywidgets as w
-
+    unless ``normalize``); batched inputs ``(B, S)``, ``(B, K, S)`` get an example slider. ``static``:
+    a ``Gallery`` of the first two examples."""
     kw = {"source_names": source_names, "normalize": normalize}
     batched = viz.to_numpy(mix_wave).ndim == 2
+
+    def render(index=None):
+        return render_separation(mix_wave, pred_waves, gt_waves, sample_rate, index, **kw)
+    if static:
+        return Gallery(render, [{"index": i} for i in range(min(2, len(mix_wave)))] if batched else [{}],
+                       "separation explorer")
+    import ipywidgets as w
+
     if not batched:
-        fig, players = render_separation(mix_wave, pred_waves, gt_waves, sample_rate, **kw)
         out = w.Output()
         with out:
-            _show(fig, players)
+            _show(*render())
         return out
     index = w.IntSlider(value=0, min=0, max=len(mix_wave) - 1, description="example", continuous_update=False)
-    return _explorer(lambda index: render_separation(mix_wave, pred_waves, gt_waves, sample_rate, index, **kw),
-                     {"index": index})
+    return _explorer(render, {"index": index})

@@ -108,7 +108,8 @@ display(fig, player)
 # ## 2. One item, every key
 #
 # Every task receives the same dictionary of tensors (ARCHITECTURE.md, "Batches"), so a loader for one
-# task works for all of them. Images are ImageNet-normalized (the official pipeline, DEEPAVFUSION.md §2.2),
+# task works for all of them. Images are ImageNet-normalized (the official pipeline,
+# [official code §2.2](../docs/official_implementation.md#22-image-front-end)),
 # and the audio is the log-mel `(1, F, T)` with frequency on rows.
 
 # %%
@@ -174,7 +175,8 @@ display(fig, nb.audio_player(pair["mix_waveform"], sr))
 # %% [markdown]
 # ## 4. The audio front end
 #
-# The official code turns a waveform into a log-mel spectrogram in five steps (DEEPAVFUSION.md §2.1).
+# The official code turns a waveform into a log-mel spectrogram in five steps
+# ([official code §2.1](../docs/official_implementation.md#21-audio-front-end)).
 # `avlib.audio.AudioFrontEnd` reproduces them bit for bit at the paper profile:
 #
 # 1. **Mirror pad** to the clip length: while the clip is too short, append its time-reversed copy
@@ -297,11 +299,11 @@ display(fig, player)
 #
 # Drag the slider to browse the test scenes, each with its ground truth and an audio player. This is the
 # same `render_scene` call as above, wired to a slider. It needs JupyterLab with ipywidgets; batch runs
-# pass `explorers=False` (papermill can hang on widget output), and the static figures above stand in.
+# pass `explorers=False` (papermill can hang on widget output) and show a static gallery of the first
+# scenes instead.
 
 # %%
-if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.scene_explorer(test_ds))
+widgets.scene_explorer(test_ds, static=not explorers)   # the runner passes explorers=False: a static gallery
 
 # %% [markdown]
 # ## 9. How fast can we make scenes?
@@ -358,6 +360,6 @@ nb.record(metrics, paths.out_dir, cfg=cfg)
 # ## References
 #
 # * Mo & Morgado, DeepAVFusion, CVPR 2024, and its supplementary material (A.1-A.3: the downstream protocols).
-# * Official front end and image pipeline: `../shared/reference/DEEPAVFUSION.md` §2.1-2.2.
+# * Official front end and image pipeline: [docs/official_implementation.md §2.1-2.2](../docs/official_implementation.md#2-data-pipeline).
 # * Free Spoken Digit Dataset (Jackson et al., github.com/Jakobovski/free-spoken-digit-dataset); MNIST (LeCun et al.).
 # * Zhao et al., *The Sound of Pixels*, ECCV 2018 (mix-and-separate).

@@ -20,7 +20,7 @@
 # Interactions through Masked Modeling*, CVPR 2024 ([arXiv:2312.01017](https://arxiv.org/abs/2312.01017)).
 # The method is in Sec. 3 of the paper. Here we follow the official implementation
 # ([stoneMo/DeepAVFusion](https://github.com/stoneMo/DeepAVFusion)) as documented in
-# `../shared/reference/DEEPAVFUSION.md` §1. `avlib.model` matches it key for key and reproduces its
+# [docs/official_implementation.md §1](../docs/official_implementation.md#1-architecture). `avlib.model` matches it key for key and reproduces its
 # golden outputs to 1e-5.
 #
 # DeepAVFusion is an *early-fusion* encoder. An image ViT and an audio ViT run side by side, and at
@@ -110,7 +110,7 @@ print("pos_embed trainable:", enc.image.pos_embed.requires_grad)
 # During pre-training the encoder sees only a random subset of each modality. The paper keeps 25 %
 # of the image tokens (mask ratio 0.75) and 20 % of the audio tokens (0.8). The small profiles keep
 # half of each (0.5 / 0.5; see notebook 07), and the cells below use the profile's ratios. This is
-# per-sample uniform masking (argsort of uniform noise, DEEPAVFUSION.md §1.5). The masked tokens are
+# per-sample uniform masking (argsort of uniform noise, [official code §1.5](../docs/official_implementation.md#15-masked-modeling)). The masked tokens are
 # **removed**, not replaced, so the encoder runs on short sequences. The decoders of notebook 02 must
 # then fill in the gaps. The fusion tokens are never masked.
 #
@@ -148,7 +148,7 @@ print(f"the encoder ran on {Kv} image + {Ka} audio tokens (+ {m.num_fusion_total
 # ## 3. The fusion tokens
 #
 # A single learned tensor `fusion_tokens` of shape `(1, Nf, D)` is broadcast over the batch. Its three
-# parts have different jobs (DEEPAVFUSION.md §1.3):
+# parts have different jobs ([official code §1.3](../docs/official_implementation.md#13-fusion-tokens-and-fusion-blocks)):
 #
 # | part | paper config | role |
 # |---|---|---|
@@ -168,7 +168,8 @@ print(f"Nf = {Nf} = {nf} fusion + {nva} visual-aggregation + {naa} audio-aggrega
 # %% [markdown]
 # ## 4. One layer, exactly
 #
-# With the layer inputs $X^v, X^a, X^f$, layer $l$ computes two things **in parallel** (DEEPAVFUSION.md §1.4):
+# With the layer inputs $X^v, X^a, X^f$, layer $l$ computes two things **in parallel**
+# ([official code §1.4](../docs/official_implementation.md#14-one-layer-of-early-fusion)):
 #
 # 1. **Distribution (fusion → modalities).** Each pretrained ViT block runs full self-attention over
 #    `[fusion tokens ; its own tokens]`:
@@ -293,7 +294,7 @@ fig
 #
 # On `torch.device("meta")`, a module records shapes and no data. We can therefore build the ViT-B
 # AVMAE (363 M parameters, 1.4 GB in fp32) instantly and count its state dict, then compare with
-# the official numbers (DEEPAVFUSION.md §1.6, counted from the official code).
+# the official numbers ([official code §1.6](../docs/official_implementation.md#16-parameter-counts), counted from the official code).
 
 # %%
 def count_params(profile_name: str) -> dict:
@@ -306,7 +307,7 @@ def count_params(profile_name: str) -> dict:
 
 
 # %%
-# DEEPAVFUSION.md §1.6: state_dict elements of the official models (the yaml default and the two releases)
+# docs/official_implementation.md §1.6: state_dict elements of the official models (yaml default, two releases)
 official = {"paper": {"encoder": 311_155_200, "fusion blocks": 140_004_864, "decoders": 51_903_488, "AVMAE": 363_058_688},
             "vggsound_release": {"encoder": 268_660_224, "fusion blocks": 97_509_888, "AVMAE": 320_563_712},
             "as2m_release": {"encoder": 327_094_272, "fusion blocks": 155_943_936, "AVMAE": 378_997_760}}
@@ -485,6 +486,7 @@ nb.record(metrics, paths.out_dir, cfg=cfg)
 # ## References
 #
 # * Mo & Morgado, DeepAVFusion, CVPR 2024 (Sec. 3, method); official code stoneMo/DeepAVFusion (commit 2768e7f).
-# * `../shared/reference/DEEPAVFUSION.md` §1.2-1.7 (architecture, per-layer computation, quirks, parameter counts).
+# * [docs/official_implementation.md](../docs/official_implementation.md#1-architecture) §1.2-1.7 (architecture, per-layer computation, parameter
+#   counts) and [§4](../docs/official_implementation.md#4-numerical-details-a-re-implementation-must-match) (the quirks a re-implementation must match).
 # * He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022 (patchify, random masking, sin-cos embeddings).
 # * Dosovitskiy et al., *An Image is Worth 16x16 Words*, ICLR 2021 (ViT); timm `Block` and `PatchEmbed`.

@@ -18,7 +18,7 @@
 #
 # **Paper.** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
 # Interactions through Masked Modeling*, CVPR 2024 ([arXiv:2312.01017](https://arxiv.org/abs/2312.01017)), Sec. 3.
-# Official recipe: `../shared/reference/DEEPAVFUSION.md` §1.5 (decoders and loss) and §3.1 (schedule).
+# Official recipe: [docs/official_implementation.md](../docs/official_implementation.md) §1.5 (decoders and loss) and §3.1 (schedule).
 #
 # An early-fusion encoder has many more interactions to learn than two separate encoders. The paper's
 # answer is to train it without labels by **masked reconstruction of both modalities**, as MAE and
@@ -69,7 +69,7 @@ cfg.pretrain
 # %% [markdown]
 # ## 1. The objective (AVMAE)
 #
-# One pre-training step (official `models/avmae.py::AVMAE`, DEEPAVFUSION.md §1.5):
+# One pre-training step (official `models/avmae.py::AVMAE`, [§1.5](../docs/official_implementation.md#15-masked-modeling)):
 #
 # 1. **Mask** each modality independently and per sample. The paper removes 75 % of the image tokens
 #    and 80 % of the audio tokens; the small profiles remove 50 % of each (`random_masking`, notebook 01).
@@ -157,7 +157,7 @@ fig
 # ## 4. The 1-NN probe: do the pooled tokens group the scenes by class?
 #
 # The official code monitors pre-training with a leave-one-out 1-nearest-neighbour classifier
-# (`util/knn_probe.py`, DEEPAVFUSION.md §3.1). Each test scene is represented by its mean-pooled,
+# (`util/knn_probe.py`, [docs/metrics.md](../docs/metrics.md#nearest-neighbour-probe)). Each test scene is represented by its mean-pooled,
 # L2-normalized image tokens, audio tokens and fusion tokens. A scene is classified by the label of its
 # most cosine-similar other scene, and "all" sums the three similarity matrices. No labels are used
 # for training. Chance is 1/10.
@@ -247,7 +247,7 @@ nb.record(metrics, paths.out_dir, cfg=cfg, pretrain_ckpt=str(pre.checkpoint))
 #
 # `profile="paper"` is the official setting: two ViT-B/16 encoders, VGGSound, 200 epochs (40 warm-up),
 # batch 64 per GPU × 8 GPUs, base lr 1.5e-4 (lr = 1.5e-4 × 512 / 256), fp16 autocast, and the
-# pretrained-ViT lr ramp (DEEPAVFUSION.md §3.1). That is days of multi-GPU time, so it is not
+# pretrained-ViT lr ramp ([official code §3.1](../docs/official_implementation.md#31-pre-training)). That is days of multi-GPU time, so it is not
 # something to run inside a kernel. Run the same `tasks.pretrain` from the command line instead, one
 # process per GPU:
 #
@@ -292,4 +292,4 @@ nb.record(metrics, paths.out_dir, cfg=cfg, pretrain_ckpt=str(pre.checkpoint))
 # * Mo & Morgado, DeepAVFusion, CVPR 2024; official code `models/avmae.py`, `train.py`, `util/knn_probe.py`.
 # * He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022 (masking, `norm_pix_loss`, visualization).
 # * Huang et al., *Masked Autoencoders that Listen* (AudioMAE), NeurIPS 2022.
-# * `../shared/reference/DEEPAVFUSION.md` §1.5, §3.1.
+# * [docs/official_implementation.md](../docs/official_implementation.md) [§1.5](../docs/official_implementation.md#15-masked-modeling), [§3.1](../docs/official_implementation.md#31-pre-training).

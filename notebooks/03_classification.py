@@ -19,7 +19,7 @@
 # **Paper:** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
 # Interactions through Masked Modeling*, CVPR 2024 (arXiv:2312.01017), classification results and
 # supplement **A.1** (protocol and the feature-subset analysis). The official code's recipes:
-# `shared/reference/DEEPAVFUSION.md` §3.2-3.3. Metric: `PEERS_AND_METRICS.md` §B4.
+# [docs/official_implementation.md §3.2-3.3](../docs/official_implementation.md#32-linear-probe). Metric: [docs/metrics.md](../docs/metrics.md#top-1-accuracy).
 #
 # **What you will learn**
 # 1. The two standard ways to judge a pre-trained encoder. The **linear probe** trains a linear layer on
@@ -106,7 +106,7 @@ ckpt
 nb.show_source(heads.AVClassifier.pooled)
 
 # %% [markdown]
-# **The official recipe** (`recipe="official"`, DEEPAVFUSION.md §3.2) differs in three ways. The probe is
+# **The official recipe** (`recipe="official"`, [official code §3.2](../docs/official_implementation.md#32-linear-probe)) differs in three ways. The probe is
 # trained with LARS (base lr 0.3, cosine schedule). Each stream gets its own `BatchNorm1d(affine=False)` and
 # linear head. The prediction is the **average of the three heads' logits**, and per-head accuracies are
 # reported too (`top1_audio`, `top1_visual`, and `top1_fusion` when the fusion stream is among
@@ -244,7 +244,7 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 #
 # ## References
 #
-# - Mo & Morgado, CVPR 2024, supplement A.1; `shared/reference/SEED_SUPPLEMENT.md`.
+# - Mo & Morgado, CVPR 2024, supplement A.1 ([docs/protocols.md](../docs/protocols.md#a1-classification)).
 # - He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022: the linear probe with
 #   a non-affine BatchNorm and LARS that the official recipe follows.
 # - `avlib.heads.AVClassifier`, `avlib.tasks.feature_subsets`, `avlib.metrics.top1`.

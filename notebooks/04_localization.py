@@ -18,8 +18,8 @@
 #
 # **Paper:** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
 # Interactions through Masked Modeling*, CVPR 2024 (arXiv:2312.01017), supplement **A.2** (protocol) and
-# **Figure 1** (qualitative maps). Metric definitions: `shared/reference/PEERS_AND_METRICS.md` §B1.
-# How the official code handles this task: `shared/reference/DEEPAVFUSION.md` §3.4.
+# **Figure 1** (qualitative maps). Metric definitions: [docs/metrics.md](../docs/metrics.md#localization).
+# How the official code handles this task: [docs/official_implementation.md §3.4](../docs/official_implementation.md#34-localization).
 #
 # **What you will learn**
 # 1. How a localization map is read directly off the encoder: the cosine similarity between the *global*
@@ -88,7 +88,7 @@ ckpt
 # token has already exchanged information with the audio through the fusion tokens (notebook 01).
 #
 # `AVLocalizer` adds only two scalars: logits $= s\cdot\hat y + b$, upsampled to the image size. The official
-# repository has no localization code (DEEPAVFUSION.md §3.4), so this head is the kit's reading of A.2; its
+# repository has no localization code ([§3.4](../docs/official_implementation.md#34-localization)), so this head is the kit's reading of A.2; its
 # docstring explains the initial values of $s$ and $b$.
 
 # %%
@@ -257,16 +257,13 @@ fig
 #
 # Browse the samples and move the threshold to see which pixels an absolute threshold would keep (the
 # metric itself uses each image's median). The explorer needs JupyterLab with ipywidgets. Batch runs pass
-# `explorers=False`, because papermill can hang on widget output; the plain `render_overlay` call below
-# shows the same view for sample 0 in executed copies.
+# `explorers=False`, because papermill can hang on widget output; executed copies then show a static
+# gallery of the same views (the first samples of each method at threshold 0.5).
 
 # %%
 preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
-if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.overlay_explorer(examples["pretrained"]["image"], preds, examples["pretrained"]["gt"]))
-
-# %%
-widgets.render_overlay(examples["pretrained"]["image"], preds, examples["pretrained"]["gt"], 0, threshold=0.5)
+# the runner passes explorers=False: a static gallery of the same views
+widgets.overlay_explorer(examples["pretrained"]["image"], preds, examples["pretrained"]["gt"], static=not explorers)
 
 # %% [markdown]
 # ## 6. Results
@@ -325,9 +322,9 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 #
 # ## References
 #
-# - Mo & Morgado, CVPR 2024, supplement A.2 and Figure 1; `shared/reference/SEED_SUPPLEMENT.md`.
+# - Mo & Morgado, CVPR 2024, supplement A.2 and Figure 1 ([docs/protocols.md](../docs/protocols.md#a2-localization-and-segmentation)).
 # - Senocak et al., *Learning to Localize Sound Source in Visual Scenes*, CVPR 2018 (cIoU, Flickr-SoundNet).
 # - Mo & Morgado, *Localizing Visual Sounds the Easy Way* (EZ-VSL), ECCV 2022, and *A Closer Look at
 #   Weakly-Supervised Audio-Visual Source Localization* (SLAVC), NeurIPS 2022: the evaluation code followed
-#   here (`PEERS_AND_METRICS.md` §B1).
+#   here ([docs/metrics.md](../docs/metrics.md#ciou)).
 # - `avlib.heads.AVLocalizer`, `avlib.metrics.ciou_per_sample`, `avlib.metrics.localization_metrics`.

@@ -18,8 +18,8 @@
 #
 # **Paper:** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
 # Interactions through Masked Modeling*, CVPR 2024 (arXiv:2312.01017), supplement **A.2** (protocol) and
-# **Figure 2** (qualitative masks). Metrics: `shared/reference/PEERS_AND_METRICS.md` §B2. The official head
-# and evaluator: `shared/reference/DEEPAVFUSION.md` §3.5.
+# **Figure 2** (qualitative masks). Metrics: [docs/metrics.md](../docs/metrics.md#segmentation). The official head
+# and evaluator: [docs/official_implementation.md §3.5](../docs/official_implementation.md#35-segmentation).
 #
 # **What you will learn**
 # 1. How the supplement turns the encoder into a segmenter. The global audio vector is fused with every
@@ -95,7 +95,7 @@ ckpt
 # epochs, batch 128; the small profiles keep Adam and lr $10^{-4}$ but train fewer epochs, 3 at `cpu`). On AV-Digits, `seg_mask` marks the speaking digit's stroke pixels, not its whole cell,
 # so this task is finer than 04's.
 #
-# **The official head** is `overrides={"segmentation.head": "official_unet"}` (DEEPAVFUSION.md §3.5): a
+# **The official head** is `overrides={"segmentation.head": "official_unet"}` ([§3.5](../docs/official_implementation.md#35-segmentation)): a
 # U-Net over the visual tokens of four encoder layers, with the last layer's audio tokens projected and
 # broadcast at every scale. It is also what `recipe="official"` selects, together with AdamW and layer-wise
 # lr decay.
@@ -154,7 +154,7 @@ fig
 #   does not depend on batching.
 #
 # Together with evaluation on AVSBench's `val` split, this is why DeepAVFusion's README numbers cannot be put
-# in the same table as AVSBench-protocol results (PEERS_AND_METRICS.md §B2). On AV-Digits every test frame
+# in the same table as AVSBench-protocol results ([docs/metrics.md](../docs/metrics.md#deepavfusion-evaluator)). On AV-Digits every test frame
 # has a speaking digit, so the empty-GT rules never fire. The toy frame below shows what they do on an
 # empty frame that is predicted empty:
 
@@ -212,16 +212,13 @@ fig
 #
 # Browse the samples and move the threshold. The IoU and F-score operating points (0.5 and the best
 # threshold) are often far apart. The explorer needs JupyterLab with ipywidgets. Batch runs pass
-# `explorers=False`, because papermill can hang on widget output; the plain `render_overlay` call below
-# shows sample 0 in executed copies.
+# `explorers=False`, because papermill can hang on widget output; executed copies then show a static
+# gallery of the same views (the first samples of each method at threshold 0.5).
 
 # %%
 preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
-if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.overlay_explorer(examples["pretrained"]["image"], preds, g))
-
-# %%
-widgets.render_overlay(examples["pretrained"]["image"], preds, g, 0, threshold=0.5)
+# the runner passes explorers=False: a static gallery of the same views
+widgets.overlay_explorer(examples["pretrained"]["image"], preds, g, static=not explorers)
 
 # %% [markdown]
 # ## 5. Results
@@ -265,6 +262,6 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 #
 # ## References
 #
-# - Mo & Morgado, CVPR 2024, supplement A.2 and Figure 2; `shared/reference/SEED_SUPPLEMENT.md`.
+# - Mo & Morgado, CVPR 2024, supplement A.2 and Figure 2 ([docs/protocols.md](../docs/protocols.md#a2-localization-and-segmentation)).
 # - Zhou et al., *Audio-Visual Segmentation*, ECCV 2022 (AVSBench, its mIoU and F-score).
 # - `avlib.heads.AVSegmenter`, `avlib.metrics.AVSBenchEvaluator`, `avlib.metrics.DeepAVFusionSegEvaluator`.

@@ -18,8 +18,8 @@
 #
 # **Paper:** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
 # Interactions through Masked Modeling*, CVPR 2024 (arXiv:2312.01017), supplement **A.3** (protocol) and
-# **Figure 3** (separated spectrograms). The official head and inference: `shared/reference/DEEPAVFUSION.md`
-# §3.6. Metrics: `shared/reference/PEERS_AND_METRICS.md` §B3.
+# **Figure 3** (separated spectrograms). The official head and inference:
+# [docs/official_implementation.md §3.6](../docs/official_implementation.md#36-separation). Metrics: [docs/metrics.md](../docs/metrics.md#separation).
 #
 # **What you will learn**
 # 1. The *mix-and-separate* trick. Add two clips, then ask the model to pull one back out given the picture
@@ -239,12 +239,13 @@ for label, player in scratch.items():
 # ### Explore
 #
 # The same view with a slider over the kept test mixtures (JupyterLab with ipywidgets; batch runs pass
-# `explorers=False`, because papermill can hang on widget output). To hear the scratch model instead, pass
+# `explorers=False`, because papermill can hang on widget output, and executed copies show a static gallery
+# of the first examples instead). To hear the scratch model instead, pass
 # `examples["scratch"]["pred_waveforms"]`.
 
 # %%
-if explorers:                                 # JupyterLab; the runner passes explorers=False
-    display(widgets.separation_explorer(ex["mix_waveform"], ex["pred_waveforms"], ex["gt_waveforms"], sr))
+# the runner passes explorers=False: a static gallery of the same views
+widgets.separation_explorer(ex["mix_waveform"], ex["pred_waveforms"], ex["gt_waveforms"], sr, static=not explorers)
 
 # %% [markdown]
 # ## 7. Results
@@ -288,7 +289,7 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 #
 # ## References
 #
-# - Mo & Morgado, CVPR 2024, supplement A.3 and Figure 3; `shared/reference/SEED_SUPPLEMENT.md`.
+# - Mo & Morgado, CVPR 2024, supplement A.3 and Figure 3 ([docs/protocols.md](../docs/protocols.md#a3-separation)).
 # - Zhao et al., *The Sound of Pixels*, ECCV 2018 (mix-and-separate, binary masks).
 # - Vincent, Gribonval & Févotte, *Performance Measurement in Blind Audio Source Separation*, IEEE TASLP
 #   2006 (SDR / SIR / SAR); Raffel et al., *mir_eval*, ISMIR 2014.

@@ -19,7 +19,7 @@
 # **Paper:** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
 # Interactions through Masked Modeling*, CVPR 2024 (arXiv:2312.01017), ablation studies of the fusion
 # design: fusion architecture, number of fusion tokens, masking ratio. The official blocks behind each
-# variant: `shared/reference/DEEPAVFUSION.md` §1.3-1.5.
+# variant: [docs/official_implementation.md §1.3-1.5](../docs/official_implementation.md#13-fusion-tokens-and-fusion-blocks).
 #
 # **What you will learn**
 # 1. How an ablation is run. Every variant is a set of config overrides; each one is **pre-trained from
@@ -82,7 +82,7 @@ budget, cfg.pretrain, cfg.model
 # The probe's metrics appear as `<probe>_*` and the final pre-training losses and 1-NN accuracies as
 # `pretrain_*`. Finished variants are cached, so adding a sweep later only pays for the new variants.
 #
-# **Fusion architecture** (DEEPAVFUSION.md §1.3-1.4). In every variant, the fusion tokens take part in both
+# **Fusion architecture** ([official code §1.3-1.4](../docs/official_implementation.md#13-fusion-tokens-and-fusion-blocks)). In every variant, the fusion tokens take part in both
 # modality ViTs' self-attention at every layer. What updates them differs:
 #
 # | variant | fusion tokens are updated by | cost per layer |
@@ -236,7 +236,7 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=pretrain_ckpt)
 #
 # ## References
 #
-# - Mo & Morgado, CVPR 2024, ablation studies; `shared/reference/DEEPAVFUSION.md` §1.3-1.5.
+# - Mo & Morgado, CVPR 2024, ablation studies; [docs/official_implementation.md §1.3-1.5](../docs/official_implementation.md#13-fusion-tokens-and-fusion-blocks).
 # - He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022; Huang et al., *Masked
 #   Autoencoders that Listen*, NeurIPS 2022 (masking ratios).
 # - Notebook 01 and `avlib.model.pair_attention` (the separable identity); `avlib.tasks.ablation`.

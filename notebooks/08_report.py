@@ -250,4 +250,6 @@ nb.record(record, paths.out_dir, cfg=cfg)
 # ## References
 #
 # * Mo & Morgado, DeepAVFusion, CVPR 2024 (Sec. 4) and supplementary material (A.1-A.3 protocols, B Figures 1-3).
-# * Metric definitions: `../shared/reference/PEERS_AND_METRICS.md` §B; official numbers: `../shared/reference/DEEPAVFUSION.md` §4.
+# * Metric definitions: [docs/metrics.md](../docs/metrics.md); protocols: [docs/protocols.md](../docs/protocols.md); the official repository's
+#   numbers: [docs/official_implementation.md §6](../docs/official_implementation.md#6-numbers-the-official-repository-reports); peers'
+#   numbers: [docs/peers.md](../docs/peers.md#published-numbers).

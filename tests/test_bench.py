@@ -16,7 +16,7 @@ from avlib.config import make_config
 from avlib.model import build_avmae, build_encoder
 
 SECTIONS = ["## Machine", "## 1. Pretraining step", "## 2. Inference", "## 3. Fusion block micro-benchmark",
-            "## 4. Data loader", "## 5. Model FLOPs"]
+            "## 4. Data loader", "## 5. Model FLOPs", "## 6. Small profiles"]
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def test_quick_report_in_process(tmp_path, capsys):
     out = tmp_path / "bench.json"
     results = bench.main(["--quick", "--configs", "smoke", "--micro-size", "smoke", "--repeats", "1", "--warmup", "0",
                           "--no-isolate", "--threads", "1", "--loader-config", "smoke", "--loader-batches", "2",
-                          "--loader-workers", "0", "--json", str(out)])
+                          "--loader-workers", "0", "--small-config", "smoke", "--json", str(out)])
     report = capsys.readouterr().out
     for heading in SECTIONS:
         assert heading in report, heading
@@ -51,7 +51,27 @@ def test_quick_report_in_process(tmp_path, capsys):
     assert {r["block"] for r in saved["fusion"]} == {"dense", "factorized"}
     assert {r["pass"] for r in saved["fusion"]} == {"fwd", "fwd+bwd"}
     assert saved["loader"]["rows"] and all(r["ok"] and r["samples_per_s"] > 0 for r in saved["loader"]["rows"])
+    (row,) = saved["small"]["rows"]                                   # --quick: the pre-training step only
+    assert row["ok"] and row["stage"] == "pretrain" and row["flops"] > 0
+    for path in bench.SMALL_PATHS:                                     # every path, data excluded / included / only
+        for kind in ("excl", "incl", "data"):
+            assert row["paths"][path][kind]["samples_per_s"] > 0, (path, kind)
+    assert {k.split("|")[0] for k in row["gemm"]} == {"fp32", "bf16"} and all(
+        g["gflops"] > 0 for g in row["gemm"].values())
     assert "**" in report and "x**" in report                       # the speedup column is filled
+
+
+def test_small_section_times_every_protocol_step_and_the_scoring():
+    opts = bench.BenchOptions(device="cpu", threads=1, warmup=0, repeats=1, isolate=False, small_config="smoke",
+                              small_stages=("separation",), scoring_mixtures=2)
+    small = bench.bench_small(opts)
+    (row,) = small["rows"]
+    assert row["ok"] and row["paths"]["fast"]["amp"] in ("bf16", "none")
+    assert row["paths"]["reference"]["amp"] == "none" and row["paths"]["reference"]["attention_kernel"] == "default"
+    sc = small["scoring"]
+    assert sc["ok"] and sc["mixtures"] == 2 and sc["max_abs_diff_db"] < 1e-6
+    report = "\n".join(bench._small_tables(small))
+    assert "| separation | 4 | included |" in report and "BSS-eval" in report
 
 
 def test_threads_restored_after_main():

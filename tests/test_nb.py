@@ -32,6 +32,17 @@ def test_record_writes_flat_json_with_provenance(tmp_path, capsys):
     assert not list((tmp_path / "out").glob("*.tmp"))       # atomic write left nothing behind
 
 
+def test_record_keeps_names_with_a_slash_as_one_level(tmp_path, capsys):
+    # an ablation variant named "mask 0.75 / 0.8 (paper)" must stay one name: the summary splits keys on "/"
+    from avlib.reproduce import comparisons
+    nb.record({"ablation": {"mask 0.75 / 0.8 (paper)": {"top1": 42.2}, "default": {"top1": 40.0}}}, tmp_path)
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    key = f"ablation/mask 0.75 {nb.SLASH} 0.8 (paper)/top1"
+    assert data[key] == 42.2
+    assert {(r["init"], r["value"]) for r in comparisons(data)} == {(f"mask 0.75 {nb.SLASH} 0.8 (paper)", 42.2),
+                                                                     ("default", 40.0)}
+
+
 def test_record_rejects_arrays_and_nulls_nan(tmp_path, capsys):
     with pytest.raises(TypeError, match="'per_class'.*flat table"):
         nb.record({"per_class": [0.1, 0.2]}, tmp_path, show=False)
@@ -113,3 +124,12 @@ def test_setup_seeds_and_returns_device(capsys, restore_global_state):
         if torch.cuda.is_available():
             pytest.skip("CUDA present")
         nb.resolve_device("cuda")
+
+
+def test_narrate_fills_numbers_from_the_run_and_refuses_missing_ones():
+    text = nb.narrate("""
+        Fine-tuning reaches **{top1:.1f}%** ({delta:+.1f} points over scratch).
+        """, top1=81.234, delta=7.06)
+    assert text == "Fine-tuning reaches **81.2%** (+7.1 points over scratch)." and text._repr_markdown_() == text
+    with pytest.raises(KeyError, match="delta"):
+        nb.narrate("{top1:.1f} and {delta:+.1f}", top1=1.0)

@@ -17,6 +17,11 @@ def test_committed_notebooks_are_clean_and_parameterized():
     assert reproduce.main(["--check-notebooks"]) == 0
 
 
+def _text(x) -> str:
+    """A notebook's multi-line string field: stored as one string or as a list of lines."""
+    return "".join(x) if isinstance(x, list) else x
+
+
 @pytest.mark.slow
 def test_smoke_profile_runs_every_notebook(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("AVLIB_DATA_ROOT", str(data_root))
@@ -32,6 +37,18 @@ def test_smoke_profile_runs_every_notebook(tmp_path, data_root, monkeypatch):
         assert numbers, f"{step.name} recorded no numbers"
         bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
         assert not bad, f"{step.name} recorded non-finite metrics {bad}"
+        # executed copies read well in a static viewer: no progress-bar widgets, plain log lines instead
+        cells = json.loads(executed.read_text())["cells"]
+        widgets = [o for c in cells for o in c.get("outputs", [])
+                   if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert not widgets, f"{step.name}: {len(widgets)} widget outputs in the executed copy"
+        if step.name in ("00_data", "04_localization", "05_segmentation", "06_separation"):   # explorers off
+            markdown = "".join(_text(o.get("data", {}).get("text/markdown", "")) for c in cells
+                               for o in c.get("outputs", []))
+            assert "a static gallery of" in markdown, f"{step.name}: no stand-in for its explorer"
+    logs = "".join(_text(o.get("text", "")) for c in json.loads((out / "03_classification.ipynb").read_text())["cells"]
+                   for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert "[finetune (scratch)] step" in logs and "[linprobe (pretrained)]" in logs   # what trains is named
     summary = (out / "summary.md").read_text()
     for task in ("linprobe", "finetune", "localization", "segmentation", "separation"):
         assert task in summary, f"summary.md has no row for {task}"

@@ -122,9 +122,9 @@ def test_runs_in_order_and_passes_upstream_outputs(project):
 def test_summary_has_tables_comparisons_and_figures(project):
     out = project["out"]
     md = (out / "summary.md").read_text()
-    assert "## Pretrained vs scratch" in md
-    assert "| classification | top1 | 0.75 | 0.5 | +0.25 |" in md
-    assert "**localization**" in md                                           # scratch-only: other table
+    assert "## All comparisons" in md and "| metric | scratch | pretrained |" in md
+    assert "| top1 | 0.5 | 0.75 |" in md                                       # the baseline column first
+    assert "**localization**" in md                                           # scratch-only: its own table
     assert "### a_make: producer" in md and "![curve](a_make/figures/curve.png)" in md
     assert "| ckpt_text | trained with seed 0 |" in md and "duration_s" in md
     summary = json.loads((out / "summary.json").read_text())
@@ -256,9 +256,14 @@ def test_comparisons_and_render_summary_are_generic():
                     {"task": "sep", "init": "scratch", "metric": "sdr", "value": 3.5},
                     {"task": "pre", "init": "pretrained", "metric": "nn_audio", "value": 41.0}]
     md = rp.render_summary([{"name": "06", "status": "ok", "duration_s": 61.0, "executed": "06.ipynb",
-                             "metrics": {"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "profile": "cpu"},
+                             "metrics": {"sep/pretrained/sdr": 5.0, "sep/scratch/sdr": 3.5, "profile": "cpu",
+                                         "separation/ezvsl/sdr": 1.0, "separation/scratch/sdr": 0.5,
+                                         "separation/deepavfusion/sdr": 4.0, "separation/scratch/sir": 2.0},
                              "figures": []}], "cpu", wall_s=62)
-    assert "| sep | sdr | 5 | 3.5 | +1.5 |" in md and "| 06 | ok | 1:01 |" in md
+    assert "| sep | sdr | 5 | 3.5 | +1.5 |" not in md and "| sdr | 3.5 | 5 |" in md and "| 06 | ok | 1:01 |" in md
+    # a protocol's main metric heads the report, one column per init / method, every one kept
+    assert "| task | metric | scratch | deepavfusion | ezvsl |" in md and "| separation | sdr | 0.5 | 4 | 1 |" in md
+    assert "| sir | 2 |  |  |" in md
     assert md.startswith("# avlib reproduction: profile `cpu`")
 
 
@@ -368,3 +373,30 @@ def test_sigint_is_recorded_as_interrupted_with_a_one_line_reason(tmp_path):
     assert summary["status"] == "interrupted" and summary["pending"] == ["s_slow", "a_make"]
     assert "**Run interrupted** in s_slow" in (out / "summary.md").read_text()
     assert metrics(out, "c_cfg")["norm_pix_loss"] is False       # --set reached the notebook as a bool
+
+
+SEEDED = HEADER.format(title="S: a seed-dependent result") + '''
+# %%
+from avlib import nb
+paths = nb.paths_for("s_seed", profile, out_dir, run_dir)
+nb.record({"finetune/scratch/top1": 50.0 + seed, "finetune/deepavfusion/top1": 60.0 + 2 * seed}, paths.out_dir)
+'''
+
+
+def test_seeds_job_runs_once_per_seed_and_aggregates(tmp_path):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    write_pair(nbs, "s_seed", SEEDED)
+    manifest = write_manifest(nbs, [{"name": "s_seed"}])
+    out = tmp_path / "reports"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rp, "_avlib_digest", lambda: "fixed")
+        code = rp.main(["--profile", "smoke", "--manifest", str(manifest), "--out", str(out), "--runs",
+                        str(tmp_path / "runs"), "--quiet", "--seeds", "0", "2"])
+    assert code == 0 and (out / "seed0" / "s_seed.ipynb").exists() and (out / "seed2" / "s_seed.ipynb").exists()
+    rows = {(r["init"], r["metric"]): r for r in json.loads((out / "seeds.json").read_text())["rows"]}
+    dav = rows[("deepavfusion", "top1")]
+    assert dav["values"] == {"0": 60.0, "2": 64.0} and dav["mean"] == 62.0 and dav["n"] == 2
+    assert dav["std"] == pytest.approx(2 ** 0.5 * 2) and (dav["min"], dav["max"]) == (60.0, 64.0)
+    md = (out / "seeds.md").read_text()
+    assert "| metric | scratch | deepavfusion |" in md and "| top1 | 51 ± 1.4 (50–52) | 62 ± 2.8 (60–64) |" in md

@@ -328,6 +328,36 @@ def test_resume_after_keyboard_interrupt_and_max_steps(tmp_path):
         assert torch.equal(state(model)[k], v), k
 
 
+def test_an_interrupt_between_steps_keeps_the_batchnorm_statistics_of_the_last_step(tmp_path):
+    # Ctrl-C inside a forward pass: BatchNorm has already updated its running statistics with a batch whose
+    # step never happened; the checkpoint must hold the statistics of the last step, or resuming counts it twice
+    cfg = small_cfg(accum_steps=2, epochs=2)
+
+    def bn_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+
+    ref = bn_model()
+    T.fit(ref, _loader("make_loader"), cfg, loss_fn=mse_loss, run_dir=tmp_path / "ref")
+    calls = []
+
+    def interrupted(model, batch):
+        calls.append(1)
+        out = mse_loss(model, batch)               # the forward ran (statistics moved), then the user hits Ctrl-C
+        if len(calls) == 7:                        # the first micro-batch of step 4
+            raise KeyboardInterrupt
+        return out
+
+    model = bn_model()
+    with pytest.raises(KeyboardInterrupt):
+        T.fit(model, _loader("make_loader"), cfg, loss_fn=interrupted, run_dir=tmp_path / "b")
+    assert _ckpt(tmp_path / "b")["step"] == 3
+    model = bn_model()
+    T.fit(model, _loader("make_loader"), cfg, loss_fn=mse_loss, run_dir=tmp_path / "b")
+    for k, v in state(ref).items():                # weights and running statistics alike
+        assert torch.equal(state(model)[k], v), k
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     cfg = small_cfg(max_steps=2)
     _run(tmp_path, "make_loader", cfg)

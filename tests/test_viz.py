@@ -330,3 +330,21 @@ def test_explorers_build(scene):
     assert isinstance(widgets.overlay_explorer(images, torch.rand(2, 4, 4), torch.rand(2, 4, 4)), w.VBox)
     assert isinstance(widgets.separation_explorer(torch.randn(2, 800), torch.randn(2, 2, 800),
                                                   torch.randn(2, 2, 800), SR), w.VBox)
+
+
+def test_static_explorers_are_galleries_of_the_same_views(scene, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    g = widgets.scene_explorer(TinyScenes(scene), static=True)
+    assert isinstance(g, widgets.Gallery) and g.settings == [{"index": i} for i in range(len(TinyScenes(scene)))]
+    g._ipython_display_()
+    assert any(isinstance(o, Figure) for o in shown) and any(isinstance(o, Audio) for o in shown)
+    images = torch.stack([scene[0]] * 3)
+    ov = widgets.overlay_explorer(images, {"a": torch.rand(3, 4, 4), "b": torch.rand(3, 4, 4)},
+                                  torch.rand(3, 4, 4), static=True)
+    assert ov.settings == [{"index": i, "threshold": 0.5, "method": m} for m in "ab" for i in (0, 1)]
+    fig = ov.render(**ov.settings[3])                          # exactly what the slider would show there
+    check(fig, "b", "≥ 0.50")
+    sep = widgets.separation_explorer(torch.randn(4, 800), torch.randn(4, 2, 800), torch.randn(4, 2, 800), SR,
+                                      static=True)
+    assert sep.settings == [{"index": 0}, {"index": 1}]

@@ -1,4 +1,4 @@
-"""The real benchmarks in their OFFICIAL layouts (``../shared/reference/DEEPAVFUSION.md`` §2.4), one entry point::
+"""The real benchmarks in their OFFICIAL layouts (``docs/official_implementation.md`` §2.4), one entry point::
 
     ds = build_benchmark("vggsound", "train", cfg)              # root: argument, $AVLIB_VGGSOUND_ROOT, ...
     ds[0]  # {"image": (3, H, W), "audio": (1, F, T), "waveform": (S,), "label": (), "index": ()}
@@ -44,7 +44,8 @@ deterministically tries the next index (``i + 1``, ``i + 2``, ...), remembering 
 A dataset with no usable item raises ``EmptyDatasetError`` naming the root and what was searched; malformed
 annotation rows raise ``AnnotationError`` naming the file and line.
 
-**Official bugs fixed on purpose** (§7 of the reference; each is also marked ``# FIX`` where it happens):
+**Official bugs fixed on purpose** (docs/official_implementation.md §7; each is also marked ``# FIX`` where it
+happens):
 AudioSet loaders' ``class_resample`` TypeError (``audioset_bal`` implements the intended class-uniform resampling);
 ``DenseVideoDataset.__repr__`` on missing attributes (every dataset here has a safe ``__repr__``);
 VGGSound-Music ``class_desc=None`` / dicts passed as file lists, and its eval CSV class names (``"violin,_fiddle"``)
@@ -80,7 +81,7 @@ __all__ = [
     "flickr_gt_map", "vggss_gt_map", "parse_flickr_xml", "vggsound_folder", "clip_window",
 ]
 
-LOC_SIZE = 224          # Flickr / VGG-SS ground-truth maps are defined on a 224 x 224 grid [PEERS B1]
+LOC_SIZE = 224          # Flickr / VGG-SS ground-truth maps are 224 x 224 (docs/metrics.md#ground-truth-maps)
 AVS_NUM_CLASSES = 71    # AVSBench-semantic: 70 classes + background
 
 
@@ -284,7 +285,7 @@ def parse_flickr_xml(path) -> list[tuple[int, int, int, int]]:
 def flickr_gt_map(boxes_256: Sequence[Sequence[int]], size: int = LOC_SIZE) -> np.ndarray:
     """Soft consensus map ``(224, 224)``: boxes scaled 256 -> 224 with integer arithmetic
     (``v * 224 // 256``), +1 per box, then ``/ 2`` and clipped to 1 (1.0 where >= 2 annotators agree,
-    0.5 where one does) [code §2.4, PEERS B1]."""
+    0.5 where one does) [code §2.4; docs/metrics.md#ground-truth-maps]."""
     gt = np.zeros((size, size), np.float32)
     for box in boxes_256:
         x0, y0, x1, y1 = (int(v) * size // 256 for v in box)
@@ -293,7 +294,8 @@ def flickr_gt_map(boxes_256: Sequence[Sequence[int]], size: int = LOC_SIZE) -> n
 
 
 def vggss_gt_map(boxes_norm: Sequence[Sequence[float]], size: int = LOC_SIZE) -> np.ndarray:
-    """Binary union ``(224, 224)`` of normalized boxes: clip to [0, 1], ``* 224``, cast to int [PEERS B1]."""
+    """Binary union ``(224, 224)`` of normalized boxes: clip to [0, 1], ``* 224``, cast to int
+    [docs/metrics.md#ground-truth-maps]."""
     gt = np.zeros((size, size), np.float32)
     for box in boxes_norm:
         x0, y0, x1, y1 = (int(v) for v in np.clip(np.asarray(box, np.float64), 0, 1) * size)

@@ -411,6 +411,46 @@ class _ComposedDataset(Dataset):
     def __len__(self) -> int:
         return self.size
 
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        self._check(index)
+        with _one_thread():
+            return self._with_audio([self._item(index)])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """The DataLoader's batched fetch, ``[self[i] for i in indices]``. With ``cfg.data.batch_front_end``
+        the items are composed one by one and the audio front end then runs once on every clip of the
+        batch: the same log-mels bit for bit (the front end treats the rows of a batch independently)."""
+        if not self.cfg.data.batch_front_end:
+            return [self[i] for i in indices]
+        for i in indices:
+            self._check(i)
+        with _one_thread():
+            return self._with_audio([self._item(i) for i in indices])
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+
+    def _with_audio(self, items: list[dict]) -> list[dict]:
+        """Add the log-mels to composed items: one front-end call on all their clips ``(n, S)``."""
+        clips = [self._clips(it) for it in items]
+        mel = self.front(torch.cat(clips))                                     # (n, 1, F, T)
+        start = 0
+        for it, c in zip(items, clips):
+            self._set_audio(it, mel[start:start + len(c)])
+            start += len(c)
+        return items
+
+    # what a subclass composes (without log-mels), which clips its log-mels come from, where they go
+    def _item(self, index: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _clips(self, item: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _set_audio(self, item: dict, mel: torch.Tensor) -> None:
+        raise NotImplementedError
+
 
 class SceneDataset(_ComposedDataset):
     """AV-Digits (``cfg.data.dataset='avdigits'``) or synthetic scenes (``'synthetic'``), one split.
@@ -435,15 +475,8 @@ class SceneDataset(_ComposedDataset):
 
     def scene(self, index: int) -> _Scene:
         """The raw composition (numpy) of item ``index``: classes, sounding cells, sources, offsets..."""
-        if not 0 <= index < self.size:
-            raise IndexError(index)
+        self._check(index)
         return self.composer.compose(self._rng(index), distractors=self.distractors, distractors_p=self.distractors_p)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < self.size:
-            raise IndexError(index)
-        with _one_thread():
-            return self._item(index)
 
     def _item(self, index: int) -> dict[str, torch.Tensor]:
         rng = self._rng(index)
@@ -454,9 +487,14 @@ class SceneDataset(_ComposedDataset):
             wave = random_gain(wave, self.cfg.data.gain_db, _gain_generator(rng))
         item = self.composer.targets(sc)
         item["waveform"] = wave
-        item["audio"] = self.front(wave)
         item["index"] = torch.tensor(index, dtype=torch.long)
         return item
+
+    def _clips(self, item: dict) -> torch.Tensor:
+        return item["waveform"][None]
+
+    def _set_audio(self, item: dict, mel: torch.Tensor) -> None:
+        item["audio"] = mel[0]                                                # (1, F, T)
 
     def describe(self, index: int) -> dict[str, Any]:
         """Human-readable provenance of item ``index`` (for notebooks and tests)."""
@@ -486,8 +524,7 @@ class MixtureDataset(_ComposedDataset):
         super().__init__(cfg, split, root, epoch, size)
 
     def _compose(self, index: int) -> tuple[list[_Scene], np.random.Generator]:
-        if not 0 <= index < self.size:
-            raise IndexError(index)
+        self._check(index)
         rng = self.composer.rng(index, self.epoch if self.train else 0, salt=1)
         classes = rng.choice(NUM_CLASSES, self.K, replace=False)
         return [self.composer.compose(rng, force_class=int(c), n_sources=1, distractors=self.cfg.data.distractors)
@@ -497,26 +534,27 @@ class MixtureDataset(_ComposedDataset):
         """The K raw compositions (numpy) of item ``index``."""
         return self._compose(index)[0]
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        with _one_thread():
-            return self._item(index)
-
     def _item(self, index: int) -> dict[str, torch.Tensor]:
         scenes, rng = self._compose(index)
         src = torch.from_numpy(np.stack([s.sources[0] for s in scenes]).astype(np.float32))
         if self.train:
             src = random_gain(src, self.cfg.data.gain_db, _gain_generator(rng))
         mix = src.sum(0)
-        mel = self.front(torch.cat([src, mix[None]], 0))                       # (K+1, 1, F, T), one call
         tg = [self.composer.targets(s) for s in scenes]
         return {"images": torch.stack([t["image"] for t in tg]), "source_waveforms": src,
-                "mix_waveform": mix, "mix_audio": mel[-1], "source_audio": mel[:-1],
+                "mix_waveform": mix,
                 "labels": torch.stack([t["label"] for t in tg]),
                 "loc_maps": torch.stack([t["loc_map"] for t in tg]),
                 "seg_masks": torch.stack([t["seg_mask"] for t in tg]),
                 "boxes": torch.stack([t["box"] for t in tg]),
                 "source_ids": torch.stack([t["source_ids"][0] for t in tg]),
                 "index": torch.tensor(index, dtype=torch.long)}
+
+    def _clips(self, item: dict) -> torch.Tensor:
+        return torch.cat([item["source_waveforms"], item["mix_waveform"][None]])   # (K+1, S)
+
+    def _set_audio(self, item: dict, mel: torch.Tensor) -> None:
+        item["mix_audio"], item["source_audio"] = mel[-1], mel[:-1]            # (1, F, T), (K, 1, F, T)
 
 
 class AlternateMixtureDataset(MixtureDataset):
@@ -546,6 +584,12 @@ class AlternateMixtureDataset(MixtureDataset):
         if self.train:
             src = random_gain(src, self.cfg.data.gain_db, _gain_generator(rng))
         mix = src.sum(0)
-        item.update(alt_source_waveforms=src, alt_mix_waveform=mix, alt_mix_audio=self.front(mix[None])[0],
-                    alt_source_ids=torch.tensor(ids, dtype=torch.long))
+        item.update(alt_source_waveforms=src, alt_mix_waveform=mix, alt_source_ids=torch.tensor(ids, dtype=torch.long))
         return item
+
+    def _clips(self, item: dict) -> torch.Tensor:
+        return torch.cat([super()._clips(item), item["alt_mix_waveform"][None]])    # (K+2, S)
+
+    def _set_audio(self, item: dict, mel: torch.Tensor) -> None:
+        super()._set_audio(item, mel[:-1])
+        item["alt_mix_audio"] = mel[-1]                                        # (1, F, T)
