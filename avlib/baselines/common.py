@@ -1,13 +1,12 @@
 """What the comparison methods share: the two-stream late-fusion backbone, their objective base class,
 the zero-shot read-outs' evaluation and SLAVC's extended (silent / off-screen) test scenes.
 
-Every prior method pre-trains the *same* backbone as DeepAVFusion's late-fusion variant (seed supplement
-A.2: "the different objectives proposed in the original papers to pre-train the same ViT-Base
-backbones"): the kit's ``DeepAVFusion`` encoder with ``model.fusion_arch="none"``, i.e. two independent
+Every prior method pre-trains the *same* backbone as DeepAVFusion's late-fusion variant ([supp A.2]:
+their own pre-training objectives train the same ViT-Base backbones): the kit's ``DeepAVFusion`` encoder with ``model.fusion_arch="none"``, i.e. two independent
 ViTs. Where a method's public code reads a ResNet-18 feature map, the kit reads the visual tokens
 ``(B, Nv, D)`` (the 7x7 map becomes the ``gh x gw`` token grid, a 1x1 conv a per-token Linear); where it
 reads the audio network's globally pooled vector, the kit pools the audio tokens ``(B, Na, D) -> (B, D)``
-(``../shared/reference/BASELINES.md``, the port notes).
+(``docs/baselines.md#the-two-stream-backbone``).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """EZ-VSL: Mo & Morgado, "Localizing Visual Sounds the Easy Way", ECCV 2022 (arXiv:2203.09324), as a
 pre-training objective of the kit's late-fusion backbone. Public code: github.com/stoneMo/EZ-VSL (commit
 95ff5bf) ``model.py`` (``EZVSL``, ``max_xmil_loss``), ``train.py``, ``test.py`` (the test map),
-``scripts/train_*.sh``; read as ``../shared/reference/BASELINES.md`` section 1 describes it.
+``scripts/train_*.sh`` (``docs/baselines.md#ez-vsl``).
 
 Objective (multiple-instance contrastive learning): with unit visual token features ``v_{n,p}`` and a
 unit global audio vector ``a_m``, the score of image n and clip m is the best-matching location,

@@ -2,7 +2,7 @@
 as a pre-training objective of the kit's late-fusion backbone. Public code: github.com/hxixixh/mix-and-localize
 (commit bbdd56a) ``models/mixed_aud_model.py`` (``MixAudModelFeatMultiAud``), ``models/mixed_aud_loss.py``
 (``MixAudSIS1FeatHardCycleLoss``), ``train.py`` (mixing, ``make_optimizer``), ``config/config.py``,
-``data/voxceleb_img_aud_pair.py``; ``../shared/reference/BASELINES.md`` section 3.
+``data/voxceleb_img_aud_pair.py`` (``docs/baselines.md#mix-and-localize``).
 
 Data: pairs of K = 2 sources, each with its own (unmixed) image, and *two* mixtures of the same pair:
 M1 of the sources' clips, M2 of other clips of the same sources (VoxCeleb: another clip of the same

@@ -1,7 +1,7 @@
 """SLAVC: Mo & Morgado, "A Closer Look at Weakly-Supervised Audio-Visual Source Localization", NeurIPS 2022
 (arXiv:2209.09634), as a pre-training objective of the kit's late-fusion backbone. Public code:
 github.com/stoneMo/SLAVC (commit 05b429c) ``model.py`` (``SLAVC.forward``, ``_update_momentum_encoder``),
-``train.py``, ``test.py``, ``scripts/train_vggsound144k.sh``; ``../shared/reference/BASELINES.md`` section 2.
+``train.py``, ``test.py``, ``scripts/train_vggsound144k.sh`` (``docs/baselines.md#slavc``).
 
 Objective. Two projection pairs per modality, (v1, a1) and (v2, a2), and EMA ("momentum") copies of the
 encoder and of all four projections that give the targets (marked with a bar). With dot products of unit
