@@ -89,6 +89,7 @@ class Objective:
 
     # zero-shot read-outs (None: this objective has none)
     localization_map = None     # (model, image (B,3,H,W), audio (B,1,F,T)) -> map (B, gh, gw)
+    map_range = None            # the fixed range (lo, hi) of localization_map's scores, where they have one
     separation_mask = None      # (model, mix_audio (B,1,F,T), image (B,3,H,W)) -> mask probabilities (B,1,F,T)
 
 

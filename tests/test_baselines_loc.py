@@ -5,6 +5,7 @@ metrics on cases whose answers are worked out by hand."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -59,6 +60,24 @@ def test_the_localization_methods_are_registered_with_zero_shot_maps():
         assert isinstance(obj, LateFusionObjective) and obj.name == name and obj.checkpoint_name == f"{name}.pt"
         assert callable(obj.localization_map) and obj.options()["name"] == name
     assert OBJECTIVES["mix_and_localize"].mixtures == "alternates" and not OBJECTIVES["slavc"].mixtures
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_published_recipe_and_hyperparameter_table(name):
+    """The same two views as the mix-and-separate objectives': ``config_overrides()`` (the backbone and the
+    published optimizer, a valid config) and ``hyperparameters()`` (one row per field, published vs kit)."""
+    obj = OBJECTIVES[name]
+    over = obj.config_overrides()
+    assert over["model.fusion_arch"] == "none" and over["pretrain.optimizer"] == "adam"
+    assert not {"pretrain.batch_size", "pretrain.epochs", "pretrain.max_steps"} & set(over)    # every method: the same run
+    cfg = make_config("smoke", **over)
+    obj.build(replace(cfg, data=replace(cfg.data, dataset="synthetic")))
+    rows = obj.hyperparameters()
+    assert [r["name"] for r in rows] == [k for k in obj.options() if k != "name"]
+    for r in rows:
+        assert r["kit"] == getattr(obj, r["name"])
+        assert r["note"] or r["published"] == r["kit"], r          # every change from the published value says why
+    assert {r["name"] for r in OBJECTIVES["slavc"].hyperparameters() if r["note"]} == {"dropout_img", "ema_momentum"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -367,6 +386,32 @@ def test_slavc_evaluation_on_scenes_with_silent_and_offscreen_sounds():
     assert {"slavc_ap", "slavc_max_f1", "slavc_loc_acc", "slavc_auc"} <= set(res)
     with pytest.raises(ValueError, match="scene data"):
         extended_test_scenes(make_config("smoke", **{**LATE, "localization.test_data": "flickr"}))
+
+
+def test_slavc_evaluation_normalizes_by_each_objectives_map_range():
+    """The fixed range comes from the objective (cosines (-1, 1), OneAVM-style's cos / tau (-1/tau, 1/tau));
+    a map without one (Sound-of-Pixels' energies) needs an explicit value_range."""
+    assert OBJECTIVES["ezvsl"].map_range == (-1.0, 1.0) and OBJECTIVES["mix_and_localize"].map_range == (-1.0, 1.0)
+    tau = OBJECTIVES["oneavm"].tau
+    assert OBJECTIVES["oneavm"].map_range == pytest.approx((-1 / tau, 1 / tau))
+    assert OBJECTIVES["sound_of_pixels"].map_range is None
+
+    class Scaled(LateFusionObjective):             # EZ-VSL's maps x 10 + 5, with a range to match
+        name = "scaled"
+        map_range = (-5.0, 15.0)
+
+        def localization_map(self, model, image, audio):
+            return 10 * OBJECTIVES["ezvsl"].localization_map(model, image, audio) + 5
+
+    cfg = _cfg(**{"data.test_size": 8})
+    loader = torch.utils.data.DataLoader(extended_test_scenes(cfg, p_offscreen=0.5), batch_size=8)
+    torch.manual_seed(0)
+    model = OBJECTIVES["ezvsl"].build(cfg)
+    for relative in (True, False):                 # the absolute threshold reads the normalized values
+        ref = zero_shot_slavc("ezvsl", model, loader, relative_prediction=relative)
+        assert zero_shot_slavc(Scaled(), model, loader, relative_prediction=relative) == pytest.approx(ref, nan_ok=True)
+    with pytest.raises(ValueError, match="no fixed range.*value_range"):
+        zero_shot_slavc("sound_of_pixels", model, loader)
 
 
 # ----------------------------------------------------------------------------------------------

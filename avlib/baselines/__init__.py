@@ -18,7 +18,9 @@ published vs kit hyper-parameters, zero-shot read-outs.
 
 ``common`` holds what every method shares (the backbone helpers, ``LateFusionObjective``, the zero-shot
 localization scoring, SLAVC's silent / off-screen test scenes); ``mixsep`` what the three mix-and-separate
-methods share (``MixSepObjective``, the zero-shot separation scoring).
+methods share (``MixSepObjective``, the zero-shot separation scoring). Every objective offers its published
+optimizer as ``make_config`` overrides (``config_overrides()``, not applied by default) and a table of its
+hyper-parameters, published vs kit (``hyperparameters()``).
 
     cfg = make_config("cpu", **{"model.fusion_arch": "none"})
     result = tasks.pretrain(cfg, run_dir, objective="slavc")           # checkpoint run_dir/slavc.pt
@@ -34,11 +36,13 @@ test does not apply).
   own audio-visual score at every visual token, higher = more likely sounding. EZ-VSL: the audio-patch
   cosine; SLAVC: the mean of its two heads' cosine maps with the EMA encoders; Mix-and-Localize: the
   maximum over its audio nodes' cosine maps; Sound-of-Pixels: the energy of the mixture under each
-  location's mask; OneAVM-style: the max-sim map (cos / tau). CCoL has none. The map is scored as a
-  trained localization head is (``zero_shot_localization``: the localization protocol's evaluation,
-  min-max per image, median threshold, bilinear), and on scenes with silent and off-screen sounds with
-  SLAVC's evaluator (``zero_shot_slavc`` on ``extended_test_scenes``: AP, max-F1, LocAcc; fixed range
-  [-1, 1] for cosine maps, bicubic, as SLAVC's ``test.py``).
+  location's mask; OneAVM-style: the max-sim map (cos / tau). CCoL has none. ``objective.map_range`` is
+  the scores' fixed range where they have one ((-1, 1) for the cosines, (-1/tau, 1/tau) for OneAVM-style,
+  None for Sound-of-Pixels' energies). The map is scored as a trained localization head is
+  (``zero_shot_localization``: the localization protocol's evaluation, min-max per image, median
+  threshold, bilinear), and on scenes with silent and off-screen sounds with SLAVC's evaluator
+  (``zero_shot_slavc`` on ``extended_test_scenes``: AP, max-F1, LocAcc; scores normalized by
+  ``map_range``, bicubic, as SLAVC's ``test.py``).
 - ``objective.separation_mask(model, mix_audio (B,1,F,T), image (B,3,H,W)) -> (B,1,F,T)`` in [0, 1]: the
   mask the method's test applies to the mixture for that image (thresholded where its test thresholds).
   ``mixsep.zero_shot_separation`` scores it through the downstream protocol's own path (mel mask ->

@@ -132,11 +132,18 @@ class LateFusionObjective(Objective):
 
     A variant with other hyper-parameters must be registered under its own ``name``: the pre-training run
     directory is keyed on the objective's name (``tasks.run_fingerprint``), not on its fields.
+
+    ``published`` holds each field's published value and ``notes`` why the kit's default differs, where it
+    does (``hyperparameters()``, the same table as the mix-and-separate objectives'); ``map_range`` is the
+    fixed range of ``localization_map``'s scores (cosines: (-1, 1)), which SLAVC's evaluation normalizes by.
     """
 
     name: str = ""
     optimizer_overrides: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple]] = {"audio_pool": AUDIO_POOLS}    # fields that name one of a few options
+    published: ClassVar[dict[str, Any]] = {}
+    notes: ClassVar[dict[str, str]] = {}
+    map_range: ClassVar[tuple[float, float] | None] = (-1.0, 1.0)
 
     def __post_init__(self):
         for field, allowed in self.choices.items():
@@ -150,6 +157,17 @@ class LateFusionObjective(Objective):
     def options(self) -> dict[str, Any]:
         """The hyper-parameters (dataclass fields) of this objective."""
         return asdict(self)
+
+    def config_overrides(self) -> dict[str, Any]:
+        """``make_config`` overrides for this method: the two-stream backbone and its published optimizer
+        (``optimizer_overrides``; never the batch size or the number of steps: every method pre-trains for
+        the same steps). ``make_config(profile, **objective.config_overrides())``."""
+        return {"model.fusion_arch": "none", **self.optimizer_overrides}
+
+    def hyperparameters(self) -> list[dict[str, Any]]:
+        """One row per field: ``{"name", "kit", "published", "note"}`` (for the notebooks' tables)."""
+        return [{"name": f, "kit": v, "published": self.published.get(f, "(none)"), "note": self.notes.get(f, "")}
+                for f, v in self.options().items() if f != "name"]
 
     def checkpoint(self, model: nn.Module, cfg: Config) -> dict[str, Any]:
         return {**super().checkpoint(model, cfg), "objective_options": self.options()}
@@ -265,10 +283,16 @@ def extended_test_scenes(cfg: Config, *, p_offscreen: float = 0.5, size: int | N
 def zero_shot_slavc(objective: Objective | str, model: nn.Module, loader, device="cpu",
                     **evaluator: Any) -> dict[str, float]:
     """SLAVC's evaluation of an objective's zero-shot maps on scenes with silent and off-screen sounds
-    (``extended_test_scenes``): ``metrics.SLAVCEvaluator`` (AP, max-F1, LocAcc, AUC) with the kit's
-    cosine maps' fixed range (-1, 1); ``evaluator`` overrides its options (e.g. ``relative_prediction``)."""
+    (``extended_test_scenes``): ``metrics.SLAVCEvaluator`` (AP, max-F1, LocAcc, AUC) with the maps' fixed
+    range ``objective.map_range`` ((-1, 1) for cosine maps); ``evaluator`` overrides its options (e.g.
+    ``relative_prediction``, ``value_range``). A map without a fixed range (``map_range`` None, e.g.
+    Sound-of-Pixels' energies) needs an explicit ``value_range``: the confidence depends on it."""
     obj = _objective(objective)
-    ev = SLAVCEvaluator(**{"value_range": (-1.0, 1.0), **evaluator})
+    value_range = evaluator.pop("value_range", getattr(obj, "map_range", None))
+    if value_range is None:
+        raise ValueError(f"objective {obj.name!r}'s localization maps have no fixed range (map_range is None); "
+                         "SLAVC's confidence needs one: pass value_range=(lo, hi)")
+    ev = SLAVCEvaluator(value_range=tuple(value_range), **evaluator)
     with eval_mode(model):
         for b in loader:
             maps = obj.localization_map(model, b["image"].to(device), b["audio"].to(device))

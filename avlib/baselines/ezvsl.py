@@ -85,6 +85,7 @@ class EZVSL(LateFusionObjective):
     audio_pool: str = "max"       # the audio ResNet's AdaptiveMaxPool2d; "mean" also offered
 
     optimizer_overrides: ClassVar[dict[str, Any]] = adam_recipe(lr=1e-4, weight_decay=0.0)   # train.py, scripts
+    published: ClassVar[dict[str, Any]] = {"tau": 0.03, "dim": 512, "audio_pool": "max"}
 
     def build(self, cfg: Config) -> EZVSLModel:
         return EZVSLModel(cfg, self.dim, self.tau, self.audio_pool)

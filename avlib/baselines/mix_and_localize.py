@@ -140,6 +140,8 @@ class MixAndLocalize(LateFusionObjective):
     mixtures = "alternates"       # AlternateMixtureDataset: the second mixture M2 (not a dataclass field)
     optimizer_overrides: ClassVar[dict[str, Any]] = adam_recipe(lr=1e-4, weight_decay=5e-4)   # README, config.py
     choices: ClassVar[dict[str, tuple]] = {"audio_pool": AUDIO_POOLS, "node_readout": NODE_READOUTS}
+    published: ClassVar[dict[str, Any]] = {"temperature": 0.07, "num_nodes": 2, "dim": 128, "audio_pool": "max"}
+    notes: ClassVar[dict[str, str]] = {"node_readout": "the kit's rule: the code has no localization evaluation"}
 
     def build(self, cfg: Config) -> MixAndLocalizeModel:
         return MixAndLocalizeModel(cfg, dim=self.dim, num_nodes=self.num_nodes, temperature=self.temperature,

@@ -173,6 +173,11 @@ class OneAVMStyle(MixSepObjective):
     pretrain_recipe = {"optimizer": "adam", "lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.0,
                        "warmup_epochs": 0.0, "schedule": "constant"}
 
+    @property
+    def map_range(self) -> tuple[float, float]:
+        """The fixed range of the max-sim map ``<v_p, a> / tau``: (-1 / tau, 1 / tau)."""
+        return (-1.0 / self.tau, 1.0 / self.tau)
+
     def build(self, cfg: Config) -> OneAVMStyleModel:
         self.check_config(cfg)
         return OneAVMStyleModel(cfg, proj_dim=self.proj_dim, mix_lambda=self.mix_lambda)

@@ -182,6 +182,11 @@ class SLAVC(LateFusionObjective):
 
     optimizer_overrides: ClassVar[dict[str, Any]] = adam_recipe(lr=1e-4, weight_decay=0.0)   # train_vggsound144k.sh
     choices: ClassVar[dict[str, tuple]] = {"audio_pool": AUDIO_POOLS, "readout": READOUTS}
+    published: ClassVar[dict[str, Any]] = {"tau": 0.03, "dim": 512, "dropout_img": 0.9, "dropout_aud": 0.0,
+                                           "ema_momentum": 0.999, "audio_pool": "max", "readout": "ema"}
+    notes: ClassVar[dict[str, str]] = {
+        "dropout_img": "None: keep the published 51.2 surviving channels per location, p = 1 - 51.2 / embed_dim",
+        "ema_momentum": "scaled to the kit's ~10^3-step runs (a 100-step horizon)"}
 
     def __post_init__(self):
         super().__post_init__()
