@@ -43,6 +43,7 @@ __all__ = [
     "sincos_pos_embed_2d", "attend", "pair_attention", "ModalityViT", "CrossAttention",
     "FusionBlock", "TokenFusionBlock", "DenseFusionBlock", "FactorizedFusionBlock", "FactorizedAttention",
     "EncoderOutput", "DeepAVFusion", "random_masking", "AVMAEOutput", "AVMAE", "build_encoder", "build_avmae",
+    "inpainting_noise",
 ]
 
 VIT_EPS = 1e-6        # image/audio ViT blocks and their final norms (§4.8)
@@ -538,9 +539,50 @@ class AVMAEOutput:
     ids_keep_audio: torch.Tensor    # (B, Ka)
 
 
-def _patch_stats(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """target (B, N, P) -> per-patch mean and sqrt(unbiased var + 1e-6), each (B, N, 1) (norm_pix_loss)."""
-    return target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+def _patch_stats(target: torch.Tensor, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """target (B, N, P) -> per-patch mean and sqrt(unbiased var + 1e-6) (norm_pix_loss), each (B, N, 1);
+    with ``channels`` C > 1 per colour channel of a patch ((p, q, c) order: ``ModelConfig.image_target_norm
+    = "channel"``), each broadcast back to (B, N, P)."""
+    if channels == 1:
+        return target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+    B, N, P = target.shape
+    t = target.view(B, N, P // channels, channels)                # (B, N, p*q, C)
+    mean = t.mean(dim=2, keepdim=True).expand_as(t).reshape(B, N, P)
+    std = ((t.var(dim=2, keepdim=True) + 1e-6) ** 0.5).expand_as(t).reshape(B, N, P)
+    return mean, std
+
+
+def inpainting_noise(sounding: torch.Tensor, image_grid: tuple[int, int], audio: torch.Tensor, patch: int,
+                     p_a2v: float, p_v2a: float, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masking noise for ``ModelConfig.masking = "inpainting"`` (kit deviation, same mask ratios).
+
+    ``random_masking`` keeps the tokens of smallest noise. Per sample, with probability ``p_a2v`` the
+    sounding cell's image tokens get noise + 2 (masked first: audio -> image), with ``p_v2a`` they get
+    noise - 2 (kept first) and the audio tokens are ranked by loudness so the quietest are kept (image ->
+    audio); otherwise uniform noise (the official masking).
+
+    Args:
+        sounding: (B, cells) one-hot (or multi-hot) sounding cells of a ``grid x grid`` scene.
+        image_grid: (gh, gw) image tokens; audio: (B, 1, F, T) log-mels; patch: the patch size.
+    Returns:
+        noise_image (B, gh*gw), noise_audio (B, Na).
+    """
+    B, cells = sounding.shape
+    gh, gw = image_grid
+    g = int(round(cells ** 0.5))
+    row = torch.arange(gh, device=audio.device).repeat_interleave(gw) * g // gh
+    col = torch.arange(gw, device=audio.device).repeat(gh) * g // gw
+    cell_of_token = row * g + col                                 # (Nv,) row-major cell of each token
+    in_cell = sounding.to(audio.device)[:, cell_of_token] > 0      # (B, Nv) tokens of a sounding cell
+    u = torch.rand(B, 1, generator=generator, device=audio.device)
+    a2v, v2a = u < p_a2v, (u >= p_a2v) & (u < p_a2v + p_v2a)       # (B, 1) each
+    nv = torch.rand(B, gh * gw, generator=generator, device=audio.device)
+    nv = torch.where(a2v & in_cell, nv + 2.0, torch.where(v2a & in_cell, nv - 2.0, nv))
+    energy = F.avg_pool2d(audio, patch).flatten(1)                 # (B, Na) mean log-mel per token, row-major
+    quiet = energy.argsort(1).argsort(1).float() / energy.shape[1]   # rank in [0, 1): quietest smallest
+    na = torch.where(v2a, quiet, torch.rand(energy.shape, generator=generator, device=audio.device))
+    return nv, na
 
 
 class AVMAE(nn.Module):
@@ -631,12 +673,17 @@ class AVMAE(nn.Module):
             x = _maybe_checkpoint(use_ckpt, blk, x)
         return self._decoder(modality, "pred")(self._decoder(modality, "norm")(x[:, nf:]))
 
+    def _target_channels(self, modality: str) -> int:
+        """Colour channels standardized separately in a target patch (``image_target_norm``): 1 = jointly."""
+        return IN_CHANS["image"] if modality == "image" and self.cfg.image_target_norm == "channel" else 1
+
     def forward_loss(self, target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
-                     norm_pix_loss: bool | None = None) -> torch.Tensor:
+                     norm_pix_loss: bool | None = None, channels: int = 1) -> torch.Tensor:
         """Mean over masked patches of the per-patch MSE. target, pred (B, N, P); mask (B, N) 1 = masked.
-        With norm_pix_loss (default: cfg) each target patch is standardized (unbiased var, +1e-6)."""
+        With norm_pix_loss (default: cfg) each target patch is standardized (unbiased var, +1e-6), over
+        all its values or, with ``channels`` > 1, per colour channel."""
         if self.cfg.norm_pix_loss if norm_pix_loss is None else norm_pix_loss:
-            mean, std = _patch_stats(target)
+            mean, std = _patch_stats(target, channels)
             target = (target - mean) / std
         loss = ((pred - target) ** 2).mean(dim=-1)                # (B, N) mean loss per patch
         return (loss * mask).sum() / mask.sum()                   # masked patches only, whole batch
@@ -658,7 +705,7 @@ class AVMAE(nn.Module):
         enc = self.encoder(image, audio, keep_v, keep_a)
         pred_v = self.forward_decoder("image", enc.image, enc.fusion, restore_v)
         pred_a = self.forward_decoder("audio", enc.audio, enc.fusion, restore_a)
-        loss_v = self.forward_loss(self.patchify(image), pred_v, mask_v)
+        loss_v = self.forward_loss(self.patchify(image), pred_v, mask_v, channels=self._target_channels("image"))
         loss_a = self.forward_loss(self.patchify(audio), pred_a, mask_a)
         return AVMAEOutput(loss=loss_v + loss_a, loss_image=loss_v, loss_audio=loss_a,
                            pred_image=pred_v, pred_audio=pred_a, mask_image=mask_v, mask_audio=mask_a,
@@ -674,7 +721,7 @@ class AVMAE(nn.Module):
                                  ("audio", audio, out.pred_audio, out.mask_audio)):
             target = self.patchify(x)                             # (B, N, P)
             if self.cfg.norm_pix_loss:
-                mean, std = _patch_stats(target)
+                mean, std = _patch_stats(target, self._target_channels(m))
                 pred = pred * std + mean
             pasted = torch.where(mask.unsqueeze(-1).bool(), pred, target)
             recs.append(self.unpatchify(pasted, self._grid(m), IN_CHANS[m]))

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .config import Config, config_to_dict
-from .model import AVMAE, DeepAVFusion, build_avmae
+from .model import AVMAE, DeepAVFusion, build_avmae, inpainting_noise
 from .probes import knn_probe
 from .utils import Registry
 
@@ -107,7 +107,15 @@ class DeepAVFusionMAE(Objective):
         return build_avmae(cfg.model)
 
     def loss(self, model, batch):
-        out = model(batch["image"], batch["audio"])
+        mcfg = getattr(model, "module", model).cfg              # the DDP wrapper holds the AVMAE at .module
+        noise_image = noise_audio = None
+        if mcfg.masking == "inpainting":                         # kit deviation (ModelConfig.masking)
+            if "sounding" not in batch:
+                raise ValueError("model.masking='inpainting' needs scenes with sounding cells (AV-Digits or "
+                                 "synthetic scenes); this dataset's batches have none: use masking='random'")
+            noise_image, noise_audio = inpainting_noise(batch["sounding"], mcfg.image_grid, batch["audio"],
+                                                        mcfg.patch_size, mcfg.inpaint_a2v, mcfg.inpaint_v2a)
+        out = model(batch["image"], batch["audio"], noise_image=noise_image, noise_audio=noise_audio)
         return out.loss, {"loss_image": out.loss_image.detach(), "loss_audio": out.loss_audio.detach()}
 
     @torch.no_grad()

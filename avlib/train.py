@@ -391,7 +391,8 @@ class History:
     ``steps``: one dict per log line (``step``, ``epoch``, ``lr``, ``loss``, each loss term averaged
     over the steps since the previous line, ``samples_per_s``). ``evals``: one dict per evaluation
     (``epoch``, ``step``, metrics). ``meta``: run facts (``lr``, ``eff_batch``, ``steps_per_epoch``,
-    ``total_steps``, ``resumed_from_step``, ``stopped``, ``completed``).
+    ``total_steps``, ``resumed_from_step``, ``stopped``, ``completed``, ``eval_seconds``: time spent in
+    evaluations).
     """
 
     steps: list[dict] = field(default_factory=list)
@@ -726,9 +727,12 @@ def _evaluate(eval_fn, raw: nn.Module, run: _RunState, num_batches: int, desc: s
     """``eval_fn(raw)`` in eval mode, without gradients and with the training RNG streams untouched."""
     was_training = raw.training
     raw.eval()
+    t0 = time.perf_counter()
     with _isolated_rng(), torch.no_grad():
         metrics = {k: float(v) for k, v in eval_fn(raw).items()}
     raw.train(was_training)
+    meta = run.history.meta            # evaluation time, so that curves can give training minutes alone
+    meta["eval_seconds"] = round(meta.get("eval_seconds", 0.0) + time.perf_counter() - t0, 3)
     entry = {"epoch": round(run.pos.epoch + run.pos.batch / num_batches, 6), "step": run.pos.step, **metrics}
     run.history.evals.append(entry)
     run.eval_stale = False

@@ -37,8 +37,8 @@ from .config import config_to_dict, make_config
 from .paths import ROOT, RUNS
 from .utils import sha256_file
 
-__all__ = ["ZOO", "Recipe", "RECIPES", "ZooError", "checkpoint", "ensure", "initializations", "build", "verify",
-           "manifest", "main"]
+__all__ = ["ZOO", "Recipe", "RECIPES", "staged_recipe", "ZooError", "checkpoint", "ensure", "initializations",
+           "compared_inits", "build", "verify", "manifest", "main"]
 
 ZOO: Path = Path(os.environ.get("AVLIB_ZOO", ROOT / "zoo"))
 
@@ -69,8 +69,42 @@ class Recipe:
     downstream: str = "pretrained"
 
 
-# The profiles' recipes, in build order (a stage comes after the entry it warm-starts from).
-RECIPES: dict[str, list[Recipe]] = {}
+def staged_recipe(unimodal: Mapping[str, Any] | None = None, audiovisual: Mapping[str, Any] | None = None
+                  ) -> list[Recipe]:
+    """The official staged recipe at small scale (docs/protocols.md, "The staged recipe at small scale"):
+
+    1. ``unimodal``: masked modeling of each modality alone: the two ViTs and their decoders with no fusion
+       stream (``model.fusion_arch="none"``: the image MAE and the audio MAE train side by side, neither
+       sees the other modality), the paper's mask ratios 0.75 / 0.8. What the official pre-training starts
+       from (ImageNet MAE, AudioMAE); a downstream run takes its ViTs and a fresh fusion stream.
+    2. ``deepavfusion``: audio-visual masked modeling through the early-fusion encoder, its ViTs warm-started
+       from stage 1 and brought in by the official half-cosine lr ramp (``pretrain.pretrained_lr_ramp``).
+
+    Both stages standardize image targets per colour channel and the audio-visual stage masks for
+    inpainting (``ModelConfig.image_target_norm`` / ``masking``: named deviations, explained there).
+    ``unimodal`` / ``audiovisual``: each stage's budget overrides (a small profile shrinks budgets only).
+    """
+    common = {"model.image_mask_ratio": 0.75, "model.audio_mask_ratio": 0.8, "model.image_target_norm": "channel"}
+    return [
+        Recipe("unimodal", "image MAE and audio MAE, each ViT alone (the warm start of the audio-visual stage)",
+               overrides={**common, "model.fusion_arch": "none", **(unimodal or {})}, downstream="warm_start"),
+        Recipe("deepavfusion", "DeepAVFusion: audio-visual masked modeling with factorized early fusion, "
+               "from the unimodal ViTs", warm_start="unimodal",
+               overrides={**common, "model.masking": "inpainting", "pretrain.pretrained_lr_ramp": True,
+                          **(audiovisual or {})}),
+    ]
+
+
+# The profiles' recipes, in build order (a stage comes after the entry it warm-starts from). Budgets:
+# ``cpu``: batch 64 of 3,000 training scenes = 47 steps per epoch; 64 epochs (~3,000 steps) of unimodal
+# masked modeling and 17 (~800 steps) of audio-visual, lr 1e-3 with 10% warm-up, chosen with frozen-token
+# probes on the validation split (docs/protocols.md). ``smoke``: the same stages at the profile's budget.
+RECIPES: dict[str, list[Recipe]] = {
+    "cpu": staged_recipe(
+        unimodal={"pretrain.epochs": 64, "pretrain.warmup_epochs": 6, "pretrain.lr": 1e-3, "pretrain.eval_every": 16},
+        audiovisual={"pretrain.epochs": 17, "pretrain.warmup_epochs": 2, "pretrain.lr": 1e-3, "pretrain.eval_every": 4}),
+    "smoke": staged_recipe(),
+}
 
 
 def ensure(profile: str, name: str, *, runs: Path | None = None, zoo: Path | None = None, device: str = "auto") -> Path:
@@ -107,6 +141,45 @@ def initializations(profile: str, names: Sequence[str] = ("scratch", "unimodal",
         arch = {k: v for k, v in r.overrides.items() if k.startswith("model.") and k[len("model."):] in ENCODER_FIELDS}
         out[name] = (r.downstream, ckpt, arch if r.downstream == "pretrained" else {})
     return {name: out[name] for name in names}
+
+
+def compared_inits(profile: str, *, pretrain_ckpt: str | Path | None = None, unimodal_ckpt: str | Path | None = None,
+                   names: Sequence[str] = ("scratch", "unimodal", "deepavfusion"), run_dir: Path | None = None,
+                   cfg=None, device: str = "auto") -> dict[str, tuple]:
+    """The initializations a downstream notebook compares (``tasks.compare_inits``'s mapping): random
+    (``scratch``), the unimodal warm start (``unimodal``: its two ViTs, a fresh fusion stream) and
+    DeepAVFusion's audio-visual pre-training (``deepavfusion``: the whole encoder), at the same budget.
+
+    Checkpoints handed over by 02 (``pretrain_ckpt``, ``unimodal_ckpt``) are used as given; otherwise the
+    profile's zoo entries (``ensure``: the committed file, or the recipe trained here). A profile without
+    zoo recipes (``paper``) pre-trains DeepAVFusion into ``run_dir/pretrain`` with its own recipe
+    (``cfg``) and has a unimodal row only when ``unimodal_ckpt`` is given (the official recipe starts from
+    ImageNet MAE / AudioMAE checkpoints, which the kit does not ship).
+    """
+    from .tasks import pretrain
+
+    zoo_profile = profile in RECIPES
+    out: dict[str, tuple] = {}
+    for name in names:
+        if name == "scratch":
+            out[name] = ("scratch", None, {})
+        elif name == "unimodal":
+            ckpt = unimodal_ckpt or (ensure(profile, "unimodal", device=device) if zoo_profile else None)
+            if ckpt:
+                out[name] = ("warm_start", Path(ckpt), {})
+        elif name == "deepavfusion":
+            ckpt = pretrain_ckpt
+            if not ckpt and zoo_profile:
+                ckpt = ensure(profile, "deepavfusion", device=device)
+            if not ckpt:
+                if cfg is None or run_dir is None:
+                    raise ZooError(f"profile {profile!r} has no zoo: pass pretrain_ckpt, or cfg and run_dir to "
+                                   "pre-train here")
+                ckpt = pretrain(cfg, Path(run_dir) / "pretrain", device=device).checkpoint
+            out[name] = ("pretrained", Path(ckpt), {})
+        else:
+            out.update(initializations(profile, (name,), device=device))
+    return out
 
 
 def _recipe(profile: str, name: str) -> Recipe:

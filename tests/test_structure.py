@@ -21,7 +21,7 @@ LAYERS = [
      "baselines.mix_and_localize", "baselines.mixsep", "baselines.sound_of_pixels", "baselines.ccol",
      "baselines.oneavm"},
     {"tasks"},
-    {"pretrain", "reproduce", "bench", "zoo", "nb"},
+    {"pretrain", "reproduce", "bench", "zoo", "budgets", "nb"},
     {"viz", "widgets"},
 ]
 
