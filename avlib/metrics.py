@@ -15,6 +15,7 @@ upstream files each function follows are named in its docstring.
 | classification | `top1`, `topk`, `multi_head_top1` | `timm.utils.accuracy`, micro | % |
 | | `mean_ap`, `mean_roc_auc`, `multi_head_mean_ap` | DeepAVFusion (`classes="seen"`) or AST (`"all"`) | x100 |
 | localization | `ciou_per_sample`, `ciou_batch`, `localization_metrics`, `LocalizationEvaluator` | EZ-VSL (Senocak/LVS) | fraction |
+| | `slavc_ap`, `slavc_max_f1`, `slavc_loc_acc`, `SLAVCEvaluator` (silent / off-screen items) | SLAVC `EvaluatorFull` | fraction |
 | segmentation | `avsbench_miou`, `avsbench_fscore`, `AVSBenchEvaluator` | AVSBench `utility.py` + `test.py` | fraction |
 | | `davf_segmentation`, `DeepAVFusionSegEvaluator` | DeepAVFusion `eval_avsegm.py` | fraction |
 | separation | `bss_eval`, `is_silent`, `SeparationEvaluator` | mir_eval BSS-Eval v3, DeepAVFusion / Sound-of-Pixels skip rules | dB |
@@ -38,8 +39,9 @@ __all__ = [
     # classification
     "topk", "top1", "multi_head_top1", "mean_ap", "mean_roc_auc", "multi_head_mean_ap",
     # localization
-    "ciou_per_sample", "ciou_batch", "localization_metrics", "LocalizationEvaluator",
+    "ciou_per_sample", "ciou_batch", "normalize_scores", "localization_metrics", "LocalizationEvaluator",
     "LOC_AUC_THRESHOLDS", "cell_hits",
+    "slavc_confidence", "slavc_precision_recall", "slavc_ap", "slavc_max_f1", "slavc_loc_acc", "SLAVCEvaluator",
     # segmentation
     "avsbench_mask_iou", "avsbench_fscore_curve", "avsbench_miou", "avsbench_fscore",
     "AVSBenchEvaluator", "davf_fscore_binary", "davf_segmentation", "DeepAVFusionSegEvaluator",
@@ -215,7 +217,30 @@ def _upsample_map(pred: torch.Tensor, size: tuple[int, int], mode: str) -> torch
     return F.interpolate(pred[None, None], size=size, mode=mode, align_corners=True)[0, 0]
 
 
-def ciou_per_sample(pred_map, gt_map, threshold="median", *, mode: str = "bilinear") -> float:
+def normalize_scores(pred, normalize: str = "minmax", value_range: tuple[float, float] | None = None):
+    """Map localization scores to [0, 1] before thresholding, one of the two references' ways.
+
+    ``"minmax"``: per image, ``(x - min) / (max - min)`` (EZ-VSL / SLAVC ``utils.normalize_img``; a
+    constant map is left unchanged). ``"fixed"``: ``(x - lo) / (hi - lo)`` with the score's fixed range
+    ``value_range = (lo, hi)``, the same for every image (SLAVC ``test.py``: ``min_max_norm`` with
+    ``[-1/tau, 1/tau]`` for its cos/tau maps, ``[-1, 1]`` for a cosine map). Works on numpy or torch.
+    """
+    if normalize == "fixed":
+        if value_range is None:
+            raise ValueError("normalize='fixed' needs value_range=(lo, hi), the score's fixed range "
+                             "(SLAVC: (-1/tau, 1/tau) for cos/tau maps, (-1, 1) for cosine maps)")
+        lo, hi = (float(v) for v in value_range)
+        if not hi > lo:
+            raise ValueError(f"value_range={value_range}: needs lo < hi")
+        return (pred - lo) / (hi - lo)
+    if normalize != "minmax":
+        raise ValueError(f"normalize must be 'minmax' or 'fixed', got {normalize!r}")
+    vmin, vmax = pred.min(), pred.max()
+    return (pred - vmin) / (vmax - vmin) if not (vmax - vmin) == 0 else pred
+
+
+def ciou_per_sample(pred_map, gt_map, threshold="median", *, mode: str = "bilinear", normalize: str = "minmax",
+                    value_range: tuple[float, float] | None = None) -> float:
     """Per-image consensus IoU of the Senocak/LVS protocol as implemented by EZ-VSL.
 
     Args:
@@ -223,12 +248,20 @@ def ciou_per_sample(pred_map, gt_map, threshold="median", *, mode: str = "biline
         gt_map: (H, W) ground truth in [0, 1]; soft on Flickr-SoundNet (0.5 = one annotator's box,
             1.0 = consensus of at least 2), binary on VGG-SS.
         threshold: "median" (EZ-VSL; SLAVC `--relative_prediction --pred_size 0.5`) or a float
-            (absolute threshold on the normalized map, SLAVC without `--relative_prediction`).
+            (absolute threshold on the normalized map).
         mode: upsampling mode, "bilinear" (EZ-VSL) or "bicubic" (SLAVC); always align_corners=True.
+        normalize, value_range: how scores reach [0, 1] (`normalize_scores`): "minmax" per image
+            (EZ-VSL, the default) or "fixed" with the scores' fixed range (SLAVC `test.py`). SLAVC without
+            `--relative_prediction` is `threshold=0.5, normalize="fixed", value_range=(-1/tau, 1/tau)`
+            (`(-1, 1)` for a cosine map, `mode="bicubic"`): a float threshold after the per-image min-max
+            is *not* SLAVC's rule (two halves at 0.1/tau and 0.6/tau, GT the left half: SLAVC's fixed range
+            puts both halves at >= 0.55, all positive, cIoU 0.5; min-max puts the left half at 0, cIoU 0).
+            With "median" the two normalizations give the same cIoU (an increasing affine map keeps the
+            order), so SLAVC's `--relative_prediction` is the default path.
 
     Steps:
         1. upsample `pred_map` to the GT size;
-        2. min-max normalize per image (`utils.normalize_img`: a constant map is left unchanged);
+        2. normalize (`normalize_scores`; min-max per image by default);
         3. thr = element at index floor(0.5 * H*W) of the sorted values, B = pred >= thr (so ties at
            the median make B cover more than half the image; a constant map is all positive);
         4. cIoU = sum(B*G) / (sum(G) + sum(B*[G == 0])) -- the soft G weights the intersection, the
@@ -241,10 +274,7 @@ def ciou_per_sample(pred_map, gt_map, threshold="median", *, mode: str = "biline
         pred = pred[0]
     if pred.ndim != 2 or gt.ndim != 2:
         raise ValueError(f"expected 2-D maps, got pred {tuple(pred.shape)} and gt {gt.shape}")
-    pred = _upsample_map(pred, gt.shape, mode).numpy()
-    vmin, vmax = pred.min(), pred.max()
-    if not (vmax - vmin) == 0:
-        pred = (pred - vmin) / (vmax - vmin)
+    pred = normalize_scores(_upsample_map(pred, gt.shape, mode).numpy(), normalize, value_range)
     if isinstance(threshold, str):
         if threshold != "median":
             raise ValueError(f"threshold must be 'median' or a float, got {threshold!r}")
@@ -257,7 +287,8 @@ def ciou_per_sample(pred_map, gt_map, threshold="median", *, mode: str = "biline
     return float(inter / denom) if denom != 0 else float("nan")
 
 
-def ciou_batch(pred_maps, gt_maps, threshold="median", *, mode: str = "bilinear") -> list[float]:
+def ciou_batch(pred_maps, gt_maps, threshold="median", *, mode: str = "bilinear", normalize: str = "minmax",
+               value_range: tuple[float, float] | None = None) -> list[float]:
     """`ciou_per_sample` for a batch: pred (B, h, w) or (B, 1, h, w), gt (B, H, W) or (B, 1, H, W).
 
     Each prediction is scored against its own GT map (EZ-VSL's `test.py` reads the whole batch's
@@ -273,7 +304,8 @@ def ciou_batch(pred_maps, gt_maps, threshold="median", *, mode: str = "bilinear"
     if pred.is_floating_point() and tuple(pred.shape[-2:]) != tuple(gt.shape[-2:]):
         # upsample the batch at once (same values as one at a time)
         pred = F.interpolate(pred[:, None], size=tuple(gt.shape[-2:]), mode=mode, align_corners=True)[:, 0]
-    return [ciou_per_sample(p, g, threshold, mode=mode) for p, g in zip(pred, gt)]
+    return [ciou_per_sample(p, g, threshold, mode=mode, normalize=normalize, value_range=value_range)
+            for p, g in zip(pred, gt)]
 
 
 def localization_metrics(ciou_values: Sequence[float]) -> dict[str, float]:
@@ -344,6 +376,147 @@ class LocalizationEvaluator:
 
     def compute(self) -> dict[str, float]:
         return localization_metrics(self.cious)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Localization with silent and off-screen sounds: SLAVC (Mo & Morgado, "A Closer Look at
+# Weakly-Supervised Audio-Visual Source Localization", NeurIPS 2022). stoneMo/SLAVC (commit 05b429c)
+# utils.py::EvaluatorFull (update, calc_precision_recall, calc_ap, cal_auc, finalize_stats) and
+# test.py::validate (the fixed-range score normalization and the confidence). A test item is
+# "visible" when something on screen sounds (SLAVC: it has annotated boxes; here: its GT map has mass);
+# silent and off-screen items have an empty GT map and count only through their confidence.
+# --------------------------------------------------------------------------------------------- #
+
+def slavc_confidence(scores) -> float:
+    """SLAVC's confidence that something on screen sounds: the mean of the top quarter of the
+    fixed-range-normalized scores (``test.py``: ``np.sort(scores.flatten())[-n//4:].mean()``; Python's
+    ``-n//4`` rounds down, so it keeps the top ``ceil(n / 4)`` values)."""
+    v = np.sort(_numpy(scores).astype(np.float64).ravel())
+    return float(v[-v.size // 4:].mean())
+
+
+def _slavc_lists(visible, ciou, confidence):
+    vis = np.asarray(visible, dtype=bool).ravel()
+    c = np.asarray(ciou, dtype=np.float64).ravel()
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    if not vis.size == c.size == conf.size:
+        raise ValueError(f"visible, ciou and confidence differ in length: {vis.size}, {c.size}, {conf.size}")
+    return vis, c, conf
+
+
+def slavc_precision_recall(visible, ciou, confidence, conf_thr: float, ciou_thr: float = 0.5) -> tuple[float, float]:
+    """Precision and recall at one confidence threshold (``EvaluatorFull.calc_precision_recall``).
+
+    A confident item (``confidence >= conf_thr``) is a true positive when it is visible and localized
+    (``ciou >= ciou_thr``), else a false positive (a silent / off-screen item, or the wrong place); an
+    unconfident visible item is a false negative; an unconfident silent item counts nowhere. With no
+    confident item precision is 1, with no visible item recall is 1 (the reference's conventions)."""
+    vis, c, conf = _slavc_lists(visible, ciou, confidence)
+    confident = conf >= conf_thr
+    tp = int(np.sum(confident & vis & (c >= ciou_thr)))
+    fp = int(np.sum(confident)) - tp
+    fn = int(np.sum(~confident & vis))
+    precision = 1.0 if tp + fp == 0 else tp / (tp + fp)
+    recall = 1.0 if tp + fn == 0 else tp / (tp + fn)
+    return precision, recall
+
+
+def slavc_ap(visible, ciou, confidence, ciou_thr: float = 0.5) -> float:
+    """SLAVC's AP (``EvaluatorFull.calc_ap``), over every item (visible, silent and off-screen).
+
+    Thresholds: the sorted confidences without the largest, from the top down in steps of
+    ``max(1, N // 200)`` (about 200 thresholds); precision ``p_i`` and recall ``r_i`` at each; interpolated
+    precision ``P_i = max(p_i, p_{i+1}, ...)``; ``AP = sum_i P_i * (r_{i+1} - r_i)`` (the recall below the
+    first threshold's is not counted, as in the reference)."""
+    vis, c, conf = _slavc_lists(visible, ciou, confidence)
+    if conf.size == 0:
+        return float("nan")
+    skip = max(1, conf.size // 200)
+    pr = [slavc_precision_recall(vis, c, conf, t, ciou_thr) for t in np.sort(conf)[:-1][::-skip]]
+    precision, recall = [p for p, _ in pr], [r for _, r in pr]
+    precision_max = [max(precision[i:]) for i in range(len(precision))]
+    return float(sum(precision_max[i] * (recall[i + 1] - recall[i]) for i in range(len(precision_max) - 1)))
+
+
+def slavc_max_f1(visible, ciou, confidence, ciou_thr: float = 0.5) -> float:
+    """SLAVC's max-F1 (``EvaluatorFull.finalize_stats``): F1 = 2PR / (P + R) (0 when P + R = 0) at the
+    confidence thresholds ``sorted(confidence)[::max(1, N // 10)]`` (about 10), the largest of them."""
+    vis, c, conf = _slavc_lists(visible, ciou, confidence)
+    if conf.size == 0:
+        return float("nan")
+    f1 = []
+    for t in np.sort(conf)[::max(1, conf.size // 10)]:
+        p, r = slavc_precision_recall(vis, c, conf, t, ciou_thr)
+        f1.append(2 * r * p / (r + p) if r + p > 0 else 0.0)
+    return float(max(f1))
+
+
+def slavc_loc_acc(visible, ciou, ciou_thr: float = 0.5) -> float:
+    """SLAVC's LocAcc: the precision on the visible items with every item confident (``finalize_stats``'
+    ``Precision-visible@50``), i.e. the fraction of visible items with ``ciou >= ciou_thr`` (nan if none).
+    (The progress line's ``precision_at_50`` uses ``ciou > 0.5``, strictly; the saved metrics use >=.)"""
+    vis = np.asarray(visible, dtype=bool).ravel()
+    c = np.asarray(ciou, dtype=np.float64).ravel()
+    return float(np.mean(c[vis] >= ciou_thr)) if vis.any() else float("nan")
+
+
+class SLAVCEvaluator:
+    """Localization with silent and off-screen sounds as SLAVC's ``test.py`` + ``EvaluatorFull`` score it.
+
+    Per item: upsample the map to the GT size (``mode``, bicubic as SLAVC, align_corners=True); scores in
+    [0, 1] by the fixed range ``value_range`` (``normalize_scores(..., "fixed")``; SLAVC: ``[-1/tau, 1/tau]``
+    on its cos/tau maps, the default ``(-1, 1)`` on cosine maps such as the kit's read-outs); the
+    confidence ``slavc_confidence``; the binary map at the median (``relative_prediction=True``, the
+    README's recipe and ``--pred_size 0.5``) or at ``pred_thr`` on the fixed-range scores (without
+    ``--relative_prediction``); the cIoU as ``ciou_per_sample``.
+
+    ``compute()``: ``slavc_ap`` and ``slavc_max_f1`` over every item (the "all" subset), ``slavc_loc_acc``
+    and ``slavc_auc`` (EZ-VSL's success-rate AUC) over the visible items, ``n``, ``n_visible``. OGL, the
+    size buckets and the 0.75 cIoU threshold of ``finalize_stats`` are left out.
+    """
+
+    def __init__(self, *, value_range: tuple[float, float] = (-1.0, 1.0), relative_prediction: bool = True,
+                 pred_thr: float = 0.5, mode: str = "bicubic", ciou_thr: float = 0.5):
+        self.value_range, self.relative, self.pred_thr = value_range, bool(relative_prediction), float(pred_thr)
+        self.mode, self.ciou_thr = mode, float(ciou_thr)
+        self.reset()
+
+    def reset(self) -> None:
+        self.visible: list[bool] = []
+        self.cious: list[float] = []
+        self.confidences: list[float] = []
+
+    def update(self, pred_maps, gt_maps) -> list[tuple[float, float]]:
+        """Score a batch, pred (B, h, w), gt (B, H, W) (all zeros: nothing on screen sounds); returns
+        ``(ciou, confidence)`` per item (the cIoU of an item with an empty GT is 0 or nan, never used)."""
+        pred, gt = _tensor(pred_maps).float(), _tensor(gt_maps)
+        if pred.ndim != 3 or gt.ndim != 3 or pred.shape[0] != gt.shape[0]:
+            raise ValueError(f"expected pred (B, h, w) and gt (B, H, W), got {tuple(pred.shape)} and {tuple(gt.shape)}")
+        if tuple(pred.shape[-2:]) != tuple(gt.shape[-2:]):
+            pred = F.interpolate(pred[:, None], size=tuple(gt.shape[-2:]), mode=self.mode, align_corners=True)[:, 0]
+        out = []
+        for p, g in zip(pred.numpy(), gt.numpy()):
+            conf = slavc_confidence(normalize_scores(p.astype(np.float64), "fixed", self.value_range))
+            if self.relative:
+                ciou = ciou_per_sample(p, g, "median")
+            else:
+                ciou = ciou_per_sample(p, g, self.pred_thr, normalize="fixed", value_range=self.value_range)
+            self.visible.append(bool(g.sum() > 0))
+            self.cious.append(ciou)
+            self.confidences.append(conf)
+            out.append((ciou, conf))
+        return out
+
+    def compute(self) -> dict[str, float]:
+        if not self.cious:
+            raise ValueError("no items scored")
+        vis, c, conf = self.visible, self.cious, self.confidences
+        visible_cious = [v for v, seen in zip(c, vis) if seen]
+        return {"slavc_ap": slavc_ap(vis, c, conf, self.ciou_thr),
+                "slavc_max_f1": slavc_max_f1(vis, c, conf, self.ciou_thr),
+                "slavc_loc_acc": slavc_loc_acc(vis, c, self.ciou_thr),
+                "slavc_auc": localization_metrics(visible_cious)["auc"] if visible_cious else float("nan"),
+                "n": len(c), "n_visible": int(sum(vis))}
 
 
 # --------------------------------------------------------------------------------------------- #

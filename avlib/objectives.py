@@ -16,7 +16,11 @@ read-outs, what the pre-trained model predicts with no downstream training: a lo
 | name | model | loss |
 |---|---|---|
 | ``deepavfusion`` | ``AVMAE``: the early-fusion encoder + one MAE decoder per modality | masked reconstruction of image and spectrogram patches (official ``loss_image + loss_audio``) |
-| ``sound_of_pixels``, ``ccol``, ``oneavm`` | prior methods on the two-stream backbone (``avlib.baselines``, imported at the end of this module) | mix-and-separate objectives; see each module |
+| ``ezvsl``, ``slavc``, ``mix_and_localize`` | the supplement's localization methods on the two-stream backbone (``avlib.baselines``) | contrastive / cycle-walk localization objectives; see each module |
+| ``sound_of_pixels``, ``ccol``, ``oneavm`` | the supplement's separation methods on the two-stream backbone (``avlib.baselines``) | mix-and-separate objectives; see each module |
+
+The comparison methods live in ``avlib.baselines``, one module each, and register themselves when this
+module is imported (the import at the end); ``docs/baselines.md`` describes them.
 """
 from __future__ import annotations
 
@@ -46,12 +50,14 @@ class Objective:
 
     Attributes:
         name: registry key, also stored in every checkpoint the objective writes.
-        mixtures: pre-trains on mix-and-separate pairs (``MixtureDataset``) instead of single scenes.
+        mixtures: pre-trains on mix-and-separate pairs (``MixtureDataset``) instead of single scenes;
+            ``"alternates"``: pairs that also carry a second mixture of other recordings of the same sources
+            (``AlternateMixtureDataset``, Mix-and-Localize).
         checkpoint_name: file written into the pre-training run directory.
     """
 
     name: str = ""
-    mixtures: bool = False
+    mixtures: bool | str = False
 
     @property
     def checkpoint_name(self) -> str:
@@ -83,6 +89,7 @@ class Objective:
 
     # zero-shot read-outs (None: this objective has none)
     localization_map = None     # (model, image (B,3,H,W), audio (B,1,F,T)) -> map (B, gh, gw)
+    map_range = None            # the fixed range (lo, hi) of localization_map's scores, where they have one
     separation_mask = None      # (model, mix_audio (B,1,F,T), image (B,3,H,W)) -> mask probabilities (B,1,F,T)
 
 
@@ -130,4 +137,4 @@ class DeepAVFusionMAE(Objective):
         return res
 
 
-from . import baselines  # noqa: E402,F401
+from . import baselines  # noqa: E402,F401  (registers the comparison methods)

@@ -238,8 +238,11 @@ def test_every_parameter_receives_a_gradient_and_the_loss_reads_no_labels(name):
 @pytest.mark.parametrize("name", SEP_METHODS)
 def test_a_few_smoke_steps_lower_the_objective_loss(name, tmp_path):
     # 8 steps at a raised constant lr (the profile's 3e-4 with warmup moves the bias-like terms too
-    # little in 8 steps to measure); the loss on the fixed test mixtures falls
-    cfg = _cfg(**{"pretrain.epochs": 4, "data.train_size": 16, "pretrain.lr": 3e-3, "pretrain.warmup_epochs": 0,
+    # little in 8 steps to measure); the loss on the fixed test mixtures falls. CCoL gets 16: its gates
+    # (rounded grounding probabilities) flip during the first steps, and after 8 its loss sits within noise
+    # of the start (0.969 of it in fp32, 1.017 under the smoke profile's bf16 autocast; after 16: 0.966 / 0.973)
+    epochs = 8 if name == "ccol" else 4
+    cfg = _cfg(**{"pretrain.epochs": epochs, "data.train_size": 16, "pretrain.lr": 3e-3, "pretrain.warmup_epochs": 0,
                   "pretrain.schedule": "constant", "pretrain.log_every": 1})
     obj = OBJECTIVES[name]
     seed_everything(cfg.seed)
@@ -250,7 +253,7 @@ def test_a_few_smoke_steps_lower_the_objective_loss(name, tmp_path):
     before = obj.evaluate(fresh, test, cfg)
     pre = pretrain(cfg, tmp_path, objective=name, device="cpu")
     losses = [s["loss"] for s in pre.history.steps]
-    assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 2 * epochs and all(math.isfinite(v) for v in losses)
     assert pre.metrics["val_loss"] < 0.995 * before["val_loss"], (before, pre.metrics)
     assert pre.checkpoint.name == f"{name}.pt"
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from avlib import bench, train as T
 from avlib.audio import MaskToWaveform, apply_mel_mask
 from avlib.config import TASKS, make_config
-from avlib.data import MixtureDataset, SceneDataset, make_loaders
+from avlib.data import AlternateMixtureDataset, MixtureDataset, SceneDataset, make_loaders
 from avlib.metrics import SeparationEvaluator
 from avlib.model import build_avmae
 from avlib.objectives import OBJECTIVES
@@ -76,14 +76,15 @@ def test_auto_precision_and_attention_kernel_resolve_by_device(monkeypatch):
 # Data: the audio front end per batch is bit-identical
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dataset", ["synthetic", pytest.param("avdigits", marks=pytest.mark.data)])
-@pytest.mark.parametrize("kind", ["scenes", "mixtures"])
+@pytest.mark.parametrize("kind", ["scenes", "mixtures", "alternates"])
 def test_batch_front_end_is_bit_identical(dataset, kind, request):
     root = request.getfixturevalue("data_root") if dataset == "avdigits" else None
     for split in ("train", "test"):
         ref_cfg, fast_cfg = (_cfg("cpu", dataset, **{"data.batch_front_end": on, "data.p_two_sources": 0.3})
                              for on in (False, True))
-        make = (lambda c: SceneDataset(c, split, pretraining=True, root=root, size=20)) if kind == "scenes" else (
-            lambda c: MixtureDataset(c, split, root=root, size=20))
+        make = {"scenes": lambda c: SceneDataset(c, split, pretraining=True, root=root, size=20),
+                "mixtures": lambda c: MixtureDataset(c, split, root=root, size=20),
+                "alternates": lambda c: AlternateMixtureDataset(c, split, root=root, size=20)}[kind]
         ref, fast = make(ref_cfg), make(fast_cfg)
         idx = [3, 0, 17, 5, 11, 2]
         batched = fast.__getitems__(idx)

@@ -5,7 +5,8 @@ Read from github.com/YapengTian/CCOL-CVPR21 (commit 0f9cf3b), all under ``code/`
 ``main_col.py``, ``main_ccol.py`` (``NetWrapper.forward``: the three stages' losses; ``create_optimizer``),
 ``models/grounding_net.py`` (``Grounding``), ``models/__init__.py`` (``weights_init``),
 ``dataset/base.py`` (``_mix_n_and_stft``), ``dataset/music.py`` and ``scripts/train_{grd,col,ccol}.sh``.
-No code is copied; the separation stack is this package's Sound-of-Pixels port (CCoL builds on SoP's).
+No code is copied; the separation stack is this package's Sound-of-Pixels port (CCoL builds on SoP's);
+``docs/baselines.md#ccol``.
 
 **The method.** A video holds objects (detector crops), some sounding, some silent. A grounding
 classifier ``g(a, o) = 2 MLP([f_a ; f_o])`` (class 0 = "o sounds in a") gates the separation: video V's

@@ -1,4 +1,4 @@
-"""What the three mix-and-separate baselines share (Sound-of-Pixels, CCoL, OneAVM-style).
+"""What the three mix-and-separate baselines share (Sound-of-Pixels, CCoL, OneAVM-style; ``docs/baselines.md``).
 
 - ``MixSepObjective``: the ``Objective`` base of the three: pre-trains on ``MixtureDataset`` pairs
   (``mixtures = True``), requires the late-fusion two-stream backbone (``model.fusion_arch="none"``),

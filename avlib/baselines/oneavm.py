@@ -11,7 +11,7 @@ projected visual tokens of image i and its audio a_i plus a "sim" term on the po
 max sim between the mixed image's tokens and *each* of a_i and a_j; separation from pool(v_i) and the
 mixed audio through a decoder to a mask on the mixed spectrogram) and the DeepAVFusion supplement
 (OneAVM's separation: binary dominant-source masks, BCE). Everything else below is **invented** and
-named; the numbers are fields of ``OneAVMStyle``.
+named; the numbers are fields of ``OneAVMStyle`` (``docs/baselines.md#oneavm-style-reconstructed``).
 
     v_{n,p} = L2(Wv x_{n,p})   a_m = L2(Wa mean_q y_{m,q})   (projected visual tokens, pooled audio)
     L_mil    = symmetric InfoNCE on  s_nm = max_p <v_{n,p}, a_m> / tau            (EZ-VSL's form)
@@ -172,6 +172,11 @@ class OneAVMStyle(MixSepObjective):
     notes = {f: "invented (no public code); see the module docstring" for f in fields if f != "mask_rule"}
     pretrain_recipe = {"optimizer": "adam", "lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.0,
                        "warmup_epochs": 0.0, "schedule": "constant"}
+
+    @property
+    def map_range(self) -> tuple[float, float]:
+        """The fixed range of the max-sim map ``<v_p, a> / tau``: (-1 / tau, 1 / tau)."""
+        return (-1.0 / self.tau, 1.0 / self.tau)
 
     def build(self, cfg: Config) -> OneAVMStyleModel:
         self.check_config(cfg)

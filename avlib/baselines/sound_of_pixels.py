@@ -6,7 +6,7 @@ targets, weights, the forward pass; ``create_optimizer``), ``models/audio_net.py
 ``UnetBlock``), ``models/vision_net.py`` (``ResnetDilated``: the 3x3 ``fc`` conv and the max pool),
 ``models/synthesizer_net.py`` (``InnerProd``, its ``forward_pixelwise``), ``models/criterion.py``
 (``BCELoss``), ``models/__init__.py`` (``weights_init``), ``arguments.py`` and ``scripts/train_MUSIC.sh``.
-No code is copied; this is a re-implementation on the kit's modules.
+No code is copied; this is a re-implementation on the kit's modules (``docs/baselines.md#sound-of-pixels``).
 
 **Mix-and-separate.** Two clips are mixed; each clip's image predicts a mask on the shared mixture:
 

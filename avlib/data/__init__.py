@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 from avlib.data.loaders import EpochSampler, loader_throughput, make_dataset, make_loader, make_loaders
-from avlib.data.scenes import NUM_CLASSES, MixtureDataset, SceneDataset
+from avlib.data.scenes import NUM_CLASSES, AlternateMixtureDataset, MixtureDataset, SceneDataset
 from avlib.data.sources import load_fsdd, load_mnist
 from avlib.paths import DataNotFoundError
 
-__all__ = ["NUM_CLASSES", "SceneDataset", "MixtureDataset", "EpochSampler", "make_loader", "make_dataset",
-           "make_loaders", "loader_throughput", "load_fsdd", "load_mnist", "DataNotFoundError"]
+__all__ = ["NUM_CLASSES", "SceneDataset", "MixtureDataset", "AlternateMixtureDataset", "EpochSampler", "make_loader",
+           "make_dataset", "make_loaders", "loader_throughput", "load_fsdd", "load_mnist", "DataNotFoundError"]
 
 
 def __getattr__(name):

@@ -95,16 +95,18 @@ def _stage(cfg, task: str | None):
     return tcfg.train, tcfg
 
 
-def make_dataset(cfg, split: str, task: str | None = None, *, mixtures: bool | None = None, root=None,
+def make_dataset(cfg, split: str, task: str | None = None, *, mixtures: bool | str | None = None, root=None,
                  size: int | None = None):
     """The dataset pre-training (``task=None``) or protocol ``task`` reads for ``split`` (``"train"`` /
     ``"test"``).
 
-    ``mixtures``: mix-and-separate pairs (``MixtureDataset``) instead of single scenes; default: what the
-    protocol's config says (``TaskConfig.mixtures``; pre-training: scenes). ``root`` and ``size`` apply to
-    the scene datasets only (benchmarks have their own roots and sizes).
+    ``mixtures``: mix-and-separate pairs (``MixtureDataset``) instead of single scenes; ``"alternates"``:
+    pairs that also carry a second mixture of other recordings of the same sources
+    (``AlternateMixtureDataset``, Mix-and-Localize); default: what the protocol's config says
+    (``TaskConfig.mixtures``; pre-training: scenes). ``root`` and ``size`` apply to the scene datasets only
+    (benchmarks have their own roots and sizes).
     """
-    from avlib.data.scenes import MixtureDataset, SceneDataset
+    from avlib.data.scenes import AlternateMixtureDataset, MixtureDataset, SceneDataset
 
     _, tcfg = _stage(cfg, task)
     name, split = (cfg.data.dataset, split) if tcfg is None else tcfg.data_spec(cfg.data.dataset, split)
@@ -121,11 +123,12 @@ def make_dataset(cfg, split: str, task: str | None = None, *, mixtures: bool | N
     if name != cfg.data.dataset:
         cfg = replace(cfg, data=replace(cfg.data, dataset=name))
     if mixtures:
-        return MixtureDataset(cfg, split, root=root, size=size)
+        pairs = AlternateMixtureDataset if mixtures == "alternates" else MixtureDataset
+        return pairs(cfg, split, root=root, size=size)
     return SceneDataset(cfg, split, pretraining=tcfg is None, root=root, size=size)
 
 
-def make_loaders(cfg, task: str | None = None, *, mixtures: bool | None = None, root=None,
+def make_loaders(cfg, task: str | None = None, *, mixtures: bool | str | None = None, root=None,
                  batch_size: int | None = None, num_workers: int | None = None, pin_memory: bool | None = None,
                  seed: int | None = None, train_size: int | None = None, test_size: int | None = None
                  ) -> tuple[DataLoader, DataLoader]:

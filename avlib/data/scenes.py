@@ -34,7 +34,8 @@ from torch.utils.data import Dataset
 from avlib.audio import AudioFrontEnd, random_gain
 from avlib.image import normalize
 
-__all__ = ["NUM_CLASSES", "SceneDataset", "MixtureDataset", "DigitContent", "ShapeContent", "SHAPE_NAMES"]
+__all__ = ["NUM_CLASSES", "SceneDataset", "MixtureDataset", "AlternateMixtureDataset", "DigitContent", "ShapeContent",
+           "SHAPE_NAMES"]
 
 NUM_CLASSES = 10
 _SPLIT_ID = {"train": 0, "test": 1, "val": 2}
@@ -88,6 +89,15 @@ class DigitContent:
     def sound(self, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         rows = self.by_digit[cls]
         i = int(rows[rng.integers(len(rows))])
+        return self.bank.clip(i), i
+
+    def alternate_sound(self, cls: int, source_id: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """Another recording of the same source: the same digit by the same speaker, another take of this
+        split (``AlternateMixtureDataset``, Mix-and-Localize's "another clip of the same speaker"). The
+        recording itself only when the split holds no other take (FSDD has 5 per split at least)."""
+        rows = self.by_digit[cls]
+        same = rows[(self.bank.speaker_ids[rows] == self.bank.speaker_ids[source_id]) & (rows != source_id)]
+        i = int(same[rng.integers(len(same))]) if len(same) else int(source_id)
         return self.bank.clip(i), i
 
 
@@ -173,6 +183,11 @@ class ShapeContent:
         x = x * env + rng.normal(0.0, 0.01, n)
         x = 0.5 * x / max(np.abs(x).max(), 1e-8)
         return x.astype(np.float32), -1
+
+    def alternate_sound(self, cls: int, source_id: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """Another clip of the same source: a fresh draw of class ``cls``'s timbre (synthetic sounds have
+        no speaker; pitch, phases, envelope and noise are drawn anew)."""
+        return self.sound(cls, rng)
 
 
 def _content(cfg, split: str, root=None):
@@ -540,3 +555,41 @@ class MixtureDataset(_ComposedDataset):
 
     def _set_audio(self, item: dict, mel: torch.Tensor) -> None:
         item["mix_audio"], item["source_audio"] = mel[-1], mel[:-1]            # (1, F, T), (K, 1, F, T)
+
+
+class AlternateMixtureDataset(MixtureDataset):
+    """``MixtureDataset`` pairs that also carry a second mixture of the *same* K sources made of other
+    recordings of them, for Mix-and-Localize (Hu, Chen & Owens, CVPR 2022; hxixixh/mix-and-localize
+    ``data/voxceleb_img_aud_pair.py`` draws "another clip of the same speaker"). Here the other
+    recording is the same digit by the same speaker, another take of the split (``alternate_sound``;
+    synthetic scenes: a fresh draw of the class timbre), placed at its own random offset, with its own
+    train-time gain, and summed like the first mixture.
+
+    Every key of ``MixtureDataset`` is unchanged (bit for bit); added: ``alt_source_waveforms (K,S)``,
+    ``alt_mix_waveform (S,)`` (= their plain sum), ``alt_mix_audio (1,F,T)`` (its log-mel) and
+    ``alt_source_ids (K,)`` (FSDD bank rows, -1 synthetic), source k of the second mixture being another
+    clip of source k of the first. Deterministic: drawn from the item's own stream with another salt
+    (``composer.rng(index, epoch, salt=2)``), so the first mixture does not depend on it.
+    """
+
+    def _item(self, index: int) -> dict[str, torch.Tensor]:
+        item = super()._item(index)
+        rng = self.composer.rng(index, self.epoch if self.train else 0, salt=2)
+        clips, ids = [], []
+        for cls, sid in zip(item["labels"].tolist(), item["source_ids"].tolist()):
+            clip, alt_id = self.content.alternate_sound(int(cls), int(sid), rng)
+            clips.append(self.composer._place(clip, rng)[0])
+            ids.append(alt_id)
+        src = torch.from_numpy(np.stack(clips).astype(np.float32))                   # (K, S)
+        if self.train:
+            src = random_gain(src, self.cfg.data.gain_db, _gain_generator(rng))
+        mix = src.sum(0)
+        item.update(alt_source_waveforms=src, alt_mix_waveform=mix, alt_source_ids=torch.tensor(ids, dtype=torch.long))
+        return item
+
+    def _clips(self, item: dict) -> torch.Tensor:
+        return torch.cat([super()._clips(item), item["alt_mix_waveform"][None]])    # (K+2, S)
+
+    def _set_audio(self, item: dict, mel: torch.Tensor) -> None:
+        super()._set_audio(item, mel[:-1])
+        item["alt_mix_audio"] = mel[-1]                                        # (1, F, T)
