@@ -38,7 +38,7 @@ from .paths import ROOT, RUNS
 from .utils import sha256_file
 
 __all__ = ["ZOO", "Recipe", "RECIPES", "staged_recipe", "ZooError", "checkpoint", "ensure", "initializations",
-           "compared_inits", "build", "verify", "manifest", "main"]
+           "compared_inits", "BASELINES", "baseline_recipes", "build", "verify", "manifest", "main"]
 
 ZOO: Path = Path(os.environ.get("AVLIB_ZOO", ROOT / "zoo"))
 
@@ -95,6 +95,27 @@ def staged_recipe(unimodal: Mapping[str, Any] | None = None, audiovisual: Mappin
     ]
 
 
+# the comparison methods of the supplement's figures (docs/baselines.md), in the figures' order
+BASELINES = {"ezvsl": "EZ-VSL: audio-visual contrastive localization (multiple-instance InfoNCE)",
+             "slavc": "SLAVC: EZ-VSL with momentum targets, dropout and silence / off-screen awareness",
+             "mix_and_localize": "Mix-and-Localize: localizing several sounds in mixed scenes",
+             "sound_of_pixels": "Sound-of-Pixels: mix-and-separate, masks conditioned on image features",
+             "ccol": "CCoL: cyclic co-learning of sounding-object grounding and separation",
+             "oneavm": "OneAVM-style (reconstructed): localization, alignment and separation in one model"}
+
+
+def baseline_recipes(budget: Mapping[str, Any] | None = None) -> list[Recipe]:
+    """The six comparison methods (``avlib.baselines``, docs/baselines.md) as zoo entries: each objective on
+    the two-stream backbone (``model.fusion_arch="none"``), its ViTs warm-started from the ``unimodal``
+    entry like DeepAVFusion's audio-visual stage, its published optimizer recipe
+    (``objective.config_overrides()``) and the same number of steps as that stage (``budget``)."""
+    from .objectives import OBJECTIVES
+
+    return [Recipe(name, f"{what} (two-stream backbone, from the unimodal ViTs)", objective=name,
+                   overrides={**OBJECTIVES[name].config_overrides(), **(budget or {})}, warm_start="unimodal")
+            for name, what in BASELINES.items()]
+
+
 # The profiles' recipes, in build order (a stage comes after the entry it warm-starts from). Budgets:
 # ``cpu``: batch 64 of 3,000 training scenes = 47 steps per epoch; 64 epochs (~3,000 steps) of unimodal
 # masked modeling and 17 (~800 steps) of audio-visual, lr 1e-3 with 10% warm-up, chosen with frozen-token
@@ -102,8 +123,9 @@ def staged_recipe(unimodal: Mapping[str, Any] | None = None, audiovisual: Mappin
 RECIPES: dict[str, list[Recipe]] = {
     "cpu": staged_recipe(
         unimodal={"pretrain.epochs": 64, "pretrain.warmup_epochs": 6, "pretrain.lr": 1e-3, "pretrain.eval_every": 16},
-        audiovisual={"pretrain.epochs": 17, "pretrain.warmup_epochs": 2, "pretrain.lr": 1e-3, "pretrain.eval_every": 4}),
-    "smoke": staged_recipe(),
+        audiovisual={"pretrain.epochs": 17, "pretrain.warmup_epochs": 2, "pretrain.lr": 1e-3, "pretrain.eval_every": 4})
+    + baseline_recipes({"pretrain.epochs": 17, "pretrain.eval_every": 4}),
+    "smoke": staged_recipe() + baseline_recipes(),
 }
 
 
