@@ -9,7 +9,7 @@ and MNIST images that neither the training nor the test scenes use) after every 
 never read. The curves show how long each protocol needs before the best initialization leaves its trivial
 baseline, and how many minutes of this machine that costs (the training time per epoch is measured in the
 same run). Written to ``reports/<profile>/budgets/``: ``curves.json`` (per task and init: epoch, step,
-minutes of training, every validation metric) and ``curves.png``.
+minutes of training, every validation metric; a later run of other protocols adds to it) and ``curves.png``.
 
 A point at epoch e of an E-epoch run is not the result of an e-epoch run when the schedule decays (a cosine
 schedule anneals over E); with the supplement's constant lr it is.
@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 
 from .config import TASKS, apply_overrides, make_config
 from .paths import REPORTS, RUNS
+from .utils import atomic_write
 
 __all__ = ["CURVE_METRIC", "learning_curves", "plot_curves", "main"]
 
@@ -109,9 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     curves = learning_curves(cfg, args.tasks, inits, args.epochs, RUNS / args.profile / "budgets",
                              device=args.device)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "curves.json").write_text(json.dumps({"profile": args.profile, "epochs": args.epochs, "split": "val",
-                                                 "curves": curves}, indent=1) + "\n")
-    plot_curves(curves, out / "curves.png")
+    record = {"profile": args.profile, "split": "val", "epochs": {}, "curves": {}}
+    if (out / "curves.json").exists():              # earlier runs of other protocols stay (one file per profile)
+        record = json.loads((out / "curves.json").read_text())
+    record["curves"].update(curves)
+    record["epochs"].update({task: args.epochs for task in curves})
+    atomic_write(out / "curves.json", json.dumps(record, indent=1) + "\n", mode="w")
+    plot_curves(record["curves"], out / "curves.png")
     for task, by_init in curves.items():
         key = CURVE_METRIC[task][0]
         print(f"{task:13s} " + "  ".join(f"{n}: " + " ".join(f"{p.get(key, float('nan')):.3g}" for p in pts)

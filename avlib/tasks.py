@@ -308,22 +308,24 @@ def feature_subsets(cfg: Config, run_dir: str | Path, *, init: str = "pretrained
 
 
 def token_probe(cfg: Config, *, init: str = "pretrained", checkpoint: str | Path | None = None,
-                train_size: int | None = None, test_size: int | None = None, device: str = "auto") -> dict[str, float]:
+                train_size: int | None = None, test_size: int | None = None, split: str = "test",
+                device: str = "auto") -> dict[str, float]:
     """What the frozen encoder's tokens say about the digits, read out linearly (a kit diagnostic).
 
     The localization, segmentation and separation heads read *local* visual tokens and the *global*
     audio token, so they start from whatever digit identity those tokens already carry. This fits a
     logistic regression (``linear_probe_accuracy``) on ``train_size`` task scenes and scores
     ``test_size`` test scenes (default: 1,500 / 500, fewer at profiles with smaller splits) for two questions: which digit is spoken (mean audio token, ``audio``) and
-    which digit is drawn in each grid cell (mean of the cell's visual tokens, ``visual_cell``). Needs
-    scenes with per-cell classes (AV-Digits / synthetic). Returns top-1 (%) and the sample counts.
+    which digit is drawn in each grid cell (mean of the cell's visual tokens, ``visual_cell``), scored on
+    ``split`` (``"val"`` when choosing a recipe). Needs scenes with per-cell classes (AV-Digits /
+    synthetic). Returns top-1 (%) and the sample counts.
     """
     device = resolve_device(device)
     seed_everything(cfg.seed)
     grid = int(cfg.data.grid)
     # at most 1,500 / 500 scenes (the cpu profile's probe), never more than the profile composes per epoch
     train = make_dataset(cfg, "train", "localization", size=train_size or min(1500, cfg.data.train_size))
-    test = make_dataset(cfg, "test", "localization", size=test_size or min(500, cfg.data.test_size))
+    test = make_dataset(cfg, split, "localization", size=test_size or min(500, cfg.data.test_size))
     if "cell_classes" not in test[0]:
         raise ValueError(f"token_probe needs scenes with per-cell classes (AV-Digits / synthetic); "
                          f"{type(test).__name__} items have none")
