@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from . import viz
 from .nb import audio_player
 
-__all__ = ["render_scene", "render_overlay", "render_separation", "audio_players", "scene_explorer",
+__all__ = ["render_scene", "render_overlay", "render_separation", "audio_players", "reconstruction_players",
+           "scene_explorer",
            "overlay_explorer", "separation_explorer", "Gallery"]
 
 
@@ -114,6 +115,30 @@ def audio_players(clips: Mapping[str, Any], sample_rate: int, *, normalize: bool
              if w is not None]
     peak = max(peaks, default=0.0) or 1.0                  # all silent: play as is
     return {label: audio_player(w, sample_rate, scale=peak) for label, w in clips.items()}
+
+
+def reconstruction_players(original, reconstruction, mask, patch_size: int, data_cfg, *, recording=None,
+                           n_iter: int = 32) -> dict:
+    """Listen to a masked-audio reconstruction (notebook 02): ``{label: Audio}`` for the original
+    log-mel, the masked input the encoder saw (masked patches silent: the log floor) and the
+    reconstruction. All three are turned into sound the same way (``audio.mel_to_waveform``:
+    Griffin-Lim, no phase from anywhere), so what differs between them is the model's, not the
+    inversion's; they share one loudness scale (``audio_players``). ``recording`` (the clip's waveform)
+    adds the real sound first, for reference. Shapes: spectrograms ``(1, F, T)`` / ``(F, T)``,
+    ``mask (N,)`` row-major over the patch grid, 1 = masked."""
+    import torch
+
+    from .audio import LOG_EPS, mel_to_waveform
+
+    spec = torch.as_tensor(viz._mel(original))
+    hidden = torch.from_numpy(viz._patch_mask_image(mask, tuple(spec.shape), patch_size))
+    masked = spec.masked_fill(hidden, float(np.log10(LOG_EPS)))
+    clips = {} if recording is None else {"the recording": recording}
+    clips.update({name: mel_to_waveform(x, data_cfg, n_iter=n_iter) for name, x in
+                  [("original (from its log-mel)", spec), (f"masked input ({hidden.float().mean():.0%} of the "
+                   "spectrogram silenced)", masked), ("reconstruction", torch.as_tensor(viz._mel(reconstruction)))]})
+    sr = int(getattr(getattr(data_cfg, "data", data_cfg), "sample_rate"))
+    return audio_players(clips, sr)
 
 
 def render_separation(mix_wave, pred_waves, gt_waves, sample_rate: int, index: int | None = None, *,

@@ -392,6 +392,21 @@ def test_render_separation_players():
     assert wav_peak(normalized["source 1: separated"]) == pytest.approx(32767, rel=1e-3)
 
 
+def test_reconstruction_players_invert_all_clips_the_same_way():
+    from avlib.audio import AudioFrontEnd
+    from avlib.config import make_config
+    data = make_config("smoke").data                                             # 32 mels, 64 frames, 1 s at 8 kHz
+    t = torch.arange(data.clip_samples) / data.sample_rate
+    wave = 0.5 * torch.sin(2 * torch.pi * 440 * t)
+    mel = AudioFrontEnd(data)(wave)                                              # (1, 32, 64): a 2 x 4 patch grid
+    mask = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0])
+    players = widgets.reconstruction_players(mel, mel + 0.1, mask, P, data, recording=wave)
+    assert list(players)[0] == "the recording" and "reconstruction" in players
+    assert any(k.startswith("masked input (50%") for k in players)
+    assert all(isinstance(a, Audio) for a in players.values())
+    assert len(widgets.reconstruction_players(mel, mel, mask, P, data)) == 3
+
+
 def test_audio_players_scale_to_the_reference():
     mix = torch.randn(800)
     mix = mix / mix.abs().max()                                # peak 1
