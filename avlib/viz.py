@@ -536,8 +536,8 @@ def show_attention(attn, *, heads: Sequence[int] | None = None, q_groups: Sequen
     for i, (ax, (row, h)) in enumerate(zip(axes.flat, cells)):
         a = rows[row]
         im = ax.imshow(a[h], cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
-        ax.set(title=f"head {h}" if row is None or i < ncols else "", xlabel="key token",
-               ylabel=("query token" if row is None else f"{row}\nquery token") if i % ncols == 0 or row is None else "")
+        ylabel = "query token" if row is None else (f"{row}\nquery token" if i % ncols == 0 else "")
+        ax.set(title=f"head {h}" if row is None or i < ncols else "", xlabel="key token", ylabel=ylabel)
         ax.grid(False)
         for groups, axis in ((k_groups, "x"), (q_groups, "y")):
             if groups:
@@ -833,7 +833,8 @@ def ablation_sweeps(rows, sweeps: Mapping[str, Sequence[str]], panels: Mapping[s
         raise KeyError(f"rows have no column(s) {missing}; they have {list(df.columns)}")
     fig, axes = _figure(len(panels), len(sweeps), (4.4, 3.6), sharey="row")
     for axrow, (column, label) in zip(axes, panels.items()):
-        refs = {**({"chance": chance[column]} if chance and column in chance else {}), **((references or {}).get(column) or {})}
+        refs = {**({"chance": chance[column]} if chance and column in chance else {}),
+                **((references or {}).get(column) or {})}
         for j, (ax, (sweep, variants)) in enumerate(zip(axrow, sweeps.items())):
             data = df.loc[list(variants)].rename_axis(x).reset_index()
             ablation_plot(data, x=x, y=column, ax=ax, title=f"sweep: {sweep}", ylabel=label if j == 0 else "",

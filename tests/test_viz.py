@@ -231,7 +231,7 @@ def test_compare_bars_axes_start_at_zero_with_headroom_and_units():
     assert auc.get_ylim()[0] == 0
     assert miou.get_ylim() == (0.0, 1.0)                                      # all zero: the whole score range
     assert sdri.get_ylim() == (-1.0, 1.0)                  # a change in dB: symmetric about 0, at least +-1 dB
-    neg = viz.compare_bars(pd.DataFrame(tidy_rows("sep", "SDR (dB)", -0.03, -0.05)))       # not a change: from 0, room below
+    neg = viz.compare_bars(pd.DataFrame(tidy_rows("sep", "SDR (dB)", -0.03, -0.05)))   # not a change: from 0
     assert neg.axes[0].get_ylim()[1] == 0 and neg.axes[0].get_ylim()[0] <= -1.0    # and at least 1 dB deep
     zero_pct = viz.compare_bars({"probe": {"pretrained": 0.0, "scratch": 0.0}}, ylabel="top1")
     assert zero_pct.axes[0].get_ylim() == (0.0, 100.0) and zero_pct.axes[0].get_ylabel() == "top-1 (%)"
