@@ -16,6 +16,10 @@ front end bit for bit (``mel_fixture.pt``). Shapes::
 
 with ``F = n_mels`` and ``T = clip_samples // hop_length``.
 
+``mel_to_waveform`` goes back from a log-mel alone (no phase anywhere): undo the log, least-squares
+back to linear frequency, Griffin-Lim for a phase. It lets you *listen* to spectrograms the model
+made (02's reconstructions); every clip compared this way should go through it, the original included.
+
 The inverse path is the official separation inference (``SpectrogramMasking`` [code §3.6]): a mask on the
 mel grid is padded with one zero frame, mapped to linear frequency with the same filterbank
 (``M_lin = fb @ M``), multiplied with the complex STFT of the mixture (mixture phase kept) and inverted
@@ -32,8 +36,8 @@ import torchaudio.functional as AF
 import torchaudio.transforms as AT
 from torch import nn
 
-__all__ = ["AudioFrontEnd", "MaskToWaveform", "apply_mel_mask", "mirror_pad", "random_gain", "resample",
-           "to_mono", "LOG_EPS"]
+__all__ = ["AudioFrontEnd", "MaskToWaveform", "apply_mel_mask", "mel_to_waveform", "mirror_pad", "random_gain",
+           "resample", "to_mono", "LOG_EPS"]
 
 LOG_EPS = 1e-7
 
@@ -236,3 +240,42 @@ def apply_mel_mask(mix_waveform: torch.Tensor, mask: torch.Tensor, data_cfg: Any
 def _mask_to_waveform(params: tuple, device: str) -> MaskToWaveform:
     p = dict(params)
     return MaskToWaveform(SimpleNamespace(**p, clip_seconds=p["clip_samples"] / p["sample_rate"])).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inverse without a phase: log-mel -> waveform (listening to reconstructions)
+# ----------------------------------------------------------------------------------------------
+def mel_to_waveform(log_mel: torch.Tensor, data_cfg: Any = None, *, n_iter: int = 32) -> torch.Tensor:
+    """A waveform for a log10-mel spectrogram of the front end, ``(F, T)`` / ``(1, F, T)`` -> ``(S,)``
+    or ``(B, 1, F, T)`` -> ``(B, S)`` with ``S = clip_samples``.
+
+    ``10 ** x - LOG_EPS`` undoes the log (the floor, ``log10(1e-7)``, becomes silence), the mel
+    filterbank is inverted by least squares, clipped at 0 (``torchaudio`` ``InverseMelScale``), the frame
+    the front end dropped is repeated from the last one, and Griffin-Lim (``n_iter`` iterations from a
+    zero phase, so the result is deterministic) finds a phase. Mel smoothing and the invented phase make
+    it sound muffled and a little metallic: compare clips inverted the same way, never one of them with
+    the recording. ``data_cfg=None``: the paper front end (``DataConfig()``)."""
+    if data_cfg is None:
+        from avlib.config import DataConfig
+        data_cfg = DataConfig()
+    p = _params(data_cfg)
+    x = torch.as_tensor(log_mel).detach().float().cpu()
+    batched = x.dim() == 4
+    if x.dim() == 3 and not batched:
+        x = x[0] if x.shape[0] == 1 else x
+    if x.dim() == 2:
+        x = x.unsqueeze(0)                                         # (1, F, T)
+    elif batched:
+        x = x[:, 0]                                                # (B, F, T)
+    if x.dim() != 3 or x.shape[-2] != p["n_mels"]:
+        raise ValueError(f"log_mel must be ([B, 1,] {p['n_mels']}, T), got {tuple(torch.as_tensor(log_mel).shape)}")
+    power = (10.0 ** x - LOG_EPS).clamp_min(0.0)
+    power = torch.cat([power, power[..., -1:]], dim=-1)            # the frame the front end dropped
+    n_stft = p["n_fft"] // 2 + 1
+    inv = AT.InverseMelScale(n_stft, n_mels=p["n_mels"], sample_rate=p["sample_rate"], f_min=0.0,
+                             f_max=p["sample_rate"] / 2, norm=None, mel_scale="htk", driver="gelsd")
+    linear = inv(power).clamp_min(0.0)
+    gl = AT.GriffinLim(n_fft=p["n_fft"], n_iter=int(n_iter), win_length=p["n_fft"], hop_length=p["hop_length"],
+                       power=2.0, length=p["clip_samples"], rand_init=False)
+    wave = gl(linear)
+    return wave if batched else wave[0]

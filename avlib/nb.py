@@ -245,9 +245,9 @@ def narrate(template: str, **values: Any) -> Narration:
     """The narrative around a result, with its numbers filled in from this run, never typed by hand:
     ``nb.narrate("Fine-tuning reaches {top1:.1f}% from the checkpoint.", top1=res.metrics["top1"])``.
     ``template`` is a ``str.format`` template of Markdown; a missing value is an error (a KeyError
-    naming it), so text and numbers cannot drift apart. Shown as Markdown in notebooks and executed copies."""
-    import textwrap
-    return Narration(textwrap.dedent(template).strip().format(**values))
+    naming it), so text and numbers cannot drift apart. Shown as Markdown in notebooks and executed copies.
+    The template may be indented like a docstring (continuation lines aligned under the call)."""
+    return Narration(inspect.cleandoc(template).format(**values))     # a docstring's indentation rules
 
 
 def show_source(obj):

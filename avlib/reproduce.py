@@ -60,7 +60,7 @@ from .utils import atomic_write, markdown_table, stable_hash
 
 __all__ = [
     "MANIFEST", "KERNEL_ENV", "RUNNER_PARAMS", "ReproduceError", "NotebookFailed", "RunInterrupted", "Step", "Manifest",
-    "load_manifest", "load_notebook", "notebook_parameters", "reproduce", "comparisons",
+    "load_manifest", "load_notebook", "notebook_parameters", "reproduce", "comparisons", "headline_references",
     "render_summary", "verify_notebooks_clean", "main",
 ]
 
@@ -776,6 +776,41 @@ def comparisons(metrics: Mapping[str, Any]) -> list[dict]:
         if len(parts) == 3 and _is_number(value) and not _is_count(parts[2]):
             rows.append({"task": parts[0], "init": parts[1], "metric": parts[2], "value": float(value)})
     return rows
+
+
+# Reference values the notebooks record next to their results, as ``<task>/<init>/<metric>`` rows:
+# (row task, row init or None for any) -> (the task whose panel shows it, its label).
+_REFERENCE_ROWS = {("localization_bounds", "oracle"): ("localization", "oracle"),
+                   ("localization_bounds", "random_map"): ("localization", "random map"),
+                   ("classification_bounds", "chance"): (("linprobe", "finetune"), "chance")}
+
+
+def headline_references(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """The reference lines of the headline chart, ``{task: {label: value}}`` on each task's main metric,
+    from the rows of ``comparisons``: the oracle and random maps of localization (04's
+    ``localization_bounds``), chance for the classifiers (03's ``classification_bounds``) and the
+    unprocessed mixture's SDR for separation (06's ``sdr_mix``, the same test mixtures for every init).
+    Feed it to ``viz.compare_bars(..., references=...)``; tasks without a recorded reference are absent."""
+    from .protocols import PROTOCOLS
+
+    main = {t: p.main_metric for t, p in PROTOCOLS.items()}
+    refs: dict[str, dict[str, float]] = {}
+    mix: list[float] = []
+    for r in rows:
+        task, init, metric, value = r["task"], r["init"], r["metric"], float(r["value"])
+        if task == "separation" and metric == "sdr_mix":
+            mix.append(value)
+            continue
+        target = _REFERENCE_ROWS.get((task, init))
+        if target is None:
+            continue
+        tasks, label = target
+        for t in (tasks,) if isinstance(tasks, str) else tasks:
+            if metric == main.get(t):
+                refs.setdefault(t, {})[label] = value
+    if mix:
+        refs.setdefault("separation", {})["mixture"] = sum(mix) / len(mix)
+    return refs
 
 
 def _is_count(metric: str) -> bool:

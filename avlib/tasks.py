@@ -38,7 +38,8 @@ from .train import History, fit
 from .utils import barrier, is_main_process, progress_bar, resolve_device, seed_everything, sha256_file
 
 __all__ = ["INITS", "RunResult", "pretrain", "build_task_model", "run_task", "compare_inits",
-           "evaluate", "predict_examples", "ablation", "feature_subsets", "token_probe", "run_fingerprint"]
+           "evaluate", "predict_examples", "ablation", "feature_subsets", "token_probe", "run_fingerprint",
+           "chance_top1"]
 
 # How a run's encoder starts: "scratch" (random), "warm_start" (the two modality ViTs from a checkpoint,
 # everything else random: the official recipe's starting point, e.g. the unimodal MAEs) or "pretrained"
@@ -249,6 +250,19 @@ def _dropped(dataset) -> dict[str, float]:
         return {}
     s = dataset.skip_summary()
     return {"n_test_dropped": float(s["missing"] + s["skipped_files"])}
+
+
+def chance_top1(cfg: Config, task: str | None = None) -> float:
+    """Top-1 accuracy (%) of guessing one class of ``task``'s training data (pre-training's with
+    ``task=None``, e.g. for the 1-NN probe): ``100 / num_classes``, 10 % on AV-Digits. The scene datasets
+    answer without being built; a benchmark is opened to count its classes."""
+    from .data.loaders import SCENE_DATASETS, _stage
+    from .data.scenes import NUM_CLASSES
+
+    _, tcfg = _stage(cfg, task)
+    name = cfg.data.dataset if tcfg is None else tcfg.data_spec(cfg.data.dataset, "train")[0]
+    n = NUM_CLASSES if name in SCENE_DATASETS else make_dataset(cfg, "train", task).num_classes
+    return 100.0 / int(n)
 
 
 def compare_inits(task: str, cfg: Config, run_root: str | Path, inits: Mapping[str, tuple] | None = None, *,

@@ -23,11 +23,15 @@ from . import image as image_lib                  # one home for ImageNet normal
 
 __all__ = ["to_numpy", "denormalize", "show_scene", "show_spectrogram", "show_masking", "show_reconstruction",
            "plot_history", "show_attention", "localization_figure", "segmentation_figure",
-           "separation_figure", "compare_bars", "ablation_plot", "METRIC_LABELS", "readable", "value_range"]
+           "separation_figure", "compare_bars", "ablation_plot", "ablation_sweeps", "draw_gt", "METRIC_LABELS",
+           "SYMMETRIC_METRICS", "readable", "value_range"]
 
 MAP_CMAP = "jet"          # localization heat maps (the supplement's figures use jet overlays)
 SPEC_CMAP = "magma"
-MASK_COLOR = (0.1, 0.9, 0.3)
+GT_COLOR = (0.1, 0.9, 0.3)          # ground truth, in every figure: a green outline (``draw_gt``)
+PRED_COLOR = (0.95, 0.3, 0.2)       # thresholded predictions: a red fill
+LEGEND_FONTSIZE = 10                # legends, value labels and per-row titles stay readable at notebook width
+SMALL_FONTSIZE = 9
 
 # Axis labels (with units) for the metric and loss keys of avlib.tasks / avlib.train; see ``readable``.
 METRIC_LABELS = {
@@ -40,6 +44,10 @@ METRIC_LABELS = {
     "loss": "loss", "lr": "learning rate",
 }
 _TASK_LABELS = {"linprobe": "linear probe", "finetune": "fine-tuning"}
+# Metrics that measure a change (0 = no change): bar panels are symmetric about 0 and span at least
+# +-the given value, so a difference of a few hundredths of a dB is not drawn as a large one.
+SYMMETRIC_METRICS = {"SDRi (dB)": 1.0}
+MIN_DB_SPAN = 1.0         # any other bar panel in dB spans at least this much from 0
 _REF_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))    # reference lines, one style per label
 
 
@@ -130,7 +138,7 @@ def _ref_lines(ax, refs: Mapping[str, float] | None, styles: dict) -> dict:
 def _legend_outside(ax, handles, labels, title=None):
     """A legend right of the axes, where it cannot cover data or reference lines."""
     return ax.legend(list(handles), list(labels), title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                     borderaxespad=0.0, fontsize=8, title_fontsize=8, frameon=False)
+                     borderaxespad=0.0, fontsize=LEGEND_FONTSIZE, title_fontsize=LEGEND_FONTSIZE, frameon=False)
 
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float], **kw):
@@ -168,9 +176,10 @@ def _overlay_map(ax, rgb: np.ndarray, m, alpha: float = 0.5, normalize: bool = T
                      extent=(0, W, H, 0), interpolation="bilinear")
 
 
-def _overlay_mask(ax, rgb: np.ndarray, mask, color=MASK_COLOR, alpha: float = 0.55, threshold: float = 0.5,
+def _overlay_mask(ax, rgb: np.ndarray, mask, color=PRED_COLOR, alpha: float = 0.55, threshold: float = 0.5,
                   base: bool = True):
-    """Image (when ``base``) with a binary mask (``mask >= threshold``) filled and outlined."""
+    """Image (when ``base``) with a predicted binary mask (``mask >= threshold``) filled and outlined
+    (ground truth is drawn by ``draw_gt`` instead)."""
     H, W = rgb.shape[:2]
     if base:
         _show_rgb(ax, rgb)
@@ -181,6 +190,56 @@ def _overlay_mask(ax, rgb: np.ndarray, mask, color=MASK_COLOR, alpha: float = 0.
     if m.shape == (H, W) and m.any() and not m.all():   # outline (coarse token masks read fine without)
         ax.contour(np.arange(W) + 0.5, np.arange(H) + 0.5, m.astype(float), levels=[0.5], colors=[color],
                    linewidths=1.0)
+
+
+def _upsample_nearest(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A coarse (h, w) grid stretched to (H, W) pixels, each cell a block (the pixel-edge extent)."""
+    if m.shape == tuple(shape):
+        return m
+    rows = (np.arange(shape[0]) * m.shape[0]) // shape[0]
+    cols = (np.arange(shape[1]) * m.shape[1]) // shape[1]
+    return m[rows][:, cols]
+
+
+def draw_gt(ax, gt, shape: tuple[int, int] | None = None, *, threshold: float = 0.5, lw: float = 2.0,
+            label: str | None = "ground truth"):
+    """The ground truth, drawn the one way every figure draws it: a green outline (``GT_COLOR``, with a
+    dark halo so it reads over images and heat maps). ``gt``: a box ``(x0, y0, x1, y1)`` in pixels, or a
+    map / mask ``(h, w)`` (any resolution, stretched over an ``shape = (H, W)`` image drawn on pixel
+    edges) outlined where ``gt >= threshold``: the sounding cell of a localization map, the pixels of a
+    segmentation mask, at least one annotator's box on Flickr-SoundNet (weight 0.5). An empty ground
+    truth (nothing on screen sounds) draws nothing. Returns the drawn artist (None when empty)."""
+    import matplotlib.patheffects as pe
+
+    halo = [pe.Stroke(linewidth=lw + 1.6, foreground="black", alpha=0.7), pe.Normal()]
+    g = to_numpy(gt)
+    if g.ndim == 1 and g.shape[0] == 4:                   # a box
+        x0, y0, x1, y1 = g.tolist()
+        if not (x1 > x0 and y1 > y0):                      # all-zero box = nothing on screen sounds
+            return None
+        rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=lw, ec=GT_COLOR, label=label)
+        rect.set_path_effects(halo)
+        return ax.add_patch(rect)
+    m = _map(g) >= threshold
+    if shape is None:
+        shape = m.shape
+    m = _upsample_nearest(m, tuple(shape))
+    H, W = m.shape
+    if not m.any():
+        return None
+    if m.all():                                            # the whole frame: its border
+        rect = Rectangle((0, 0), W, H, fill=False, lw=lw, ec=GT_COLOR, label=label)
+        rect.set_path_effects(halo)
+        return ax.add_patch(rect)
+    padded = np.pad(m.astype(float), 1)                    # closed outlines at the image border
+    cs = ax.contour(np.arange(-1, W + 1) + 0.5, np.arange(-1, H + 1) + 0.5, padded, levels=[0.5],
+                    colors=[GT_COLOR], linewidths=lw)
+    cs.set_path_effects(halo)
+    if label:
+        cs.set_label(label)
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    return cs
 
 
 def _spec_extent(F: int, T: int, sample_rate: int | None, hop_length: int | None):
@@ -233,7 +292,8 @@ def show_spectrogram(mel, sample_rate: int | None = None, hop_length: int | None
 def show_scene(image, mel, *, loc_map=None, seg_mask=None, box=None, title: str | None = None,
                sample_rate: int | None = None, hop_length: int | None = None, normalized: bool = True) -> Figure:
     """One audio-visual scene: the frame (with the sounding box), the ground truth where it sounds
-    (localization map and/or segmentation mask) and the spectrogram."""
+    (localization map and/or segmentation mask, outlined by ``draw_gt`` as in every figure: the map
+    thick, the mask's pixels thin) and the spectrogram."""
     rgb = denormalize(image, normalized)
     has_gt = loc_map is not None or seg_mask is not None
     fig = Figure(figsize=(4.0 * (2 + has_gt) + 1.5, 3.6), layout="constrained")
@@ -241,20 +301,18 @@ def show_scene(image, mel, *, loc_map=None, seg_mask=None, box=None, title: str 
     ax = axes[0]
     _show_rgb(ax, rgb)
     _image_ax(ax, "frame")
-    if box is not None:
-        x0, y0, x1, y1 = to_numpy(box).tolist()
-        if x1 > x0 and y1 > y0:                           # all-zero box = nothing on screen sounds
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ec=MASK_COLOR))
-            ax.set_title("frame (box: sounding source)")
+    if box is not None and draw_gt(ax, box) is not None:
+        ax.set_title("frame (box: sounding source)")
     if has_gt:
         ax = axes[1]
         _show_rgb(ax, rgb)
-        if loc_map is not None:
-            im = _overlay_map(ax, rgb, loc_map, normalize=False, base=False)
-            fig.colorbar(im, ax=ax, label="sounding (GT map)", shrink=0.8)
-        if seg_mask is not None:                          # with a map: outline only
-            _overlay_mask(ax, rgb, seg_mask, alpha=0.0 if loc_map is not None else 0.55, base=False)
-        _image_ax(ax, "where it sounds (GT)")
+        parts = []
+        if loc_map is not None and draw_gt(ax, loc_map, rgb.shape[:2]) is not None:
+            parts.append("map")
+        if seg_mask is not None and draw_gt(ax, seg_mask, rgb.shape[:2],
+                                            lw=1.0 if loc_map is not None else 2.0) is not None:
+            parts.append("mask")
+        _image_ax(ax, "where it sounds (GT" + (f": {' and '.join(parts)})" if parts else ": nothing on screen)"))
     im = _spec_ax(axes[-1], _mel(mel), sample_rate, hop_length, title="audio (log-mel)")
     fig.colorbar(im, ax=axes[-1], label="log10 mel power")
     if title:
@@ -399,7 +457,7 @@ def _run_groups(runs: list, sep: str | None) -> dict:
 
 def plot_history(history, keys: Sequence[str] | str | None = None, *, x: str = "step", logy: bool = False,
                  title: str | None = None, references: Mapping[str, float] | None = None,
-                 group_sep: str | None = " / ") -> Figure:
+                 group_sep: str | None = " / ", legend_title: str | None = None) -> Figure:
     """Training curves, one panel per key. ``history``: a list of step dicts (``{"step": 10,
     "loss": 0.7, ...}``; entries may lack keys, e.g. eval every N steps), an ``avlib.train.History``
     or its ``history.json`` path (steps and evals), a dict of lists, a DataFrame, or
@@ -408,7 +466,8 @@ def plot_history(history, keys: Sequence[str] | str | None = None, *, x: str = "
     Runs named ``"<group> / <run>"`` (e.g. ``"linprobe / scratch"``, ``"finetune / scratch"``) get one
     column of panels per group, so a 138-step fine-tune is not squashed against a 4,600-step probe
     (``group_sep=None`` keeps them in one panel). ``references``: ``{label: y}`` dashed lines on every
-    panel, e.g. ``{"uniform guess (ln 10)": math.log(10)}``. Keys are labelled with ``readable``."""
+    panel, e.g. ``{"uniform guess (ln 10)": math.log(10)}``. Keys are labelled with ``readable``;
+    ``legend_title`` names the runs (default ``"run"``)."""
     df = _history_frame(history, x)
     if isinstance(keys, str):
         keys = [keys]
@@ -441,7 +500,8 @@ def plot_history(history, keys: Sequence[str] | str | None = None, *, x: str = "
         if logy:
             ax.set_yscale("log")
     if handles:
-        _legend_outside(axes[0, -1], handles.values(), handles.keys(), title="run" if "run" in df else None)
+        _legend_outside(axes[0, -1], handles.values(), handles.keys(),
+                        title=legend_title or ("run" if "run" in df else None))
     if title:
         fig.suptitle(title)
     return fig
@@ -452,22 +512,32 @@ def show_attention(attn, *, heads: Sequence[int] | None = None, q_groups: Sequen
                    max_heads: int = 8) -> Figure:
     """Attention weights ``(heads, Nq, Nk)`` (or ``(Nq, Nk)``), one heat map per head.
     ``q_groups`` / ``k_groups`` name consecutive token ranges, e.g. ``[("fusion", 12), ("image", 64),
-    ("audio", 32)]``, drawn as separators and tick labels."""
-    a = to_numpy(attn)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ValueError(f"attn must be (heads, Nq, Nk) or (Nq, Nk), got shape {a.shape}")
-    heads = list(heads) if heads is not None else list(range(min(a.shape[0], max_heads)))
-    ncols = min(4, len(heads))
-    nrows = -(-len(heads) // ncols)
+    ("audio", 32)]``, drawn as separators and tick labels. ``attn`` may also be ``{label: weights}``
+    (e.g. ``{"untrained": a0, "pre-trained": a1}``): one row per label, the same heads in the same
+    columns, one color scale, so the rows compare directly."""
+    rows = {k: to_numpy(v) for k, v in attn.items()} if isinstance(attn, Mapping) else {None: to_numpy(attn)}
+    rows = {k: (a[None] if a.ndim == 2 else a) for k, a in rows.items()}
+    for a in rows.values():
+        if a.ndim != 3:
+            raise ValueError(f"attn must be (heads, Nq, Nk) or (Nq, Nk), got shape {a.shape}")
+    n_heads = min(a.shape[0] for a in rows.values())
+    heads = list(heads) if heads is not None else list(range(min(n_heads, max_heads)))
+    if len(rows) == 1:
+        ncols = min(4, len(heads))
+        nrows = -(-len(heads) // ncols)
+        cells = [(None, h) for h in heads]
+    else:
+        ncols, nrows = len(heads), len(rows)
+        cells = [(k, h) for k in rows for h in heads]
     fig, axes = _figure(nrows, ncols, (3.4, 3.2))
-    vmax = float(a[heads].max()) or 1.0
-    for ax in axes.flat[len(heads):]:
+    vmax = max(float(a[heads].max()) for a in rows.values()) or 1.0
+    for ax in axes.flat[len(cells):]:
         ax.set_visible(False)
-    for ax, h in zip(axes.flat, heads):
+    for i, (ax, (row, h)) in enumerate(zip(axes.flat, cells)):
+        a = rows[row]
         im = ax.imshow(a[h], cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
-        ax.set(title=f"head {h}", xlabel="key token", ylabel="query token")
+        ylabel = "query token" if row is None else (f"{row}\nquery token" if i % ncols == 0 else "")
+        ax.set(title=f"head {h}" if row is None or i < ncols else "", xlabel="key token", ylabel=ylabel)
         ax.grid(False)
         for groups, axis in ((k_groups, "x"), (q_groups, "y")):
             if groups:
@@ -476,7 +546,7 @@ def show_attention(attn, *, heads: Sequence[int] | None = None, q_groups: Sequen
                 for e in edges[1:-1]:
                     (ax.axvline if axis == "x" else ax.axhline)(e - 0.5, color="white", lw=1)
                 getattr(ax, f"set_{axis}ticks")(centers, [g for g, _ in groups])
-    fig.colorbar(im, ax=list(axes.flat[:len(heads)]), label="attention weight", shrink=0.8)
+    fig.colorbar(im, ax=list(axes.flat[:len(cells)]), label="attention weight", shrink=0.8)
     fig.suptitle(title)
     return fig
 
@@ -492,7 +562,8 @@ def localization_figure(images, pred_maps, gt_maps, titles: Sequence[str] | None
                         normalized: bool = True, alpha: float = 0.5, value_name: str | None = None) -> Figure:
     """Rows of samples; columns image | GT | one overlay per method (supplement Figure 1 style).
     ``images (N, 3, H, W)``; ``gt_maps (N, h, w)``; ``pred_maps``: ``(N, h, w)`` or ``{method: (N, h, w)}``
-    (e.g. ``{"scratch": a, "DeepAVFusion": b}``). Maps may be coarser than the image (stretched over it)
+    (e.g. ``{"scratch": a, "DeepAVFusion": b}``). The ground truth is a green outline (``draw_gt``), in
+    its own column and over every prediction. Maps may be coarser than the image (stretched over it)
     and are min-max scaled per sample for display; each panel's title gives the raw range
     (``value_name``, default ``p`` for probabilities, e.g. ``"cos"`` for similarity maps), so a map whose
     values barely differ shows up as noise rather than as a confident prediction."""
@@ -503,24 +574,28 @@ def localization_figure(images, pred_maps, gt_maps, titles: Sequence[str] | None
     for i in range(n):
         rgb = denormalize(images[i], normalized)
         _show_rgb(axes[i, 0], rgb)
-        _overlay_map(axes[i, 1], rgb, gt_maps[i], alpha=alpha)
+        _show_rgb(axes[i, 1], rgb)
+        draw_gt(axes[i, 1], gt_maps[i], rgb.shape[:2])
         for j, ax in enumerate(axes[i]):
             _image_ax(ax, cols[j] if i == 0 else None,
                       (titles[i] if titles is not None else f"sample {i}") if j == 0 else None)
         for j, (method, maps) in enumerate(methods.items()):
             ax = axes[i, 2 + j]
             im = _overlay_map(ax, rgb, maps[i], alpha=alpha)
+            draw_gt(ax, gt_maps[i], rgb.shape[:2], lw=1.5)
             rng = value_range(maps[i], value_name)
-            ax.set_title(f"{method}\n{rng}" if i == 0 else rng, fontsize=9 if i else None)
+            ax.set_title(f"{method}\n{rng}" if i == 0 else rng, fontsize=SMALL_FONTSIZE if i else None)
     fig.colorbar(im, ax=list(axes[:, -1]), label="predicted sounding (min-max scaled)", shrink=0.6)
+    fig.suptitle("green outline: ground truth")
     return fig
 
 
 def segmentation_figure(images, pred_masks, gt_masks, titles: Sequence[str] | None = None, *,
                         threshold: float = 0.5, normalized: bool = True) -> Figure:
     """Rows of samples; columns image | GT mask | each method's predicted mask, thresholded at
-    ``threshold`` (supplement Figure 2 style). ``pred_masks``: ``(N, H, W)`` probabilities or
-    ``{method: (N, H, W)}``."""
+    ``threshold`` (supplement Figure 2 style; red fill). The ground truth is a green outline
+    (``draw_gt``), in its own column and over every prediction. ``pred_masks``: ``(N, H, W)``
+    probabilities or ``{method: (N, H, W)}``."""
     methods = _methods(pred_masks)
     n = len(images)
     cols = ["image", "ground truth", *(f"{m} (≥ {threshold:g})" for m in methods)]
@@ -528,12 +603,15 @@ def segmentation_figure(images, pred_masks, gt_masks, titles: Sequence[str] | No
     for i in range(n):
         rgb = denormalize(images[i], normalized)
         _show_rgb(axes[i, 0], rgb)
-        _overlay_mask(axes[i, 1], rgb, gt_masks[i])
+        _show_rgb(axes[i, 1], rgb)
+        draw_gt(axes[i, 1], gt_masks[i], rgb.shape[:2])
         for j, masks in enumerate(methods.values()):
-            _overlay_mask(axes[i, 2 + j], rgb, masks[i], threshold=threshold, color=(0.95, 0.3, 0.2))
+            _overlay_mask(axes[i, 2 + j], rgb, masks[i], threshold=threshold)
+            draw_gt(axes[i, 2 + j], gt_masks[i], rgb.shape[:2], lw=1.5)
         for j, ax in enumerate(axes[i]):
             _image_ax(ax, cols[j] if i == 0 else None,
                       (titles[i] if titles is not None else f"sample {i}") if j == 0 else None)
+    fig.suptitle("green outline: ground truth · red: predicted mask")
     return fig
 
 
@@ -595,23 +673,40 @@ def _panel_refs(references, *names) -> dict:
     return refs
 
 
-def _bar_headroom(ax, values, refs, label: str) -> None:
+def _bar_headroom(ax, values, refs, label: str, span: float | None = None) -> None:
     """y limits of a bar panel: from 0 (bars are sticky there) with 20% of the bars' span beyond the
     longest bar for its value label; reference lines stay inside (autoscale stays on, so lines added
-    later do too). All zero: the metric's range, 0-100 for percentages, else 0-1."""
+    later do too). All zero: the metric's range, 0-100 for percentages, else 0-1. Panels in dB span at
+    least ``MIN_DB_SPAN`` (1 dB) from 0.
+
+    ``span`` (a metric of change, ``SYMMETRIC_METRICS``): limits symmetric about 0 covering at least
+    ``+-span``, the bars with their labels and the reference lines, so that 0 ("no change") sits in the
+    middle and a tiny difference stays tiny."""
     v = np.asarray(list(values), float)
+    if span is not None:
+        r = np.abs(np.asarray([float(x) for x in refs], float))
+        m = max(float(span), 1.25 * float(np.abs(v).max(initial=0.0)), 1.1 * float(r.max(initial=0.0)))
+        ax.set_ylim(-m, m)
+        return
     lo, hi = min(v.min(initial=0.0), 0.0), max(v.max(initial=0.0), 0.0)
     if hi == lo and not any(refs):
         ax.set_ylim(0.0, 100.0 if "%" in label else 1.0)
         return
     pad = 0.2 * (hi - lo)
-    ax.update_datalim([(0.0, hi + pad if hi > 0 else 0.0), (0.0, lo - pad if lo < 0 else 0.0)], updatex=False)
+    top, bottom = (hi + pad if hi > 0 else 0.0), (lo - pad if lo < 0 else 0.0)
+    if "dB" in label and top - bottom < MIN_DB_SPAN:      # a few hundredths of a dB are not drawn as a lot
+        if lo < 0 and hi <= 0:
+            bottom = top - MIN_DB_SPAN
+        else:
+            top = bottom + MIN_DB_SPAN
+    ax.update_datalim([(0.0, top), (0.0, bottom)], updatex=False)
     ax.margins(y=0.06)
     ax.autoscale_view(scalex=False)
 
 
 def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs scratch",
-                 references: Mapping[str, Any] | None = None) -> Figure:
+                 references: Mapping[str, Any] | None = None, sharey: bool = False,
+                 symmetric: Mapping[str, float] | None = None) -> Figure:
     """Pretrained vs scratch (or any initializations): one panel per task (and metric), each with its
     own y scale since tasks report different metrics (top-1, cIoU, SDR in dB), values on the bars.
     ``results``: ``{task: {"pretrained": x, "scratch": y}}``, a wide DataFrame (index task, columns
@@ -620,33 +715,43 @@ def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs 
     Metric keys (``top1``, ``auc``, ``sdr``, ...) are labelled with their unit (``METRIC_LABELS``).
 
     The y axis starts at 0 for non-negative values (an all-zero panel shows the metric's whole range,
-    0-1 or 0-100 %), with headroom for the value labels. ``references``: dashed lines with a legend
-    below the panels, ``{panel: {label: y}}`` (panel = task or metric name) or ``{label: y}`` for every
-    panel, e.g. ``{"AUC": {"oracle": 0.52, "random map": 0.195}}``."""
+    0-1 or 0-100 %), with headroom for the value labels. Metrics of change (``symmetric``, default
+    ``SYMMETRIC_METRICS``: SDRi) get limits symmetric about 0 of at least +-1 dB. ``sharey``: one y range
+    for every panel (panels of the same metric, e.g. top-1 of the linear probe and of fine-tuning).
+    ``references``: dashed lines with a legend below the panels, ``{panel: {label: y}}`` (panel = task
+    or metric name) or ``{label: y}`` for every panel, e.g. ``{"AUC": {"oracle": 0.52, "random map": 0.195}}``."""
     import seaborn as sns
 
     df = _tidy(results)
     if "metric" not in df.columns:
         df = df.assign(metric=ylabel)
+    symmetric = SYMMETRIC_METRICS if symmetric is None else symmetric
     first = [i for i in ("pretrained", "scratch") if i in set(df["init"])]
     inits = first + [i for i in dict.fromkeys(df["init"]) if i not in first]
     palette = dict(zip(inits, sns.color_palette(n_colors=len(inits))))
     groups = list(df.groupby(["task", "metric"], sort=False))
-    fig, axes = _figure(1, len(groups), (max(2.4, 1.1 * len(inits) + 0.8), 3.4))
+    fig, axes = _figure(1, len(groups), (max(2.6, 1.1 * len(inits) + 1.0), 3.6))
     handles, styles = {}, {}
     for ax, ((task, metric), d) in zip(axes[0], groups):
         order = [i for i in inits if i in set(d["init"])]
         sns.barplot(data=d, x="init", y="value", hue="init", order=order, hue_order=order, palette=palette,
                     legend=False, ax=ax)
         for container in ax.containers:
-            ax.bar_label(container, fmt="%.3g", fontsize=8, padding=2)
+            ax.bar_label(container, fmt="%.3g", fontsize=SMALL_FONTSIZE, padding=2)
         refs = _panel_refs(references, task, metric)
         handles.update(_ref_lines(ax, refs, styles))
         ax.set(title=readable(task), xlabel="initialization", ylabel=readable(metric))
-        _bar_headroom(ax, d["value"], refs.values(), readable(metric))
+        span = next((symmetric[k] for k in (task, metric, readable(task), readable(metric)) if k in symmetric), None)
+        _bar_headroom(ax, d["value"], refs.values(), readable(metric), span)
+        if span is not None:
+            ax.axhline(0.0, color="0.2", lw=0.8, zorder=2)         # the "no change" line
+    if sharey and len(groups) > 1:
+        lims = np.array([ax.get_ylim() for ax in axes[0]])
+        for ax in axes[0]:
+            ax.set_ylim(lims[:, 0].min(), lims[:, 1].max())
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles),
-                   fontsize=8, frameon=False)
+                   fontsize=LEGEND_FONTSIZE, frameon=False)
     fig.suptitle(title)
     return fig
 
@@ -703,7 +808,40 @@ def ablation_plot(results, x: str, y: str, hue: str | None = None, *, kind: str 
         if legend == "outside":
             _legend_outside(ax, handles, labels, title=hue)
         else:
-            ax.legend(handles, labels, title=hue, loc=legend, fontsize=8)
+            ax.legend(handles, labels, title=hue, loc=legend, fontsize=LEGEND_FONTSIZE)
     elif ax.get_legend() is not None:
         ax.get_legend().remove()
     return ax.figure
+
+
+def ablation_sweeps(rows, sweeps: Mapping[str, Sequence[str]], panels: Mapping[str, str], *, x: str = "variant",
+                    references: Mapping[str, Mapping[str, float]] | None = None,
+                    chance: Mapping[str, float] | None = None, fmt: str = "%.1f") -> Figure:
+    """Ablation sweeps as a grid of bar panels: one column per sweep (``{sweep: [variant, ...]}``), one
+    row per metric (``panels = {column: axis label}``, e.g. ``{"linprobe_top1": "linear probe, top-1
+    (%)"}``), each bar labelled with its value (``fmt``). Panels of a row share their y axis, which starts
+    at 0 (for non-negative metrics). ``chance`` (``{column: y}``, e.g. 10 for top-1 on 10 classes) and ``references``
+    (``{column: {label: y}}``) are dashed lines on every panel of that row, named in a legend right of
+    the row. ``rows``: a DataFrame indexed by variant (or with an ``x`` column), or a list of dicts."""
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if x in df.columns:
+        df = df.set_index(x)
+    missing = [c for c in panels if c not in df.columns]
+    if missing:
+        raise KeyError(f"rows have no column(s) {missing}; they have {list(df.columns)}")
+    fig, axes = _figure(len(panels), len(sweeps), (4.4, 3.6), sharey="row")
+    for axrow, (column, label) in zip(axes, panels.items()):
+        refs = {**({"chance": chance[column]} if chance and column in chance else {}),
+                **((references or {}).get(column) or {})}
+        for j, (ax, (sweep, variants)) in enumerate(zip(axrow, sweeps.items())):
+            data = df.loc[list(variants)].rename_axis(x).reset_index()
+            ablation_plot(data, x=x, y=column, ax=ax, title=f"sweep: {sweep}", ylabel=label if j == 0 else "",
+                          references=refs, legend="outside" if j == len(sweeps) - 1 else None)
+            ax.set_ylabel(label if j == 0 else "")
+            for container in ax.containers:
+                ax.bar_label(container, fmt=fmt, fontsize=SMALL_FONTSIZE, padding=2)
+        if (df.loc[[v for vs in sweeps.values() for v in vs], column].dropna() >= 0).all():
+            axrow[0].set_ylim(bottom=0.0)                   # shared by the row
+    return fig

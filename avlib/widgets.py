@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from . import viz
 from .nb import audio_player
 
-__all__ = ["render_scene", "render_overlay", "render_separation", "audio_players", "scene_explorer",
+__all__ = ["render_scene", "render_overlay", "render_separation", "audio_players", "reconstruction_players",
+           "scene_explorer",
            "overlay_explorer", "separation_explorer", "Gallery"]
 
 
@@ -63,7 +64,8 @@ def render_scene(dataset, index: int, *, sample_rate: int | None = None, hop_len
 
 def render_overlay(images, pred, gt, index: int, threshold: float | None = None, *, method: str | None = None,
                    alpha: float = 0.5, normalized: bool = True, probabilities: bool | None = None) -> Figure:
-    """Sample ``index``: image | ground truth | predicted map | prediction ≥ ``threshold`` (when given).
+    """Sample ``index``: image | ground truth | predicted map | prediction ≥ ``threshold`` (when given);
+    the ground truth is a green outline (``viz.draw_gt``), in its own panel and over the predictions.
     ``pred``: ``(N, h, w)`` or ``{method: (N, h, w)}`` (pick one with ``method``). Maps may be coarser
     than the image. The map panel is min-max scaled for display, with the raw range in its title.
     The threshold applies to the raw probabilities when the maps are probabilities (``probabilities``;
@@ -81,24 +83,19 @@ def render_overlay(images, pred, gt, index: int, threshold: float | None = None,
     axes = fig.subplots(1, ncols)
     viz._show_rgb(axes[0], rgb)
     viz._image_ax(axes[0], "image", ylabel=f"sample {index}")
-    if _is_binary(gt[index]):                             # segmentation mask
-        viz._overlay_mask(axes[1], rgb, gt[index])
-    else:                                                 # localization map
-        viz._overlay_map(axes[1], rgb, gt[index], alpha=alpha)
+    viz._show_rgb(axes[1], rgb)
+    viz.draw_gt(axes[1], gt[index], rgb.shape[:2])        # one style for every ground truth: a green outline
     viz._image_ax(axes[1], "ground truth")
     im = viz._overlay_map(axes[2], rgb, scaled, alpha=alpha, normalize=False)
+    viz.draw_gt(axes[2], gt[index], rgb.shape[:2], lw=1.5)
     viz._image_ax(axes[2], f"{method or 'prediction'}\n{viz.value_range(raw, 'p' if probs else 'value')}")
     fig.colorbar(im, ax=axes[2], label="predicted (min-max scaled)", shrink=0.8)
     if threshold is not None:
         m, name = (raw, "p") if probs else (scaled, "min-max scaled")
-        viz._overlay_mask(axes[3], rgb, m, threshold=threshold, color=(0.95, 0.3, 0.2))
+        viz._overlay_mask(axes[3], rgb, m, threshold=threshold)
+        viz.draw_gt(axes[3], gt[index], rgb.shape[:2], lw=1.5)
         viz._image_ax(axes[3], f"{name} ≥ {threshold:.2f} ({(m >= threshold).mean():.0%} of the map)")
     return fig
-
-
-def _is_binary(m) -> bool:
-    x = viz.to_numpy(m)
-    return bool(np.isin(x, (0.0, 1.0)).all())
 
 
 def _pick(x, index):
@@ -118,6 +115,30 @@ def audio_players(clips: Mapping[str, Any], sample_rate: int, *, normalize: bool
              if w is not None]
     peak = max(peaks, default=0.0) or 1.0                  # all silent: play as is
     return {label: audio_player(w, sample_rate, scale=peak) for label, w in clips.items()}
+
+
+def reconstruction_players(original, reconstruction, mask, patch_size: int, data_cfg, *, recording=None,
+                           n_iter: int = 32) -> dict:
+    """Listen to a masked-audio reconstruction (notebook 02): ``{label: Audio}`` for the original
+    log-mel, the masked input the encoder saw (masked patches silent: the log floor) and the
+    reconstruction. All three are turned into sound the same way (``audio.mel_to_waveform``:
+    Griffin-Lim, no phase from anywhere), so what differs between them is the model's, not the
+    inversion's; they share one loudness scale (``audio_players``). ``recording`` (the clip's waveform)
+    adds the real sound first, for reference. Shapes: spectrograms ``(1, F, T)`` / ``(F, T)``,
+    ``mask (N,)`` row-major over the patch grid, 1 = masked."""
+    import torch
+
+    from .audio import LOG_EPS, mel_to_waveform
+
+    spec = torch.as_tensor(viz._mel(original))
+    hidden = torch.from_numpy(viz._patch_mask_image(mask, tuple(spec.shape), patch_size))
+    masked = spec.masked_fill(hidden, float(np.log10(LOG_EPS)))
+    clips = {} if recording is None else {"the recording": recording}
+    clips.update({name: mel_to_waveform(x, data_cfg, n_iter=n_iter) for name, x in
+                  [("original (from its log-mel)", spec), (f"masked input ({hidden.float().mean():.0%} of the "
+                   "spectrogram silenced)", masked), ("reconstruction", torch.as_tensor(viz._mel(reconstruction)))]})
+    sr = int(getattr(getattr(data_cfg, "data", data_cfg), "sample_rate"))
+    return audio_players(clips, sr)
 
 
 def render_separation(mix_wave, pred_waves, gt_waves, sample_rate: int, index: int | None = None, *,
@@ -141,7 +162,7 @@ def render_separation(mix_wave, pred_waves, gt_waves, sample_rate: int, index: i
         axes[k + 1].plot(t, gts[k], lw=0.6, label="ground truth", color="tab:blue")
         axes[k + 1].plot(t, preds[k], lw=0.6, label="separated", color="tab:orange", alpha=0.8)
         axes[k + 1].set(title=names[k], ylabel="amplitude")
-        axes[k + 1].legend(loc="upper right", fontsize=8)
+        axes[k + 1].legend(loc="upper right", fontsize=viz.LEGEND_FONTSIZE)
     axes[-1].set_xlabel("time (s)")
     clips = {"mixture": mix}
     for k in range(K):

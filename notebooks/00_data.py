@@ -136,7 +136,9 @@ print("model.audio_size (F, T) =", cfg.model.audio_size, "| image_size =", cfg.m
 # | separation (06) | `MixtureDataset` | two scenes, each with one sounding digit; `mix_waveform` = their sum |
 #
 # The localization map marks the whole cell, while the segmentation mask marks only the strokes of
-# the digit. Here are three more test scenes:
+# the digit. The figures draw every ground truth the same way, here and in notebooks 04-05: a green
+# outline (`viz.draw_gt`), thick around the sounding cell and thin around the digit's pixels. Here are
+# three more test scenes:
 
 # %%
 for i in (1, 2, 3):

@@ -32,20 +32,21 @@
 # 2. Pre-train the model of notebook 01 on AV-Digits and read the loss curves.
 # 3. Read the official pre-training monitor, the 1-nearest-neighbour probe of the image, audio and
 #    fusion tokens.
-# 4. Look at reconstructions of masked images and spectrograms.
+# 4. Look at, and listen to, reconstructions of masked images and spectrograms.
+# 5. Compare the attention maps of notebook 01 before and after pre-training.
 #
 # **Expected runtime** (2-core machine, no GPU): smoke ≈ 15 s · cpu ≈ 2.5 min on an idle machine (10 epochs
 # of 3000 scenes = 460 steps at batch 64, ~240 scenes/s; measured 35 min when other jobs competed for the
-# two cores) · paper: not a notebook job (ViT-B on VGGSound, 200 epochs on 8 GPUs; see section 7).
+# two cores) · paper: not a notebook job (ViT-B on VGGSound, 200 epochs on 8 GPUs; see section 8).
 # A finished run in `run_dir` is **reused**, so re-running this notebook takes seconds.
 
 # %%
 import torch
 from IPython.display import display
 
-from avlib import nb, probes, tasks, viz
+from avlib import nb, probes, tasks, viz, widgets
 from avlib.config import make_config
-from avlib.data import NUM_CLASSES, make_loaders
+from avlib.data import make_loaders
 from avlib.model import AVMAE, build_avmae
 
 # %% tags=["parameters"]
@@ -77,8 +78,9 @@ cfg.pretrain
 #
 #    The small profiles deviate on purpose. At patch 16 their image and spectrogram are 4 × 4 token
 #    grids, so 0.75 / 0.8 would leave only 4 / 3 visible tokens. In a cpu run with those ratios (and
-#    lr 1e-3) the pooled audio features ended worse than a random encoder's (1-NN 28.8 % vs 44.6 %), and
-#    fine-tuning from that checkpoint lost to training from scratch. Notebook 07 compares the two settings.
+#    lr 1e-3) the pooled audio features ended worse than a random encoder's in the 1-NN probe, and
+#    fine-tuning from that checkpoint lost to training from scratch. Notebook 07 measures the two settings
+#    side by side.
 # 2. **Encode** only the kept tokens with the DeepAVFusion encoder. The fusion tokens mix the two
 #    modalities at every layer.
 # 3. **Decode** each modality with its own small ViT. The kept tokens are embedded, a learned mask
@@ -140,8 +142,8 @@ print(f"{meta['total_steps']} steps ({meta['steps_per_epoch']} per epoch) at bat
 #
 # The training losses (averaged over the steps since the previous log line) and the test losses (fixed
 # masks) for each modality. The two curves should agree, since the test scenes are new compositions of
-# held-out recordings and images. At the `cpu` profile the audio loss falls further (from ~0.95 to
-# ~0.46) than the image loss (from ~1.16 to ~0.73). A plausible reason is that a spoken digit is a few
+# held-out recordings and images. At the `cpu` profile the audio loss falls further than the image loss
+# (this run's numbers are below the figure). A plausible reason is that a spoken digit is a few
 # smooth harmonic bands that continue across patch borders, while a masked image patch holds part of a
 # digit stroke that no visible patch reveals. The model learns the average "blob" (section 5).
 
@@ -152,6 +154,14 @@ fig = viz.plot_history({"train": pre.history.steps, "test (fixed masks)": val}, 
                        title="masked-reconstruction loss (image + audio)")
 nb.save_fig(fig, paths.out_dir, "loss_curves")
 fig
+
+# %%
+first, final = pre.history.steps[0], pre.history.steps[-1]
+nb.narrate("""In this run (`{profile}`, {steps} steps) the training loss of the audio patches went from
+           {a0:.2f} to {a1:.2f} ({da:.0%} lower) and that of the image patches from {i0:.2f} to {i1:.2f}
+           ({di:.0%} lower).""", profile=profile, steps=final["step"], a0=first["loss_audio"],
+           a1=final["loss_audio"], da=1 - final["loss_audio"] / first["loss_audio"], i0=first["loss_image"],
+           i1=final["loss_image"], di=1 - final["loss_image"] / first["loss_image"])
 
 # %% [markdown]
 # ## 4. The 1-NN probe: do the pooled tokens group the scenes by class?
@@ -179,18 +189,28 @@ print("1-NN accuracy (%) of the untrained encoder:", {k: round(v, 1) for k, v in
 nn_key = "1-NN accuracy (%)"
 acc = {k: [{"step": 0, nn_key: nn_init[f"nn_{k}"]}] + [{"step": e["step"], nn_key: e[f"nn_{k}"]} for e in pre.history.evals]
        for k in ("image", "audio", "fusion", "all")}
-fig = viz.plot_history(acc, nn_key, title="1-NN probe on the test scenes (leave-one-out; step 0 = untrained)")
-fig.axes[0].axhline(100 / NUM_CLASSES, color="grey", ls="--", lw=1)
-fig.axes[0].legend(title="tokens", loc="center left", bbox_to_anchor=(1.02, 0.5))
+chance = tasks.chance_top1(cfg)                                  # 1 / number of classes, in %
+fig = viz.plot_history(acc, nn_key, title="1-NN probe on the test scenes (leave-one-out; step 0 = untrained)",
+                       references={f"chance ({chance:.0f} %)": chance}, legend_title="tokens")
 nb.save_fig(fig, paths.out_dir, "knn_probe")
 fig
 
+# %%
+curve = {k: [r[nn_key] for r in v] for k, v in acc.items()}                # step 0 (untrained) first
+best = {k: max(range(len(c)), key=c.__getitem__) for k, c in curve.items()}
+nb.narrate("""In this run the fusion probe went from {f0:.0f} % (untrained) to a best of {fb:.0f} % at step
+           {fs} and ended at {f1:.0f} %; the audio probe from {a0:.0f} % to {a1:.0f} % (best {ab:.0f} %);
+           the image probe ended at {i1:.0f} %, with chance at {chance:.0f} %.""",
+           f0=curve["fusion"][0], fb=curve["fusion"][best["fusion"]], fs=acc["fusion"][best["fusion"]]["step"],
+           f1=curve["fusion"][-1], a0=curve["audio"][0], a1=curve["audio"][-1], ab=max(curve["audio"]),
+           i1=curve["image"][-1], chance=chance)
+
 # %% [markdown]
-# **Reading the probe.** Compare your run with the untrained point. On AV-Digits at the `cpu` profile
-# the picture is mixed. The fusion probe rises above its untrained level (about 26 % → 31 % after 2
-# epochs → 39 % after 4), then falls back (37 %, 32 %, 31 % at epoch 10). The audio probe never beats
-# the ~45 % that random features already reach: it drifts down to 41 %. The image probe stays near
-# chance (~8 %), as expected: the picture shows four digits and the label is the one that speaks.
+# **Reading the probe.** Compare your run with the untrained point (the sentence above is this run's
+# numbers). On AV-Digits at the `cpu` profile the picture is mixed. The fusion probe rises above its
+# untrained level for the first few epochs, then falls back. The audio probe never beats what random
+# features already reach and drifts down. The image probe stays near chance, as expected: the picture
+# shows four digits and the label is the one that speaks.
 # Meanwhile the reconstruction losses keep falling, so the probes peak early while the objective still
 # improves. This is not a bug. Masked reconstruction rewards whatever helps fill in patches: where in the
 # clip the word sits, the speaker's voice, the digits' colours and positions. Cosine
@@ -228,7 +248,55 @@ for i in range(2):
     display(fig_v, fig_a)
 
 # %% [markdown]
-# ## 6. Results
+# **Listen.** The same spectrograms as sound: the recording, then the original log-mel, the masked input
+# and the reconstruction, each turned back into a waveform the same way (`audio.mel_to_waveform`: undo the
+# log, invert the mel filterbank, Griffin-Lim for a phase, since a log-mel has none). The inversion makes
+# all three a little muffled and metallic, so compare them with each other rather than with the recording.
+# The players share one loudness scale, so the masked input sounds quieter where its patches are silent.
+
+# %%
+players = widgets.reconstruction_players(audio[0], rec_audio[0], out.mask_audio[0], p, cfg.data,
+                                         recording=batch.get("waveform", [None])[0])
+for label, player in players.items():
+    print(label)
+    display(player)
+
+# %% [markdown]
+# ## 6. Attention after pre-training
+#
+# Notebook 01 drew two attention maps of a *freshly initialized* encoder and promised to come back to them
+# here: the image ViT's first block (self-attention over `[fusion ; image tokens]`) and the last fusion
+# block's visual-aggregation tokens reading the image. Below are the same maps for the same test scene,
+# untrained (top row) and pre-trained (bottom row), on one colour scale. The untrained patterns come
+# from random projections of the inputs and have nothing to do with the scene. What to look for: whether
+# a head sends the image queries to the fusion tokens or to the patches (the blocks of each map), and
+# whether all queries of a head read the same few keys (vertical stripes). At the `cpu` profile, after
+# pre-training, the heads of the first image block split by token type (some read mostly the fusion
+# tokens, others mostly the patches), and the aggregation tokens of the last fusion block read the image
+# almost uniformly and all alike: a pooled summary, not a pointer to the sounding cell. Whether anything
+# here is *about the scene*, such as the speaking digit's cell, is what the localization maps of
+# notebook 04 test.
+
+# %%
+with torch.no_grad():
+    attn = {name: mae.encoder(image, audio, return_attn=True).attn
+            for name, mae in [("untrained", avmae0), ("pre-trained", model)]}
+Nf, last = m.num_fusion_total, m.depth - 1
+groups = [("fusion", Nf), ("image", Nv)]
+fig = viz.show_attention({name: a["image.blocks.0"][0] for name, a in attn.items()}, q_groups=groups,
+                         k_groups=groups, max_heads=4, title="image ViT block 0: self-attention over [fusion ; image tokens]")
+nb.save_fig(fig, paths.out_dir, "attention_image_block0")
+fig
+
+# %%
+fig = viz.show_attention({name: a[f"fusion_blocks.{last}.attn_v"][0] for name, a in attn.items()},
+                         k_groups=[("image tokens", Nv)], max_heads=4,
+                         title=f"fusion block {last}: visual-aggregation tokens reading the image")
+nb.save_fig(fig, paths.out_dir, "attention_aggregation")
+fig
+
+# %% [markdown]
+# ## 7. Results
 #
 # The final losses and 1-NN accuracies, plus the checkpoint path. The checkpoint is this notebook's
 # declared **output** (`notebooks/manifest.yaml`): the runner passes it to notebooks 03-07 as their
@@ -243,7 +311,7 @@ metrics.update({"pretrain/train_loss": pre.history.steps[-1]["loss"] if pre.hist
 nb.record(metrics, paths.out_dir, cfg=cfg, pretrain_ckpt=str(pre.checkpoint))
 
 # %% [markdown]
-# ## 7. The paper profile on GPUs
+# ## 8. The paper profile on GPUs
 #
 # `profile="paper"` is the official setting: two ViT-B/16 encoders, VGGSound, 200 epochs (40 warm-up),
 # batch 64 per GPU × 8 GPUs, base lr 1.5e-4 (lr = 1.5e-4 × 512 / 256), fp16 autocast, and the
@@ -267,9 +335,10 @@ nb.record(metrics, paths.out_dir, cfg=cfg, pretrain_ckpt=str(pre.checkpoint))
 #   and two decoders, each also reading the fusion tokens, predict the standardized masked patches.
 #   The loss is image + audio.
 # * On AV-Digits both losses fall well below their starting level, the audio loss fastest. The 1-NN
-#   probe of mean-pooled tokens is a weak monitor here. Random features already reach ~45 % on audio,
-#   and pre-training does not raise it; the fusion probe peaks at epoch 4 and then falls back. Trained
-#   read-outs (notebook 03) are the real test.
+#   probe of mean-pooled tokens is a weak monitor here. Random features already reach a high audio
+#   accuracy and pre-training does not raise it; the fusion probe peaks early and then falls back.
+#   Trained read-outs (notebook 03) are the real test.
+# * Reconstructions can be heard as well as seen, and the attention maps of notebook 01 take shape.
 # * `avmae.pt` (official layout) is the starting point of every downstream notebook (03-07), each of
 #   which compares it with the same model trained from scratch.
 #

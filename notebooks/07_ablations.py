@@ -59,8 +59,6 @@ probe: str = "linprobe"  # downstream protocol that judges each variant (a key o
 
 # %%
 import pandas as pd
-from matplotlib.figure import Figure
-
 from avlib import tasks, viz
 from avlib.config import make_config
 from avlib.protocols import PROTOCOLS
@@ -127,8 +125,8 @@ variants = {name: v for s in sweeps for name, v in SWEEPS[s].items()}      # the
 # AudioMAE), and the literature consistently finds that high ratios learn better features, on grids of
 # 14 x 14 image and 8 x 12 audio patches. The small profiles have 4 x 4 grids, where those ratios leave 4
 # image and 3 audio tokens visible. There the encoder drifted to low-level reconstruction (its pooled
-# audio features ended *worse* than a random encoder's in the 1-NN probe, 28.8% vs 44.6%) and fine-tuning
-# from it lost to scratch, so the small profiles pre-train at 0.5 / 0.5 (`avlib.config._small`). This sweep
+# audio features ended *worse* than a random encoder's in the 1-NN probe) and fine-tuning from it lost to
+# scratch, so the small profiles pre-train at 0.5 / 0.5 (`avlib.config._small`). This sweep
 # puts the paper's ratios back.
 #
 # ## 2. Run the sweeps
@@ -152,30 +150,26 @@ reference
 # %% [markdown]
 # ## 3. Results per sweep
 #
-# Top row: the probe's main metric for each variant. The dashed line is the 02 checkpoint (when given),
-# the same default architecture pre-trained with the profile's full budget and judged by the same probe.
-# The gap between the default bar and that line is what the extra pre-training buys, and it can be small
-# or negative: in notebook 02 the fusion 1-NN probe peaked at epoch 4 and fell back by epoch 10. The probe
-# here is short (about 130 steps) and not converged, so the same 02 checkpoint scores lower here than with
-# notebook 03's converged probe (30 epochs on 3,000 scenes). Compare the bars with each other and with the
-# dashed line, not with notebook 03's numbers. Bottom row: the 1-nearest-neighbour accuracy of the
-# fusion tokens on the test scenes. This is the official pre-training monitor (`probes.knn_probe`) and needs
-# no training on labels. It shows directly what the fusion stream learned. With `none`, the fusion tokens
+# Top row: the probe's main metric for each variant, with chance for a classification probe. The other
+# line is the 02 checkpoint (when given), the same default architecture pre-trained with the profile's
+# full budget and judged by the same probe. The gap between the default bar and that line is what the
+# extra pre-training buys, and it can be small or negative: in notebook 02 the fusion 1-NN probe peaked
+# early and fell back. The probe here is short (about 130 steps) and not converged, so the same 02
+# checkpoint scores lower here than with notebook 03's converged probe (30 epochs on 3,000 scenes).
+# Compare the bars with each other and with that line, not with notebook 03's numbers. Bottom row: the
+# 1-nearest-neighbour accuracy of the fusion tokens on the test scenes, again with chance. This is the
+# official pre-training monitor (`probes.knn_probe`) and needs no training on labels. It shows directly
+# what the fusion stream learned. With `none`, the fusion tokens
 # are never updated by a fusion block, so they serve as a floor.
 
 # %%
-panels = {metric: f"{probe} {PROTOCOLS[probe].main_metric}",
-          "pretrain_nn_fusion": "1-NN accuracy, fusion tokens (%)"}
-fig = Figure(figsize=(4.2 * len(sweeps), 3.4 * len(panels)), layout="constrained")
-axes = fig.subplots(len(panels), len(sweeps), squeeze=False, sharey="row")
-for row, (column, label) in zip(axes, panels.items()):
-    for ax, s in zip(row, sweeps):
-        refs = ({"02 checkpoint (full budget)": reference[PROTOCOLS[probe].main_metric]}
-                if reference and column == metric else None)
-        viz.ablation_plot(rows.loc[list(SWEEPS[s])].reset_index(), x="variant", y=column, ax=ax,
-                          title=f"sweep: {s}", ylabel=label, references=refs,
-                          legend="outside" if ax is row[-1] else None)
-        ax.bar_label(ax.containers[0], fmt="%.1f", fontsize=8)
+main = PROTOCOLS[probe].main_metric
+panels = {metric: f"{viz.readable(probe)}: {viz.readable(main)}", "pretrain_nn_fusion": "1-NN accuracy, fusion tokens (%)"}
+chance = {"pretrain_nn_fusion": tasks.chance_top1(cfg)}                  # 100 / number of classes
+if main == "top1":
+    chance[metric] = tasks.chance_top1(cfg, probe)
+fig = viz.ablation_sweeps(rows, {s: list(SWEEPS[s]) for s in sweeps}, panels, chance=chance,
+                          references={metric: {"02 checkpoint (full budget)": reference[main]}} if reference else None)
 nb.save_fig(fig, paths.out_dir, "ablations")
 fig
 

@@ -45,8 +45,8 @@ from IPython.display import Image, Markdown, display
 
 from avlib import nb, viz
 from avlib.config import make_config
-from avlib.paths import REPORTS, ROOT
-from avlib.reproduce import comparisons, load_manifest
+from avlib.paths import ROOT
+from avlib.reproduce import comparisons, headline_references, load_manifest
 from avlib.protocols import PROTOCOLS
 
 # %% tags=["parameters"]
@@ -56,13 +56,13 @@ device: str = "auto"  # unused (no model runs here)
 out_dir: str = ""  # this report's metrics and figures; empty means reports/<profile>/08_report/
 run_dir: str = ""  # unused (no training); empty means runs/<profile>/08_report/
 overrides: dict = {}  # config overrides, recorded for provenance only
-reports_dir: str = ""  # folder with the notebooks' outputs; empty means reports/<profile>/
+reports_dir: str = ""  # folder with the notebooks' outputs; empty means the folder above out_dir (reports/<profile>/)
 
 # %%
 device = nb.setup(seed, device)
 cfg = make_config(profile, overrides=nb.parse_overrides(overrides), seed=seed)
 paths = nb.paths_for("08_report", profile, out_dir, run_dir)
-root = Path(reports_dir) if reports_dir else REPORTS / profile
+root = Path(reports_dir) if reports_dir else paths.out_dir.parent     # the runner's --out, where 03-07 wrote
 root = root if root.is_absolute() else ROOT / root
 print(f"collecting {root}")
 
@@ -111,7 +111,10 @@ print(f"{len(rows)} comparison rows from {rows['notebook'].nunique()} notebook(s
 # | segmentation | AVSBench mIoU (supplement A.2) | 05 |
 # | separation | SDR in dB (supplement A.3) | 06 |
 #
-# Δ is pretrained − scratch: positive means pre-training helped. At the **smoke** profile every run is a
+# Δ is pretrained − scratch: positive means pre-training helped. The chart draws the reference values the
+# notebooks recorded next to their results: chance for the classifiers (03), the oracle's ceiling and the
+# random map's floor for localization (04), and the unprocessed mixture's SDR for separation (06). A bar
+# is read against its lines, not against the other bars. At the **smoke** profile every run is a
 # single epoch on a few scenes, so only the plumbing is being tested and the numbers mean nothing. Read
 # the **cpu** profile for the AV-Digits story, and the **paper** profile for the benchmarks.
 
@@ -128,7 +131,8 @@ headline.style.format("{:+.3f}", subset=["Δ (pretrained − scratch)"], na_rep=
 
 # %%
 if len(main):
-    fig = viz.compare_bars(main[["task", "init", "metric", "value"]], title=f"pretrained vs scratch ({profile} profile)")
+    fig = viz.compare_bars(main[["task", "init", "metric", "value"]], title=f"pretrained vs scratch ({profile} profile)",
+                           references=headline_references(rows.to_dict("records")))
     nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
     display(fig)
 

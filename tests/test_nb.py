@@ -133,3 +133,6 @@ def test_narrate_fills_numbers_from_the_run_and_refuses_missing_ones():
     assert text == "Fine-tuning reaches **81.2%** (+7.1 points over scratch)." and text._repr_markdown_() == text
     with pytest.raises(KeyError, match="delta"):
         nb.narrate("{top1:.1f} and {delta:+.1f}", top1=1.0)
+    hanging = nb.narrate("""In this run the loss went from {a:.2f}
+                         to {b:.2f}.""", a=1.0, b=0.5)                   # continuation lines aligned under the call
+    assert hanging == "In this run the loss went from 1.00\nto 0.50."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -15,6 +16,73 @@ from avlib.paths import ROOT
 def test_committed_notebooks_are_clean_and_parameterized():
     """No outputs / execution counts / papermill metadata in git; one `parameters` cell; pairs in sync."""
     assert reproduce.main(["--check-notebooks"]) == 0
+
+
+# Numbers a notebook's markdown may state as text: constants of the paper, the official code or the
+# config, and derivations, never a measurement of a run (those go through ``avlib.nb.narrate``, which
+# formats them from the run's own results, so text and numbers cannot drift apart).
+ALLOWED_NUMBERS = {
+    "0.5": "thresholds (cIoU >= 0.5, masks at p > 0.5, pixel intensity > 0.5) and the small profiles' mask ratio",
+    "0.75": "the paper's image mask ratio; the official layer-wise lr decay",
+    "0.8": "the paper's audio mask ratio",
+    "0.25": "fusion_attn_ratio; a = 0.25, the area of one cell of the 2 x 2 grid",
+    "0.3": "the F-score's beta^2 (AVSBench); LARS base lr; data.p_offscreen in an exercise",
+    "0.9": "AdamW beta1", "0.95": "AdamW beta2", "0.05": "AdamW weight decay",
+    "0.01": "07's probe lr (linprobe.train.lr of the ablation budget)",
+    "3.75": "the pair attention's parameter count in units of D^2 (q 0.25 + k 0.5 + v 2 + proj 1)",
+    "0.2": "the cIoU of a random map, a / (1 + a) at a = 0.25 (derived in 04)",
+    "0.025": "the AUC's extra above 0.5 for a perfect map on AV-Digits (derived in 04)",
+    "25 %": "the paper keeps 25 % of the image tokens", "20 %": "and 20 % of the audio tokens",
+    "75 %": "the paper masks 75 % of the image tokens", "80 %": "and 80 % of the audio tokens",
+    "50 %": "the small profiles mask 50 % of each",
+    "10 %": "chance for AV-Digits' 10 classes", "10%": "chance for AV-Digits' 10 classes",
+    "37 %": "official README: VGGSound 1-NN, fusion tokens", "22 %": "official README: VGGSound 1-NN, audio",
+    "9.5 %": "official README: VGGSound 1-NN, image", "0.3 %": "chance for VGGSound's 309 classes",
+    "89.94": "official README: AVSBench S4 mIoU", "92.34": "official README: AVSBench S4 F-score",
+    "6 dB": "the training gain, data.gain_db", "1 dB": "the least span of an SDRi axis (viz.SYMMETRIC_METRICS)",
+    "0 dB": "no change: the SDRi of the unprocessed mixture",
+}
+_ALLOWED = {k.replace(" ", "") for k in ALLOWED_NUMBERS}
+_NOT_PROSE = [r"\$\$.*?\$\$", r"\$[^$\n]*\$",                 # math: formulas and symbols
+              r"`[^`]*`",                                        # code: config keys and values, calls
+              r"\]\([^)]*\)",                                    # link targets
+              r"§\s?\d+(\.\d+)*(-\d+(\.\d+)*)?", r"^#+\s+\d+(\.\d+)*", # section numbers
+              r"arXiv:\d+\.\d+",
+              r"\d+(\.\d+)?(\s*[-–]\s*\d+(\.\d+)?)?\s*(ms|s|min|h|GB|MB)\b",  # durations and sizes: runtimes
+              r"\d+(\.\d+)?e-?\d+"]                             # 1.5e-4: config values
+# measured-looking numbers: decimals, percentages, decibels (integers such as epochs or counts are not)
+_NUMBER = re.compile(r"(?<![\w.])(?<!\w-)[-−+]?(?:\d+\.\d+(?:\s*(?:%|dB))?|\d+\s*(?:%|dB))")
+
+
+def hard_coded_numbers(markdown: str) -> list[str]:
+    """The measured-looking numbers of a markdown cell that are neither allowed constants nor code/math."""
+    text = markdown
+    for pattern in _NOT_PROSE:
+        text = re.sub(pattern, " ", text, flags=re.S | re.M)
+    found = [re.sub(r"\s+", " ", m.group(0)).lstrip("+") for m in _NUMBER.finditer(text)]
+    return [n for n in found if n.replace(" ", "") not in _ALLOWED]
+
+
+def test_hard_coded_numbers_detects_measurements_not_constants():
+    assert hard_coded_numbers("the AUC is 0.213 vs 0.216 (chance 0.25), SDRi about −0.04 dB, SAR 25 dB, "
+                              "probe 31.6%") == ["0.213", "0.216", "−0.04 dB", "25 dB", "31.6%"]
+    assert hard_coded_numbers("cIoU ≥ 0.5, top-1 %, `{'lr': 0.37}`, $a = 0.37$, [§3.4](x.md#34-a), "
+                              "2.5 min, lr 1.5e-4, 3 epochs, 0 dB, 75%\n### 4.1 Title") == []
+
+
+def test_notebook_markdown_has_no_hard_coded_measurements():
+    """Measured numbers in a notebook's narrative go stale the moment a profile or a default changes, so
+    markdown cells state only constants (``ALLOWED_NUMBERS``); a result is written with ``nb.narrate`` in
+    a code cell, from the run's own numbers."""
+    import jupytext
+
+    stale = {}
+    for path in sorted((ROOT / "notebooks").glob("*.py")):
+        for i, cell in enumerate(jupytext.read(path).cells):
+            if cell.cell_type == "markdown" and (numbers := hard_coded_numbers(cell.source)):
+                stale[f"{path.name} cell {i}"] = numbers
+    assert not stale, ("hard-coded measurements in markdown (use nb.narrate in a code cell, or add a constant to "
+                       f"ALLOWED_NUMBERS with its reason): {stale}")
 
 
 def _text(x) -> str:

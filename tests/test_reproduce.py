@@ -302,6 +302,18 @@ def _python(code: str, *args: str, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+def test_headline_references_come_from_the_recorded_bounds():
+    metrics = {"localization/pretrained/auc": 0.21, "localization_bounds/oracle/auc": 0.525,
+               "localization_bounds/random_map/auc": 0.195, "localization_bounds/oracle/ciou": 1.0,
+               "classification_bounds/chance/top1": 10.0, "separation/pretrained/sdr": -0.1,
+               "separation/pretrained/sdr_mix": -0.05, "separation/scratch/sdr_mix": -0.05,
+               "segmentation/pretrained/avsbench_miou": 0.0}
+    refs = rp.headline_references(rp.comparisons(metrics))
+    assert refs == {"localization": {"oracle": 0.525, "random map": 0.195}, "linprobe": {"chance": 10.0},
+                    "finetune": {"chance": 10.0}, "separation": {"mixture": -0.05}}
+    assert rp.headline_references([]) == {}
+
+
 def test_second_runner_on_the_same_out_is_refused_and_a_dead_holders_lock_taken_over(project, tmp_path, capsys):
     import signal
 

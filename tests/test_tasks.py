@@ -167,3 +167,9 @@ def test_warm_start_takes_the_modality_vits_and_keeps_the_fresh_fusion_stream(tm
         assert torch.equal(v, encoder.state_dict()[k]), k                # linprobe: the encoder stays frozen
     with pytest.raises(ValueError, match="cannot warm-start"):
         load_branches(build_encoder(make_config("smoke", **{"model.embed_dim": 48}).model), stage1.checkpoint)
+
+
+def test_chance_top1_is_one_over_the_classes():
+    from avlib.tasks import chance_top1
+    cfg = make_config("smoke")                                    # AV-Digits: 10 digits, answered without data
+    assert chance_top1(cfg) == chance_top1(cfg, "linprobe") == 10.0

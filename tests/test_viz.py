@@ -147,6 +147,45 @@ def test_show_attention():
     fig = viz.show_attention(attn, k_groups=[("fusion", 2), ("image", 4), ("audio", 4)])
     check(fig, "head 0", "head 2", "key token", "query token", "attention weight")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["fusion", "image", "audio"]
+    # before / after: one row per model, the same heads in the same columns, one color scale
+    fig = viz.show_attention({"untrained": attn, "pre-trained": attn.flip(-1)}, max_heads=2)
+    check(fig, "head 0", "head 1", "untrained", "pre-trained", "attention weight")
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 4 and len({im.get_clim() for im in images}) == 1
+
+
+def gt_outlines(ax) -> list:
+    """The ground-truth outlines drawn on an axes (``viz.draw_gt``: GT_COLOR contours or rectangles)."""
+    from matplotlib.colors import to_rgba
+    green = to_rgba(viz.GT_COLOR)
+    found = [c for c in ax.collections if len(c.get_edgecolor()) and tuple(c.get_edgecolor()[0]) == green]
+    return found + [p for p in ax.patches if p.get_edgecolor() == green and not p.get_fill()]
+
+
+def test_ground_truth_is_one_green_outline_everywhere(scene):
+    image, mel, loc, seg = scene
+    images = torch.stack([image] * 2)
+    cell = torch.zeros(2, 4, 4)
+    cell[:, :2, :2] = 1.0                                                        # coarse map: one sounding cell
+    fig = viz.localization_figure(images, {"scratch": torch.rand(2, 4, 4)}, cell)
+    axes = np.array(fig.axes[:-1]).reshape(2, 3)                                 # last axes: the colorbar
+    for row in axes:
+        assert not gt_outlines(row[0])                                           # the plain image
+        assert gt_outlines(row[1]) and not row[1].get_images()[1:]               # GT: an outline, no heat map
+        assert gt_outlines(row[2])                                               # and over the prediction
+    seg2 = (torch.rand(2, H, W) > 0.5).float()
+    fig = viz.segmentation_figure(images, {"scratch": torch.rand(2, H, W)}, seg2)
+    assert all(gt_outlines(ax) for k, ax in enumerate(fig.axes) if k % 3)
+    fig = viz.show_scene(image, mel, loc_map=(loc > 0.5).float(), seg_mask=seg, box=torch.tensor([2, 3, 20, 25]))
+    assert gt_outlines(fig.axes[0]) and len(gt_outlines(fig.axes[1])) == 2      # box; map and mask
+    assert len(fig.axes[1].get_images()) == 1                                    # no jet GT map any more
+    fig = widgets.render_overlay(images, torch.rand(2, 4, 4), cell, 0, threshold=0.5)
+    assert all(gt_outlines(ax) for ax in fig.axes[1:4])
+    # nothing sounds: nothing drawn; the whole frame: its border
+    from matplotlib.figure import Figure as _F
+    ax = _F().subplots()
+    assert viz.draw_gt(ax, torch.zeros(4, 4), (H, W)) is None and viz.draw_gt(ax, torch.zeros(4)) is None
+    assert viz.draw_gt(ax, torch.ones(4, 4), (H, W)).get_width() == W
 
 
 def test_localization_and_segmentation_figures(scene):
@@ -191,9 +230,33 @@ def test_compare_bars_axes_start_at_zero_with_headroom_and_units():
     assert top1.get_ylim()[0] == 0 and top1.get_ylim()[1] >= 55.0 * 1.15     # room for the value label
     assert auc.get_ylim()[0] == 0
     assert miou.get_ylim() == (0.0, 1.0)                                      # all zero: the whole score range
-    assert sdri.get_ylim()[1] == 0 and sdri.get_ylim()[0] <= -0.05 * 1.15     # negative dB: room below
+    assert sdri.get_ylim() == (-1.0, 1.0)                  # a change in dB: symmetric about 0, at least +-1 dB
+    neg = viz.compare_bars(pd.DataFrame(tidy_rows("sep", "SDR (dB)", -0.03, -0.05)))   # not a change: from 0
+    assert neg.axes[0].get_ylim()[1] == 0 and neg.axes[0].get_ylim()[0] <= -1.0    # and at least 1 dB deep
     zero_pct = viz.compare_bars({"probe": {"pretrained": 0.0, "scratch": 0.0}}, ylabel="top1")
     assert zero_pct.axes[0].get_ylim() == (0.0, 100.0) and zero_pct.axes[0].get_ylabel() == "top-1 (%)"
+
+
+def test_compare_bars_sdri_is_honest_about_small_differences():
+    # SDRi -0.04 vs -0.01 dB must not fill the panel: 0 ("the mixture itself") in the middle, >= +-1 dB
+    fig = viz.compare_bars({"SDRi (dB)": {"pretrained": -0.04, "scratch": -0.01}}, ylabel="dB",
+                           references={"SDRi (dB)": {"mixture": 0.0}})
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo <= -1.0 and hi >= 1.0 and lo == -hi
+    assert lines(fig.axes[0]) == ["mixture"]
+    big = viz.compare_bars({"SDRi (dB)": {"pretrained": 4.0, "scratch": 2.0}}, ylabel="dB")
+    lo, hi = big.axes[0].get_ylim()
+    assert hi >= 4.0 * 1.2 and lo == -hi                                       # bars and labels fit
+    free = viz.compare_bars({"SDRi (dB)": {"pretrained": 0.1, "scratch": 0.2}}, ylabel="dB", symmetric={})
+    assert free.axes[0].get_ylim()[0] == 0                                     # switched off: from 0
+
+
+def test_compare_bars_sharey():
+    res = {"linear probe": {"pretrained": 40.0, "scratch": 38.0}, "fine-tuning": {"pretrained": 64.0, "scratch": 56.0}}
+    probe, ft = viz.compare_bars(res, ylabel="top1", sharey=True).axes
+    assert probe.get_ylim() == ft.get_ylim() and probe.get_ylim()[0] == 0 and probe.get_ylim()[1] >= 64.0
+    probe, ft = viz.compare_bars(res, ylabel="top1").axes
+    assert probe.get_ylim() != ft.get_ylim()
 
 
 def test_compare_bars_reference_lines():
@@ -235,6 +298,24 @@ def test_ablation_plot_legend_outside_chance_line_and_rotated_labels():
     short = viz.ablation_plot(rows[:2], x="init", y="top1", legend=None, ylabel="accuracy")
     assert short.axes[0].get_xticklabels()[0].get_rotation() == 0 and short.axes[0].get_legend() is None
     assert short.axes[0].get_ylabel() == "accuracy"
+
+
+def test_ablation_sweeps_chance_line_units_and_shared_rows():
+    rows = pd.DataFrame({"variant": ["none", "token", "default", "1 token"], "linprobe_top1": [30.0, 35.0, 40.0, 33.0],
+                         "pretrain_nn_fusion": [12.0, 20.0, 25.0, 18.0]}).set_index("variant")
+    fig = viz.ablation_sweeps(rows, {"fusion": ["none", "token", "default"], "tokens": ["1 token", "default"]},
+                              {"linprobe_top1": "linear probe, top-1 (%)", "pretrain_nn_fusion": "1-NN, fusion (%)"},
+                              chance={"linprobe_top1": 10.0, "pretrain_nn_fusion": 10.0},
+                              references={"linprobe_top1": {"02 checkpoint": 45.0}})
+    check(fig, "sweep: fusion", "sweep: tokens", "linear probe, top-1 (%)", "1-NN, fusion (%)")
+    top, bottom = np.array(fig.axes).reshape(2, 2)
+    for ax in (*top, *bottom):
+        (chance,) = [line for line in ax.lines if line.get_label() == "chance"]
+        assert chance.get_ydata()[0] == 10.0 and ax.get_ylim()[0] == 0         # from 0, chance drawn
+    assert "02 checkpoint" in lines(top[0]) and "02 checkpoint" not in lines(bottom[0])
+    assert top[0].get_ylim() == top[1].get_ylim() and top[0].get_ylim()[1] >= 45.0
+    assert "%" in top[0].get_ylabel()
+    assert top[1].get_legend() is not None and top[0].get_legend() is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,6 +390,21 @@ def test_render_separation_players():
     assert max(map(wav_peak, players.values())) == pytest.approx(32767, rel=1e-3)   # loudest clip at full scale
     _, normalized = widgets.render_separation(mix, gts * 0.5, gts, SR, index=1, normalize=True)
     assert wav_peak(normalized["source 1: separated"]) == pytest.approx(32767, rel=1e-3)
+
+
+def test_reconstruction_players_invert_all_clips_the_same_way():
+    from avlib.audio import AudioFrontEnd
+    from avlib.config import make_config
+    data = make_config("smoke").data                                             # 32 mels, 64 frames, 1 s at 8 kHz
+    t = torch.arange(data.clip_samples) / data.sample_rate
+    wave = 0.5 * torch.sin(2 * torch.pi * 440 * t)
+    mel = AudioFrontEnd(data)(wave)                                              # (1, 32, 64): a 2 x 4 patch grid
+    mask = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0])
+    players = widgets.reconstruction_players(mel, mel + 0.1, mask, P, data, recording=wave)
+    assert list(players)[0] == "the recording" and "reconstruction" in players
+    assert any(k.startswith("masked input (50%") for k in players)
+    assert all(isinstance(a, Audio) for a in players.values())
+    assert len(widgets.reconstruction_players(mel, mel, mask, P, data)) == 3
 
 
 def test_audio_players_scale_to_the_reference():
