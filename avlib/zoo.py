@@ -312,6 +312,7 @@ def build(profile: str, only: Sequence[str] | None = None, *, zoo: Path | None =
         raise ZooError(f"unknown zoo entries {sorted(unknown)} for {profile!r}: "
                        f"{[r.name for r in RECIPES[profile]]}")
     entries = manifest(zoo)
+    commit = git_sha()              # the code the build started from (a later commit may land while it runs)
     for r in todo:
         cfg = recipe_config(profile, r.name)
         warm = checkpoint(profile, r.warm_start, zoo=zoo) if r.warm_start else None
@@ -326,7 +327,7 @@ def build(profile: str, only: Sequence[str] | None = None, *, zoo: Path | None =
             "description": r.description, "objective": r.objective, "warm_start": r.warm_start,
             "command": f"python -m avlib.zoo build --profile {profile} --only {r.name}",
             "overrides": dict(r.overrides), "config": config_to_dict(cfg), "seed": cfg.seed,
-            "git_commit": git_sha(), "wall_s": round(wall, 1), "steps": res.history.meta.get("total_steps"),
+            "git_commit": commit, "wall_s": round(wall, 1), "steps": res.history.meta.get("total_steps"),
             "machine": _machine(), "built": time.strftime("%Y-%m-%d %H:%M:%S"),
             "final": {k: round(float(v), 5) for k, v in res.metrics.items() if isinstance(v, (int, float))},
             # the training curve, for notebooks (loss terms per log line, monitors per evaluation)
