@@ -3,6 +3,7 @@
 #   make test        set up, run the test suite (what CI runs)
 #   make zoo         rebuild the pre-trained checkpoints the notebooks use (zoo/, about 2 h on 2 cores)
 #   make seeds       the downstream comparison over seeds 0, 1, 2 -> reports/cpu/seeds.md
+#   make compare     the supplement's comparison methods through the same protocols -> reports/cpu/compare/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,7 +18,7 @@ export AVLIB_DATA_ROOT := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: setup reproduce test data smoke bench lab clean-reports check-notebooks seeds zoo
+.PHONY: setup reproduce test data smoke bench lab clean-reports check-notebooks seeds zoo compare budgets
 
 setup: $(STAMP)
 
@@ -39,6 +40,14 @@ smoke: setup
 # the comparison repeated over 3 seeds (downstream notebooks; the zoo's checkpoints are shared)
 seeds: data
 	$(PY) -m avlib.reproduce --profile $(PROFILE) --seeds 0 1 2 --from 03_classification
+
+# the comparison methods (zoo entries) through the downstream protocols; reuses the main job's finished runs
+compare: data
+	$(PY) -m avlib.reproduce --profile $(PROFILE) --manifest notebooks/compare.yaml --out reports/$(PROFILE)/compare --runs runs/$(PROFILE)
+
+# validation learning curves of every protocol from each initialization -> reports/cpu/budgets/
+budgets: data
+	$(PY) -m avlib.budgets --profile $(PROFILE)
 
 # rebuild the model zoo of a profile (zoo/manifest.json records how each file was made)
 zoo: data

@@ -38,7 +38,7 @@ from .paths import ROOT, RUNS
 from .utils import sha256_file
 
 __all__ = ["ZOO", "Recipe", "RECIPES", "staged_recipe", "ZooError", "checkpoint", "ensure", "initializations",
-           "compared_inits", "BASELINES", "baseline_recipes", "build", "verify", "manifest", "main"]
+           "compared_inits", "stages", "BASELINES", "baseline_recipes", "build", "verify", "manifest", "main"]
 
 ZOO: Path = Path(os.environ.get("AVLIB_ZOO", ROOT / "zoo"))
 
@@ -202,6 +202,30 @@ def compared_inits(profile: str, *, pretrain_ckpt: str | Path | None = None, uni
         else:
             out.update(initializations(profile, (name,), device=device))
     return out
+
+
+def stages(profile: str, checkpoints: Mapping[str, str | Path], *, zoo: Path | None = None
+           ) -> tuple[list[dict], dict[str, dict]]:
+    """What each stage in ``checkpoints`` (``{entry: path}``) is and how it trained, for notebooks: one row
+    per entry (steps, wall time, final monitors, where the file came from) and its training curve
+    (``{"steps": [...], "evals": [...]}``). A committed entry reads both from the manifest; a stage
+    trained here (no zoo, or a rebuild) from the ``history.json`` beside its checkpoint."""
+    entries = manifest(zoo)
+    rows, curves = [], {}
+    for name, path in checkpoints.items():
+        path, e = Path(path), entries.get(f"{profile}/{name}")
+        from_zoo = e is not None and (zoo or ZOO) / e["file"] == path
+        if from_zoo:
+            hist, wall, source = e["history"], e["wall_s"], f"zoo ({e['sha256'][:12]}..., {e['machine']})"
+        else:
+            h = json.loads((path.parent / "history.json").read_text()) if (path.parent / "history.json").exists() else {}
+            hist, wall, source = {"steps": h.get("steps", []), "evals": h.get("evals", [])}, None, f"trained here ({path})"
+        last = hist["evals"][-1] if hist["evals"] else {}
+        rows.append({"stage": name, "description": _recipe(profile, name).description,
+                     "steps": last.get("step"), "minutes": None if wall is None else round(wall / 60, 1),
+                     **{k: v for k, v in last.items() if k not in ("epoch", "step")}, "source": source})
+        curves[name] = hist
+    return rows, curves
 
 
 def _recipe(profile: str, name: str) -> Recipe:

@@ -37,14 +37,15 @@
 #
 # **Expected runtime** (2-core machine, no GPU): smoke ≈ 15 s · cpu ≈ 2.5 min on an idle machine (10 epochs
 # of 3000 scenes = 460 steps at batch 64, ~240 scenes/s; measured 35 min when other jobs competed for the
-# two cores) · paper: not a notebook job (ViT-B on VGGSound, 200 epochs on 8 GPUs; see section 8).
+# two cores) · paper: not a notebook job (ViT-B on VGGSound, 200 epochs on 8 GPUs; see section 9).
 # A finished run in `run_dir` is **reused**, so re-running this notebook takes seconds.
 
 # %%
+import pandas as pd
 import torch
 from IPython.display import display
 
-from avlib import nb, probes, tasks, viz, widgets
+from avlib import nb, probes, tasks, viz, widgets, zoo
 from avlib.config import make_config
 from avlib.data import make_loaders
 from avlib.model import AVMAE, build_avmae
@@ -57,6 +58,8 @@ out_dir: str = ""  # metrics and figures; empty means reports/<profile>/02_pretr
 run_dir: str = ""  # checkpoints and history.json; empty means runs/<profile>/02_pretraining/
 overrides: dict = {}  # config overrides as dotted keys, e.g. {"pretrain.epochs": 2}
 eval_every: int = 2  # epochs between evaluations (test losses and 1-NN probe); 0 means only at the end
+use_zoo: bool = True  # hand the zoo's staged checkpoints to 03-07 (profiles with a zoo); False: this notebook's run
+rebuild_zoo: bool = False  # train the zoo's stages here (run_dir/zoo) instead of loading the committed files
 
 # %%
 device = nb.setup(seed, device)
@@ -296,11 +299,52 @@ nb.save_fig(fig, paths.out_dir, "attention_aggregation")
 fig
 
 # %% [markdown]
-# ## 7. Results
+# ## 7. The staged recipe: what notebooks 03-07 start from
 #
-# The final losses and 1-NN accuracies, plus the checkpoint path. The checkpoint is this notebook's
-# declared **output** (`notebooks/manifest.yaml`): the runner passes it to notebooks 03-07 as their
-# `pretrain_ckpt` parameter.
+# The run above is short and starts from random weights, so that you can watch the losses move. The
+# official pre-training is staged ([docs/pretraining.md](../docs/pretraining.md#the-staged-recipe-at-small-scale)): both
+# ViTs first learn their own modality by masked modeling (ImageNet MAE and AudioMAE in the paper), then
+# the audio-visual stage trains the fusion stream on top of them, with an lr ramp that brings the
+# pre-trained ViTs in gently (`pretrain.pretrained_lr_ramp`). The kit trains both stages itself at the small
+# profiles and ships them in the **model zoo** (`zoo/`, built by `python -m avlib.zoo build --profile cpu`,
+# verified by sha256 on every load):
+#
+# 1. `unimodal`: the same AVMAE with `model.fusion_arch="none"`, so the image MAE and the audio MAE train
+#    side by side and neither decoder sees the other modality; the paper's mask ratios 0.75 / 0.8.
+# 2. `deepavfusion`: DeepAVFusion's audio-visual masked modeling, its ViTs warm-started from stage 1.
+#
+# Two choices differ from the paper, each a named config field explained in `avlib/config.py` and in the
+# docs: image targets standardized per colour channel (`model.image_target_norm`), and, in the audio-visual
+# stage, masks chosen for cross-modal inpainting in part of the samples (`model.masking`).
+#
+# Notebooks 03-07 compare three starts at the same budget: `scratch` (random), `unimodal` (stage 1's ViTs
+# with a fresh fusion stream: where the paper's audio-visual stage starts) and `deepavfusion` (stage 2).
+# The gap between the last two is the paper's claim: what audio-visual early fusion adds. With
+# `use_zoo=False` the runner hands them this notebook's live run instead; with `rebuild_zoo=True` the
+# stages are trained here (`run_dir/zoo`) instead of loaded.
+
+# %%
+staged = {}
+if use_zoo and profile in zoo.RECIPES:
+    local = paths.run_dir / "zoo"
+    kw = {"runs": local / "runs", **({"zoo": local / "empty"} if rebuild_zoo else {})}   # trained here: run_dir/zoo
+    staged = {name: zoo.ensure(profile, name, device=device, **kw) for name in ("unimodal", "deepavfusion")}
+    rows, curves = zoo.stages(profile, staged)
+    display(pd.DataFrame(rows).set_index("stage"))
+    fig = viz.plot_history({name: c["steps"] for name, c in curves.items()}, ["loss", "loss_image", "loss_audio"],
+                           title="the two stages' training losses (image + audio)")
+    nb.save_fig(fig, paths.out_dir, "staged_recipe")
+    display(fig)
+else:
+    print(f"profile {profile!r}: no zoo recipe (or use_zoo=False); 03-07 start from this notebook's run")
+
+# %% [markdown]
+# ## 8. Results
+#
+# The final losses and 1-NN accuracies of this notebook's run, and the checkpoints handed on. They are this
+# notebook's declared **outputs** (`notebooks/manifest.yaml`): the runner passes `pretrain_ckpt` (the
+# DeepAVFusion checkpoint: the zoo's when there is one) and `unimodal_ckpt` (its unimodal warm start) to
+# notebooks 03-07.
 
 # %%
 last = pre.history.last_eval or {}
@@ -308,10 +352,14 @@ metrics = {f"pretrain/{k}": v for k, v in last.items() if k not in ("epoch", "st
 metrics.update({"pretrain/train_loss": pre.history.steps[-1]["loss"] if pre.history.steps else None,
                 "pretrain/steps": meta["total_steps"], "pretrain/epochs": cfg.pretrain.epochs,
                 "pretrain/init_loss": out0.loss.item()})
-nb.record(metrics, paths.out_dir, cfg=cfg, pretrain_ckpt=str(pre.checkpoint))
+for name, ckpt in staged.items():
+    row = next(r for r in rows if r["stage"] == name)
+    metrics.update({f"pretrain_{name}/{k}": v for k, v in row.items() if isinstance(v, (int, float))})
+nb.record(metrics, paths.out_dir, cfg=cfg, pretrain_ckpt=str(staged.get("deepavfusion", pre.checkpoint)),
+          unimodal_ckpt=str(staged.get("unimodal", "")))
 
 # %% [markdown]
-# ## 8. The paper profile on GPUs
+# ## 9. The paper profile on GPUs
 #
 # `profile="paper"` is the official setting: two ViT-B/16 encoders, VGGSound, 200 epochs (40 warm-up),
 # batch 64 per GPU × 8 GPUs, base lr 1.5e-4 (lr = 1.5e-4 × 512 / 256), fp16 autocast, and the
@@ -339,8 +387,9 @@ nb.record(metrics, paths.out_dir, cfg=cfg, pretrain_ckpt=str(pre.checkpoint))
 #   accuracy and pre-training does not raise it; the fusion probe peaks early and then falls back.
 #   Trained read-outs (notebook 03) are the real test.
 # * Reconstructions can be heard as well as seen, and the attention maps of notebook 01 take shape.
-# * `avmae.pt` (official layout) is the starting point of every downstream notebook (03-07), each of
-#   which compares it with the same model trained from scratch.
+# * The official recipe is staged: unimodal masked modeling first, then the audio-visual stage from it.
+#   The zoo's two stages are the starting points of every downstream notebook (03-07), each of which
+#   compares DeepAVFusion with its unimodal start and with the same model trained from scratch.
 #
 # ## Exercises
 #
