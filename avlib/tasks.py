@@ -130,12 +130,27 @@ def load_branches(encoder: DeepAVFusion, checkpoint: str | Path) -> list[str]:
     return wanted
 
 
+def load_decoders(model: nn.Module, checkpoint: str | Path) -> list[str]:
+    """Warm start of the two MAE decoders (``image_decoder_*``, ``audio_decoder_*``) from a masked-modeling
+    checkpoint with the same decoder sizes (a kit option of the staged recipe, ``zoo.Recipe.warm_start_decoders``:
+    the official audio-visual stage starts its decoders from random). Returns the loaded keys."""
+    sd = extract_state_dict(load_checkpoint(checkpoint))
+    own = model.state_dict()
+    wanted = [k for k in own if k.startswith(("image_decoder_", "audio_decoder_"))]
+    missing = [k for k in wanted if k not in sd or sd[k].shape != own[k].shape]
+    if missing or not wanted:
+        raise ValueError(f"cannot warm-start the decoders from {checkpoint}: missing or differently shaped "
+                         f"{missing[:4] or 'all (the model has no MAE decoders)'}")
+    model.load_state_dict({**own, **{k: sd[k].to(own[k].dtype) for k in wanted}})
+    return wanted
+
+
 # ----------------------------------------------------------------------------------------------
 # Pre-training
 # ----------------------------------------------------------------------------------------------
 def pretrain(cfg: Config, run_dir: str | Path, *, objective: str = "deepavfusion",
-             warm_start: str | Path | None = None, device: str = "auto", resume: bool = True,
-             label: str = "") -> RunResult:
+             warm_start: str | Path | None = None, warm_start_decoders: bool = False, device: str = "auto",
+             resume: bool = True, label: str = "") -> RunResult:
     """Pre-train with ``cfg.pretrain`` and the registered ``objective`` (``avlib.objectives``).
 
     ``warm_start``: a checkpoint whose modality ViTs the encoder starts from (``load_branches``; the
@@ -155,12 +170,15 @@ def pretrain(cfg: Config, run_dir: str | Path, *, objective: str = "deepavfusion
     model = obj.build(cfg)
     if warm_start:
         load_branches(obj.encoder(model), warm_start)
+        if warm_start_decoders:
+            load_decoders(model, warm_start)
     desc = f"pretrain {objective}" + (f" [{label}]" if label else "")
     history = fit(model, train_loader, cfg.pretrain, loss_fn=obj.loss,
                   eval_fn=lambda m: obj.evaluate(m, test_loader, cfg, device), run_dir=run_dir, device=device,
                   desc=desc, resume=resume,
                   fingerprint=run_fingerprint(cfg, task="pretrain", objective=objective,
-                                              warm_start=_checkpoint_id("warm_start", warm_start)),
+                                              warm_start=_checkpoint_id("warm_start", warm_start),
+                                              **({"warm_start_decoders": True} if warm_start_decoders else {})),
                   eval_fingerprint=eval_fingerprint(cfg), on_mismatch="restart")
     ckpt = run_dir / obj.checkpoint_name
     if is_main_process():                   # under torchrun only rank 0 writes
