@@ -61,7 +61,8 @@ from .utils import atomic_write, markdown_table, stable_hash
 __all__ = [
     "MANIFEST", "KERNEL_ENV", "RUNNER_PARAMS", "ReproduceError", "NotebookFailed", "RunInterrupted", "Step", "Manifest",
     "load_manifest", "load_notebook", "notebook_parameters", "reproduce", "comparisons", "headline_references",
-    "render_summary", "verify_notebooks_clean", "main",
+    "INIT_ORDER", "DELTAS", "ZERO_SHOT", "delta_label", "comparison_groups", "ordered_inits", "headline",
+    "methods_table", "render_summary", "verify_notebooks_clean", "main",
 ]
 
 MANIFEST: Path = Path(os.environ.get("AVLIB_MANIFEST", ROOT / "notebooks" / "manifest.yaml"))
@@ -768,7 +769,7 @@ def _running_cell(executed: Path, nb) -> tuple[int | None, str]:
 # ----------------------------------------------------------------------------------------------
 def comparisons(metrics: Mapping[str, Any]) -> list[dict]:
     """Rows ``{task, metric, init, value}`` for keys following ``<task>/<init>/<metric>``
-    (e.g. ``classification/pretrained/top1``); other keys are ignored, and so are sample counts
+    (e.g. ``linprobe/deepavfusion/top1``); other keys are ignored, and so are sample counts
     (metrics named ``n`` or ``n_*``: how many items were scored, not a result to compare)."""
     rows = []
     for key, value in metrics.items():
@@ -831,39 +832,112 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
     return markdown_table(header, rows, _fmt) + [""]
 
 
-# Column order of result tables: the baseline first, then the paper's starting point and its method;
-# every other initialization or method after them, in the order the notebooks recorded them.
-INIT_ORDER = ("scratch", "unimodal", "pretrained", "deepavfusion")
+# Column order of result tables: the from-scratch baseline, the unimodal warm start (what the paper's
+# audio-visual stage starts from), DeepAVFusion, then the comparison methods in the order of
+# ``zoo.BASELINES`` (the supplement's figures; tests/test_reproduce.py checks that the two agree). Any
+# other initialization follows, in the order the notebooks recorded it.
+INIT_ORDER = ("scratch", "unimodal", "deepavfusion", "ezvsl", "slavc", "mix_and_localize", "sound_of_pixels",
+              "ccol", "oneavm")
+# The headline's differences on each protocol's main metric, {(minuend, subtrahend): what it measures}.
+# DeepAVFusion − unimodal is the paper's claim: what audio-visual early fusion adds over its unimodal
+# starting point; DeepAVFusion − scratch is what the whole staged pre-training adds.
+DELTAS = {("deepavfusion", "unimodal"): "what audio-visual pre-training adds over its unimodal starting point "
+                                        "(the paper's claim)",
+          ("deepavfusion", "scratch"): "what the whole staged pre-training adds over a random encoder"}
+# The comparison methods' zero-shot read-outs (notebooks 04, 06: ``<group>/<method>/<metric>``) and the
+# protocol whose main metric each one reports.
+ZERO_SHOT = {"localization_zero_shot": "localization", "separation_zero_shot": "separation"}
+
+
+def delta_label(a: str, b: str) -> str:
+    """The column name of a headline difference, e.g. ``"deepavfusion − unimodal"``."""
+    return f"{a} − {b}"
+
+
+def comparison_groups(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{task: {metric: {init: value}}}`` from the rows of ``comparisons``."""
+    groups: dict[str, dict[str, dict[str, float]]] = {}
+    for row in rows:
+        groups.setdefault(row["task"], {}).setdefault(row["metric"], {})[row["init"]] = float(row["value"])
+    return groups
 
 
 def _comparison_groups(records: Sequence[Mapping]) -> dict[str, dict[str, dict[str, float]]]:
     """``{task: {metric: {init: value}}}`` from every notebook's ``<task>/<init>/<metric>`` keys."""
-    groups: dict[str, dict[str, dict[str, float]]] = {}
-    for r in records:
-        for row in comparisons(r["metrics"]):
-            groups.setdefault(row["task"], {}).setdefault(row["metric"], {})[row["init"]] = row["value"]
-    return groups
+    return comparison_groups(row for r in records for row in comparisons(r["metrics"]))
 
 
-def _ordered_inits(values: Iterable[Mapping[str, float]]) -> list[str]:
+def ordered_inits(values: Iterable[Mapping[str, float]]) -> list[str]:
+    """The initializations / methods found in ``values`` (``{init: value}`` mappings) in ``INIT_ORDER``,
+    then any others in the order they were recorded."""
     seen = list(dict.fromkeys(k for v in values for k in v))
     return [k for k in INIT_ORDER if k in seen] + [k for k in seen if k not in INIT_ORDER]
 
 
-def _results_tables(groups: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
-    """The headline (each protocol's main metric, one column per initialization / method) and one table
-    per task with all its metrics. Every init is kept, whatever its name."""
+
+def headline(groups: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tuple[list[str], list[list]]:
+    """The main results: ``(header, rows)``, one row per protocol (``PROTOCOLS`` order) with its main
+    metric, one column per initialization / method (``ordered_inits``), then one column per difference of
+    ``DELTAS`` whose two inits were recorded (``delta_label``; empty where a row lacks one of them).
+    Missing values are ``None``."""
     from .protocols import PROTOCOLS
-    lines = []
+
     main = {t: (PROTOCOLS[t].main_metric, groups[t][PROTOCOLS[t].main_metric]) for t in PROTOCOLS
             if t in groups and PROTOCOLS[t].main_metric in groups[t]}
-    if main:
-        inits = _ordered_inits(v for _, v in main.values())
-        lines += ["## Main results", "", "Each protocol's main metric, by initialization (columns).", ""]
-        lines += _table(["task", "metric", *inits], [(t, m, *[v.get(k) for k in inits]) for t, (m, v) in main.items()])
+    inits = ordered_inits(v for _, v in main.values())
+    deltas = [(a, b) for a, b in DELTAS if a in inits and b in inits]
+    rows = [[t, m, *[v.get(k) for k in inits],
+             *[v[a] - v[b] if a in v and b in v else None for a, b in deltas]] for t, (m, v) in main.items()]
+    return ["task", "metric", *inits, *[delta_label(a, b) for a, b in deltas]], rows
+
+
+def methods_table(groups: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tuple[list[str], list[list]] | None:
+    """Initializations and comparison methods against tasks: ``(header, rows)`` with one row per init /
+    method and one column per protocol's main metric (after downstream training), plus one column per
+    zero-shot read-out (``ZERO_SHOT``: the method's own inference, no downstream training; empty for
+    the inits and the methods without that read-out). ``None`` when no comparison method (an init outside
+    scratch / unimodal / deepavfusion) and no zero-shot result was recorded."""
+    from .protocols import PROTOCOLS
+
+    cols = [(t, PROTOCOLS[t].main_metric, t) for t in PROTOCOLS
+            if t in groups and PROTOCOLS[t].main_metric in groups[t]]
+    cols += [(z, PROTOCOLS[t].main_metric, f"{t} zero-shot") for z, t in ZERO_SHOT.items()
+             if z in groups and PROTOCOLS[t].main_metric in groups[z]]
+    values = [groups[g][m] for g, m, _ in cols]
+    inits = ordered_inits(values)
+    if not any(g in ZERO_SHOT for g, _, _ in cols) and not set(inits) - set(INIT_ORDER[:3]):
+        return None
+    header = ["method", *[f"{label} ({m})" for _, m, label in cols]]
+    return header, [[i, *[v.get(i) for v in values]] for i in inits]
+
+
+def _fmt_delta(v) -> str:
+    return "" if v is None else f"{v:+.4g}"
+
+
+def _results_tables(groups: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """The headline (each protocol's main metric, one column per initialization / method, and the
+    ``DELTAS``), the comparison methods' table when there are any, and one table per task with all its
+    metrics. Every init is kept, whatever its name."""
+    lines = []
+    header, rows = headline(groups)
+    if rows:
+        meaning = {delta_label(a, b): what for (a, b), what in DELTAS.items()}
+        n_delta = sum(h in meaning for h in header)
+        lines += ["## Main results", "", "Each protocol's main metric, by initialization (columns)."
+                  + "".join(f" `{h}`: {meaning[h]}." for h in header if h in meaning), ""]
+        k = len(header) - n_delta
+        lines += markdown_table(header, [[*(_fmt(x) for x in r[:k]), *(_fmt_delta(x) for x in r[k:])] for r in rows],
+                                str) + [""]
+    table = methods_table(groups)
+    if table is not None:
+        lines += ["## Comparison methods", "",
+                  "Each method's encoder through the same downstream protocols (main metric), and its zero-shot "
+                  "read-out where it has one (no downstream training; docs/baselines.md).", ""]
+        lines += _table(*table)
     lines += ["## All comparisons", ""]
     for t, metrics in groups.items():
-        inits = _ordered_inits(metrics.values())
+        inits = ordered_inits(metrics.values())
         lines += [f"**{t}**", ""]
         lines += _table(["metric", *inits], [(m, *[v.get(k) for k in inits]) for m, v in metrics.items()])
     return lines
@@ -994,7 +1068,7 @@ def render_seeds(rows: Sequence[Mapping], profile: str, seeds: Sequence[int]) ->
     for r in rows:
         groups.setdefault(r["task"], {}).setdefault(r["metric"], {})[r["init"]] = r
     for task, metrics in groups.items():
-        inits = _ordered_inits(metrics.values())
+        inits = ordered_inits(metrics.values())
         lines += [f"**{task}**", ""]
         body = [(m, *[(f"{c[k]['mean']:.4g} ± {c[k]['std']:.2g} ({c[k]['min']:.4g}–{c[k]['max']:.4g})"
                        if k in c else "") for k in inits]) for m, c in metrics.items()]

@@ -24,7 +24,7 @@ from . import image as image_lib                  # one home for ImageNet normal
 __all__ = ["to_numpy", "denormalize", "show_scene", "show_spectrogram", "show_masking", "show_reconstruction",
            "plot_history", "show_attention", "localization_figure", "segmentation_figure",
            "separation_figure", "compare_bars", "ablation_plot", "ablation_sweeps", "draw_gt", "METRIC_LABELS",
-           "SYMMETRIC_METRICS", "readable", "value_range"]
+           "SYMMETRIC_METRICS", "METHOD_NAMES", "method_name", "readable", "value_range"]
 
 MAP_CMAP = "jet"          # localization heat maps (the supplement's figures use jet overlays)
 SPEC_CMAP = "magma"
@@ -44,6 +44,11 @@ METRIC_LABELS = {
     "loss": "loss", "lr": "learning rate",
 }
 _TASK_LABELS = {"linprobe": "linear probe", "finetune": "fine-tuning"}
+# Display names of the initializations and comparison methods (the keys of ``tasks.compare_inits`` and of
+# ``<task>/<init>/<metric>`` records), for figure columns and legends; see ``method_name``.
+METHOD_NAMES = {"scratch": "scratch", "unimodal": "unimodal (warm start)", "deepavfusion": "DeepAVFusion",
+                "ezvsl": "EZ-VSL", "slavc": "SLAVC", "mix_and_localize": "Mix-and-Localize",
+                "sound_of_pixels": "Sound-of-Pixels", "ccol": "CCoL", "oneavm": "OneAVM-style"}
 # Metrics that measure a change (0 = no change): bar panels are symmetric about 0 and span at least
 # +-the given value, so a difference of a few hundredths of a dB is not drawn as a large one.
 SYMMETRIC_METRICS = {"SDRi (dB)": 1.0}
@@ -62,6 +67,21 @@ def readable(key):
     if key.startswith("loss_"):
         return f"{key[5:].replace('_', ' ')} loss"
     return key.replace("_", " ")
+
+
+def method_name(key: str) -> str:
+    """An initialization / method key as its display name: ``"deepavfusion"`` -> ``"DeepAVFusion"``,
+    ``"mix_and_localize"`` -> ``"Mix-and-Localize"`` (``METHOD_NAMES``); other keys come back unchanged."""
+    return METHOD_NAMES.get(key, key)
+
+
+def _init_order(inits) -> list:
+    """Initializations in the reports' column order (``reproduce.INIT_ORDER``: scratch, unimodal,
+    DeepAVFusion, the comparison methods), any others after them in the order given."""
+    from .reproduce import INIT_ORDER
+
+    seen = list(dict.fromkeys(inits))
+    return [i for i in INIT_ORDER if i in seen] + [i for i in seen if i not in INIT_ORDER]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,7 +486,8 @@ def plot_history(history, keys: Sequence[str] | str | None = None, *, x: str = "
     Runs named ``"<group> / <run>"`` (e.g. ``"linprobe / scratch"``, ``"finetune / scratch"``) get one
     column of panels per group, so a 138-step fine-tune is not squashed against a 4,600-step probe
     (``group_sep=None`` keeps them in one panel). ``references``: ``{label: y}`` dashed lines on every
-    panel, e.g. ``{"uniform guess (ln 10)": math.log(10)}``. Keys are labelled with ``readable``;
+    panel, e.g. ``{"uniform guess (ln 10)": math.log(10)}``, or ``{key: {label: y}}`` for the panels of one
+    key only (e.g. chance on an accuracy panel next to a loss panel). Keys are labelled with ``readable``;
     ``legend_title`` names the runs (default ``"run"``)."""
     df = _history_frame(history, x)
     if isinstance(keys, str):
@@ -492,7 +513,7 @@ def plot_history(history, keys: Sequence[str] | str | None = None, *, x: str = "
                                   label=name)
                 if run is not None:
                     handles.setdefault(name, line)
-        handles.update(_ref_lines(ax, references, styles))
+        handles.update(_ref_lines(ax, _panel_refs(references, key), styles))
         label = readable(key)
         panel = label if group is None else readable(group) + (f": {label}" if len(keys) > 1 else "")
         first_col = not grouped or i % len(groups) == 0        # shared y: one label per row
@@ -704,14 +725,15 @@ def _bar_headroom(ax, values, refs, label: str, span: float | None = None) -> No
     ax.autoscale_view(scalex=False)
 
 
-def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs scratch",
+def compare_bars(results, *, ylabel: str = "score", title: str = "initializations compared",
                  references: Mapping[str, Any] | None = None, sharey: bool = False,
                  symmetric: Mapping[str, float] | None = None) -> Figure:
-    """Pretrained vs scratch (or any initializations): one panel per task (and metric), each with its
-    own y scale since tasks report different metrics (top-1, cIoU, SDR in dB), values on the bars.
-    ``results``: ``{task: {"pretrained": x, "scratch": y}}``, a wide DataFrame (index task, columns
-    init) or a tidy one with ``task, init, value`` and optionally ``metric`` (e.g. the rows of
-    ``avlib.reproduce.comparisons``); ``ylabel`` names the metric when there is no ``metric`` column.
+    """Initializations compared (scratch, unimodal, DeepAVFusion, comparison methods, or any others): one
+    panel per task (and metric), each with its own y scale since tasks report different metrics (top-1,
+    cIoU, SDR in dB), values on the bars, bars in the reports' column order (``reproduce.INIT_ORDER``, then
+    the others as given). ``results``: ``{task: {"scratch": x, "deepavfusion": y}}``, a wide DataFrame
+    (index task, columns init) or a tidy one with ``task, init, value`` and optionally ``metric`` (e.g. the
+    rows of ``avlib.reproduce.comparisons``); ``ylabel`` names the metric when there is no ``metric`` column.
     Metric keys (``top1``, ``auc``, ``sdr``, ...) are labelled with their unit (``METRIC_LABELS``).
 
     The y axis starts at 0 for non-negative values (an all-zero panel shows the metric's whole range,
@@ -726,11 +748,10 @@ def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs 
     if "metric" not in df.columns:
         df = df.assign(metric=ylabel)
     symmetric = SYMMETRIC_METRICS if symmetric is None else symmetric
-    first = [i for i in ("pretrained", "scratch") if i in set(df["init"])]
-    inits = first + [i for i in dict.fromkeys(df["init"]) if i not in first]
+    inits = _init_order(df["init"])
     palette = dict(zip(inits, sns.color_palette(n_colors=len(inits))))
     groups = list(df.groupby(["task", "metric"], sort=False))
-    fig, axes = _figure(1, len(groups), (max(2.6, 1.1 * len(inits) + 1.0), 3.6))
+    fig, axes = _figure(1, len(groups), (max(2.6, (1.1 if len(inits) <= 3 else 0.6) * len(inits) + 1.0), 3.6))
     handles, styles = {}, {}
     for ax, ((task, metric), d) in zip(axes[0], groups):
         order = [i for i in inits if i in set(d["init"])]
@@ -741,6 +762,7 @@ def compare_bars(results, *, ylabel: str = "score", title: str = "pretrained vs 
         refs = _panel_refs(references, task, metric)
         handles.update(_ref_lines(ax, refs, styles))
         ax.set(title=readable(task), xlabel="initialization", ylabel=readable(metric))
+        _rotate_xticks(ax, None)
         span = next((symmetric[k] for k in (task, metric, readable(task), readable(metric)) if k in symmetric), None)
         _bar_headroom(ax, d["value"], refs.values(), readable(metric), span)
         if span is not None:

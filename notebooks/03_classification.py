@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 03 · Classification: linear probe and fine-tuning, pretrained vs scratch
+# # 03 · Classification: linear probe and fine-tuning from three initializations
 #
 # **Paper:** Mo & Morgado, *Unveiling the Power of Audio-Visual Early Fusion Transformers with Dense
 # Interactions through Masked Modeling*, CVPR 2024 (arXiv:2312.01017), classification results and
@@ -29,13 +29,22 @@
 #    then feed a subset of the three to the classifier.
 # 3. Which of these features carry the class on AV-Digits, and what the fusion tokens add (supplement A.1's
 #    subset analysis).
-# 4. What pre-training buys compared with the same protocol from a random encoder.
+# 4. What each stage of pre-training buys. The same protocols run from three initializations at the same
+#    budget: a random encoder (`scratch`), the unimodal MAEs (`unimodal`: the two ViTs that DeepAVFusion's
+#    audio-visual stage starts from, with a fresh fusion stream) and DeepAVFusion (`deepavfusion`: the whole
+#    encoder after audio-visual masked modeling). The paper's claim is the gap **DeepAVFusion − unimodal**:
+#    what audio-visual early fusion adds to its unimodal starting point.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 2 min (4 trainings and
-# 14 small probes on cached features) · `paper` needs GPUs and VGGSound.
+# **Expected runtime** (2-core laptop CPU): one linear probe and one fine-tuning per initialization (three
+# of each, plus one per comparison method in `methods`), and the feature-subset probes on cached features
+# for each of `subset_inits`. `smoke` takes seconds per run; the runner's `summary.md` lists the wall time
+# of every notebook at every profile. `paper` needs GPUs and VGGSound.
 #
-# **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion
-# checkpoint of the same size). Leave it empty to pre-train here first; the result is cached in `run_dir`.
+# **Inputs:** `pretrain_ckpt` and `unimodal_ckpt`, the checkpoints handed over by `02_pretraining` (at
+# profiles with a model zoo, the zoo's `deepavfusion` and `unimodal` entries). Left empty, the zoo's entries
+# are used, or at a profile without a zoo (`paper`) DeepAVFusion is pre-trained here first (cached in
+# `run_dir`) and the unimodal row is left out unless `unimodal_ckpt` is given. `methods` adds comparison
+# methods from the zoo (docs/baselines.md), each one's encoder through the same protocols.
 
 # %%
 from avlib import nb
@@ -46,18 +55,21 @@ seed: int = 0  # seeds python, numpy and torch (also the config seed)
 device: str = "auto"  # auto | cpu | cuda | mps
 out_dir: str = ""  # metrics.json and figures; empty means reports/<profile>/03_classification/
 run_dir: str = ""  # checkpoints and histories; empty means runs/<profile>/03_classification/
-pretrain_ckpt: str = ""  # avmae.pt from 02 (ours or an official one); empty means pre-train here first
+pretrain_ckpt: str = ""  # DeepAVFusion checkpoint from 02 (or an official one); empty: the zoo's, or pre-train here
+unimodal_ckpt: str = ""  # the unimodal MAEs' checkpoint from 02; empty: the zoo's (no unimodal row without a zoo)
+methods: list = []  # comparison methods (zoo entries), e.g. ["ezvsl", "slavc"]; the main job runs none
 recipe: str = "supplement"  # supplement (seed supplement A.1) | official (LARS probe, BN heads, averaged logits)
 overrides: dict = {}  # config overrides, e.g. {"linprobe.train.epochs": 20}
-subsets_scratch: bool = True  # also run the feature-subset probes on a random encoder (cheap)
+subset_inits: list = ["deepavfusion", "unimodal", "scratch"]  # initializations probed per feature subset (section 4)
 
 # %%
 import math
 
 import pandas as pd
 
-from avlib import heads, tasks, viz
-from avlib.config import make_config
+from avlib import heads, tasks, viz, zoo
+from avlib.config import apply_overrides, make_config
+from avlib.reproduce import ordered_inits
 
 device = nb.setup(seed, device)
 cfg = make_config(profile, recipe=recipe, overrides=nb.parse_overrides(overrides), seed=seed)
@@ -65,13 +77,21 @@ paths = nb.paths_for("03_classification", profile, out_dir, run_dir)
 cfg.linprobe, cfg.finetune
 
 # %% [markdown]
-# The checkpoint comes from 02. When you run this notebook on its own with `pretrain_ckpt` empty, it is
-# pre-trained here with the same profile; `tasks.pretrain` resumes from `run_dir/pretrain`, so this is
-# paid only once.
+# The initializations. `zoo.compared_inits` returns what `tasks.compare_inits` runs, `{name: (init,
+# checkpoint, config overrides)}`: `scratch` builds a random encoder; `unimodal` loads only the two modality
+# ViTs of the unimodal checkpoint (`init="warm_start"`; the fusion stream starts random, exactly as the
+# audio-visual stage starts); `deepavfusion` loads the whole encoder (`init="pretrained"`); a comparison
+# method loads its whole two-stream encoder, with the late-fusion architecture as its config overrides.
+# Checkpoints handed over by 02 are used as given. The zoo's files are verified against their sha256
+# first, and an entry missing from the zoo is pre-trained here (the `smoke` profile has no zoo files, so
+# its stages take seconds).
 
 # %%
-ckpt = pretrain_ckpt or tasks.pretrain(cfg, paths.run_dir / "pretrain", device=device).checkpoint
-ckpt
+inits = zoo.compared_inits(profile, pretrain_ckpt=pretrain_ckpt, unimodal_ckpt=unimodal_ckpt,
+                           names=("scratch", "unimodal", "deepavfusion", *methods), run_dir=paths.run_dir,
+                           cfg=cfg, device=device)
+pd.DataFrame([{"initialization": name, "init": init, "checkpoint": str(ckpt or "–"), "config overrides": arch or ""}
+              for name, (init, ckpt, arch) in inits.items()]).set_index("initialization")
 
 # %% [markdown]
 # ## 1. From tokens to one vector per clip
@@ -116,41 +136,68 @@ nb.show_source(heads.AVClassifier.pooled)
 # %% [markdown]
 # ## 2. Linear probe: are the pre-trained features linearly separable?
 #
-# `tasks.compare_inits` runs the same protocol from the pre-trained checkpoint and from a randomly
-# initialized encoder (`scratch`). A linear probe on a *random* frozen encoder is a useful floor: random
-# features of a ViT are not useless, and pre-training has to beat them. Finished runs are cached in
-# `run_dir/<protocol>/<init>/`; delete that folder after you change `pretrain_ckpt`.
+# `tasks.compare_inits` runs the same protocol from every initialization, with the same recipe and budget.
+# A linear probe on a *random* frozen encoder is a useful floor: random features of a ViT are not useless,
+# and pre-training has to beat them. The unimodal encoder is the stricter reference: it already knows each
+# modality, and only the audio-visual stage separates it from DeepAVFusion. Finished runs are cached in
+# `run_dir/<protocol>/<initialization>/`; delete that folder after you change a checkpoint.
 
 # %%
-linprobe = tasks.compare_inits("linprobe", cfg, paths.run_dir / "linprobe", checkpoint=ckpt, device=device)
-{init: r.metrics for init, r in linprobe.items()}
+linprobe = tasks.compare_inits("linprobe", cfg, paths.run_dir / "linprobe", inits, device=device)
+{name: r.metrics for name, r in linprobe.items()}
 
 # %% [markdown]
 # ## 3. Fine-tuning: is it a good initialization?
 
 # %%
-finetune = tasks.compare_inits("finetune", cfg, paths.run_dir / "finetune", checkpoint=ckpt, device=device)
-{init: r.metrics for init, r in finetune.items()}
+finetune = tasks.compare_inits("finetune", cfg, paths.run_dir / "finetune", inits, device=device)
+{name: r.metrics for name, r in finetune.items()}
+
+# %% [markdown]
+# Both protocols from every initialization, with chance (dashed). The sentence below the chart reads the two
+# gaps off this run: DeepAVFusion − unimodal (what the audio-visual stage adds, the paper's claim) and
+# DeepAVFusion − scratch (what the whole staged pre-training adds). A gap means something only when it is
+# larger than the seed-to-seed spread: `python -m avlib.reproduce --profile cpu --seeds 0 1 2` runs the
+# notebooks with three seeds and writes the spread of every number to `reports/cpu/seeds.md`.
 
 # %%
 chance = tasks.chance_top1(cfg, "linprobe")                          # 100 / number of classes
-fig = viz.compare_bars({protocol: {init: r.metrics["top1"] for init, r in runs.items()}
-                        for protocol, runs in [("linear probe", linprobe), ("fine-tuning", finetune)]},
-                       ylabel="top-1 (%)", title="classification: pretrained vs scratch", sharey=True,
+top1 = {protocol: {name: r.metrics["top1"] for name, r in runs.items()}
+        for protocol, runs in [("linear probe", linprobe), ("fine-tuning", finetune)]}
+fig = viz.compare_bars(top1, ylabel="top-1 (%)", title="classification from each initialization", sharey=True,
                        references={f"chance ({chance:.0f} %)": chance})
-nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
+nb.save_fig(fig, paths.out_dir, "initializations")
 fig
+
+# %%
+def gap(values, a, b):
+    """'+2.1 points' for values[a] - values[b], or 'not measured' when one of them is missing."""
+    return f"{values[a] - values[b]:+.1f} points" if a in values and b in values else "not measured"
+
+
+def reading(values):
+    return "; ".join(f"{viz.method_name(k)} {values[k]:.1f} %" for k in ordered_inits([values]))
+
+
+nb.narrate("""In this run (`{profile}`), top-1 of the linear probe: {lp}; of fine-tuning: {ft}.
+           DeepAVFusion − unimodal (the paper's claim): {lp_du} with the probe, {ft_du} with fine-tuning.
+           DeepAVFusion − scratch: {lp_ds} and {ft_ds}.""", profile=profile,
+           lp=reading(top1["linear probe"]), ft=reading(top1["fine-tuning"]),
+           lp_du=gap(top1["linear probe"], "deepavfusion", "unimodal"),
+           ft_du=gap(top1["fine-tuning"], "deepavfusion", "unimodal"),
+           lp_ds=gap(top1["linear probe"], "deepavfusion", "scratch"),
+           ft_ds=gap(top1["fine-tuning"], "deepavfusion", "scratch"))
 
 # %% [markdown]
 # Training curves: the cross-entropy of each run, logged every `log_every` steps. The dashed line is the
 # loss of a uniform guess over 10 classes, $\ln 10 \approx 2.30$. A run whose loss stays near it has
 # learned almost nothing. The standardizing `BatchNorm` in the head matters here. Mean-pooled tokens vary
 # little from clip to clip, and a raw linear layer on them moves so slowly that a short probe can sit at
-# chance for *both* inits, which would say nothing about the features.
+# chance for *every* initialization, which would say nothing about the features.
 
 # %%
-curves = {f"{protocol} / {init}": r.history
-          for protocol, runs in [("linprobe", linprobe), ("finetune", finetune)] for init, r in runs.items()}
+curves = {f"{protocol} / {name}": r.history
+          for protocol, runs in [("linprobe", linprobe), ("finetune", finetune)] for name, r in runs.items()}
 fig = viz.plot_history(curves, keys=["loss"], title="classification: training loss",
                        references={"uniform guess (ln 10)": math.log(10)})
 nb.save_fig(fig, paths.out_dir, "training_loss")
@@ -175,24 +222,27 @@ fig
 # What to look out for. A random encoder is a strong baseline for frozen features: a random ViT is a random
 # projection of its input and keeps much of its information. Masked modeling does not promise linearly
 # separable features either. MAE reports a large gap between linear probing and fine-tuning, because its
-# features become good after some non-linear adaptation. Where the `scratch` column beats the `pretrained`
-# one, this pre-training has not learned features that are *linearly* better than random, even if it still
-# gives fine-tuning a head start (section 3).
+# features become good after some non-linear adaptation. Where the `scratch` column beats another one, that
+# pre-training has not learned features that are *linearly* better than random, even if it still gives
+# fine-tuning a head start (section 3).
 #
-# What the `cpu` run shows. Pre-training wins every subset that includes the fusion tokens, and scratch
-# wins audio alone and visual alone. So at this scale the per-modality features are not linearly better
-# than random ones; what pre-training adds sits in the fusion tokens. Fine-tuning shows a larger gap. The
+# The unimodal column separates the two stages. Its audio and visual features are the unimodal MAEs'; its
+# fusion tokens come out of a random fusion stream that reads those features. So `audio` and `visual`
+# compare DeepAVFusion's streams with what they started from (did the audio-visual stage keep or improve
+# them?), and the subsets with `fusion` show what the trained fusion stream adds over a random one. The
 # `paper` profile is where the comparison is meant to be made. The sentence below the figure reads this
 # run's own table.
 
 # %%
-subset_rows = tasks.feature_subsets(cfg, paths.run_dir / "subsets" / "pretrained", checkpoint=ckpt,
-                                    device=device)
-if subsets_scratch:
-    subset_rows += tasks.feature_subsets(cfg, paths.run_dir / "subsets" / "scratch", init="scratch",
-                                         device=device)
+subset_rows = []
+for name in ordered_inits([{n: None for n in subset_inits if n in inits}]):    # the reports' order and colours
+    init, ckpt, arch = inits[name]
+    rows = tasks.feature_subsets(apply_overrides(cfg, arch), paths.run_dir / "subsets" / name, init=init,
+                                 checkpoint=ckpt, device=device)
+    subset_rows += [dict(r, init=name) for r in rows]      # the row's init: the initialization's name
 subsets = pd.DataFrame(subset_rows).pivot(index="features", columns="init", values="top1")
-subsets.sort_values("pretrained", ascending=False).round(1)
+subsets = subsets[ordered_inits([dict.fromkeys(subsets.columns)])]     # scratch, unimodal, deepavfusion
+subsets.sort_values(subsets.columns[-1], ascending=False).round(1)
 
 # %%
 fig = viz.ablation_plot(subset_rows, x="features", y="top1", hue="init", chance=chance,
@@ -201,43 +251,47 @@ nb.save_fig(fig, paths.out_dir, "feature_subsets")
 fig
 
 # %%
-def listing(rows):
-    return "; ".join(f"{f} {p:.1f} vs {s:.1f} %" for f, (p, s) in rows.iterrows()) or "none"
+def wins(other):
+    """How many subsets DeepAVFusion's features win against `other`'s, and which (with both values)."""
+    both = subsets[["deepavfusion", other]].dropna()
+    won = both[both.deepavfusion > both[other]]
+    listing = "; ".join(f"{f} {d:.1f} vs {o:.1f} %" for f, (d, o) in won.iterrows()) or "none"
+    return f"{len(won)} of the {len(both)} subsets ({listing})"
 
 
-gap = subsets.reindex(columns=["pretrained", "scratch"]).dropna()       # subsets probed from both inits
-ft = {init: r.metrics["top1"] for init, r in finetune.items()}
-nb.narrate("""In this run (`{profile}`, pretrained vs scratch) pre-training wins {won} of the {n} subsets
-           ({wins}) and scratch wins or ties {lost} ({losses}). Fine-tuning: {ftp:.1f} vs {fts:.1f} %.""",
-           profile=profile, n=len(gap), won=int((gap.pretrained > gap.scratch).sum()),
-           lost=int((gap.pretrained <= gap.scratch).sum()), wins=listing(gap[gap.pretrained > gap.scratch]),
-           losses=listing(gap[gap.pretrained <= gap.scratch]), ftp=ft["pretrained"], fts=ft["scratch"]
-           ) if len(gap) else "(no scratch subsets: `subsets_scratch=False`)"
+pairs = [o for o in ("unimodal", "scratch") if {"deepavfusion", o} <= set(subsets.columns)]
+nb.narrate("In this run (`{profile}`) " + "; ".join(f"DeepAVFusion's features beat {o}'s on {{{o}}}" for o in pairs)
+           + ". Every other subset is a tie or a loss.", profile=profile, **{o: wins(o) for o in pairs}
+           ) if pairs else "(DeepAVFusion and another initialization are needed: see `subset_inits`)"
 
 # %% [markdown]
 # ## 5. Results
 #
-# Every metric of both initializations under `<protocol>/<init>/<metric>` (e.g. `linprobe/pretrained/top1`),
-# each feature subset under `feature_subsets/<init>/top1_<subset>`, and chance under
-# `classification_bounds/chance/top1`. The runner builds its
-# pretrained-vs-scratch tables from these keys.
+# Every metric of every initialization under `<protocol>/<initialization>/<metric>` (e.g.
+# `linprobe/deepavfusion/top1`, `finetune/unimodal/top1`, and one column per comparison method), each
+# feature subset under `feature_subsets/<initialization>/top1_<subset>`, and chance under
+# `classification_bounds/chance/top1`. The runner and notebook 08 build their tables from these keys.
 
 # %%
-results = {"linprobe": {init: r.metrics for init, r in linprobe.items()},
+results = {"linprobe": {name: r.metrics for name, r in linprobe.items()},
            "classification_bounds": {"chance": {"top1": chance}},      # the reference line of 08's chart
-           "finetune": {init: r.metrics for init, r in finetune.items()},
-           "feature_subsets": {init: col.add_prefix("top1_").to_dict() for init, col in subsets.items()},
-           "seconds": {f"{p}_{init}": r.seconds for p, runs in [("linprobe", linprobe), ("finetune", finetune)]
-                       for init, r in runs.items()}}
-nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
+           "finetune": {name: r.metrics for name, r in finetune.items()},
+           "feature_subsets": {name: col.add_prefix("top1_").to_dict() for name, col in subsets.items()},
+           "seconds": {f"{p}_{name}": r.seconds for p, runs in [("linprobe", linprobe), ("finetune", finetune)]
+                       for name, r in runs.items()}}
+nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(inits["deepavfusion"][1]),
+          unimodal_ckpt=str(inits["unimodal"][1]) if "unimodal" in inits else "")
 
 # %% [markdown]
 # ## Summary
 #
 # - Pool each token stream, concatenate a subset, add one linear layer. The linear probe freezes the encoder
 #   and grades the features; fine-tuning trains everything and grades the initialization.
-# - Compare pretrained with scratch under both protocols, and only with a probe that actually trains (loss
+# - Compare the initializations under both protocols, and only with a probe that actually trains (loss
 #   well below ln 10). Standardizing the pooled features is what makes a linear probe train quickly.
+# - Read two gaps. DeepAVFusion − scratch is what the whole staged pre-training buys. DeepAVFusion − unimodal
+#   is the paper's claim: what the audio-visual stage adds to the unimodal encoders it starts from. Report
+#   them as measured, whichever way they go.
 # - Random frozen features are a strong baseline, and masked-modeling features are not guaranteed to beat
 #   them linearly, especially after short pre-training. Fine-tuning measures something different: whether
 #   the pre-trained weights are a better *starting point*.
@@ -251,7 +305,7 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 #    `overrides={"linprobe.features": ["audio", "visual", "fusion"]}` to get the three heads. Is the
 #    averaged-logits prediction better than the best single head (`top1_audio`, `top1_visual`, `top1_fusion`)?
 #    At `cpu`, also probe `{"linprobe.features": ["audio", "visual"]}` only (the main paper's choice): how
-#    much of the pretrained-vs-scratch gap is left?
+#    much of the DeepAVFusion − unimodal gap is left without the fusion tokens?
 # 2. Give the fine-tuning head all three pooled features
 #    (`{"finetune.features": ["audio", "visual", "fusion"]}`). Does fine-tuning care which features the head
 #    sees, now that the encoder can adapt?

@@ -28,13 +28,21 @@
 # 3. Why "mIoU" and "F" are not one number each. AVSBench and DeepAVFusion's own evaluator treat empty
 #    masks, the background class and the F threshold differently, which is why the README numbers cannot be
 #    compared with AVSBench tables.
-# 4. Pretrained vs scratch, in numbers and in a Figure 2 style comparison.
+# 4. What each stage of pre-training buys, at the same budget: a random encoder (`scratch`), the unimodal
+#    MAEs (`unimodal`: the ViTs that DeepAVFusion's audio-visual stage starts from, with a fresh fusion
+#    stream) and DeepAVFusion (`deepavfusion`). The paper's claim is the gap **DeepAVFusion − unimodal**:
+#    what audio-visual early fusion adds to its unimodal starting point. In numbers and in a Figure 2 style
+#    comparison, with the supplement's comparison methods when `methods` names them.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` under 1 min · `cpu` about 1.5 min (two trainings of
-# 3 epochs on 3,000 scenes) · `paper` needs GPUs and AVSBench.
+# **Expected runtime** (2-core laptop CPU): one segmentation training per initialization (three, plus one
+# per comparison method in `methods`). `smoke` takes seconds per run; the runner's `summary.md` lists the
+# wall time of every notebook at every profile. `paper` needs GPUs and AVSBench.
 #
-# **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion
-# checkpoint of the same size). Leave it empty to pre-train here first; the result is cached in `run_dir`.
+# **Inputs:** `pretrain_ckpt` and `unimodal_ckpt`, the checkpoints handed over by `02_pretraining` (at
+# profiles with a model zoo, the zoo's `deepavfusion` and `unimodal` entries). Left empty, the zoo's entries
+# are used, or at a profile without a zoo (`paper`) DeepAVFusion is pre-trained here first (cached in
+# `run_dir`) and the unimodal row is left out unless `unimodal_ckpt` is given. `methods` adds comparison
+# methods from the zoo (docs/baselines.md).
 
 # %%
 from avlib import nb
@@ -45,20 +53,28 @@ seed: int = 0  # seeds python, numpy and torch (also the config seed)
 device: str = "auto"  # auto | cpu | cuda | mps
 out_dir: str = ""  # metrics.json and figures; empty means reports/<profile>/05_segmentation/
 run_dir: str = ""  # checkpoints and histories; empty means runs/<profile>/05_segmentation/
-pretrain_ckpt: str = ""  # avmae.pt from 02 (ours or an official one); empty means pre-train here first
+pretrain_ckpt: str = ""  # DeepAVFusion checkpoint from 02 (or an official one); empty: the zoo's, or pre-train here
+unimodal_ckpt: str = ""  # the unimodal MAEs' checkpoint from 02; empty: the zoo's (no unimodal row without a zoo)
+methods: list = []  # comparison methods (zoo entries), e.g. ["ezvsl", "slavc"]; the main job runs none
 recipe: str = "supplement"  # supplement (seed supplement A.2) | official (AdamW, official U-Net head)
 explorers: bool = True  # show the ipywidgets explorers (papermill may hang on them, so the runner passes False)
 overrides: dict = {}  # config overrides, e.g. {"segmentation.head": "official_unet"}
+num_examples: int = 6  # Figure 2 shows the first test scenes, this many
 
 # %%
+import json
+
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from avlib import heads, metrics, tasks, viz, widgets
+from avlib import budgets, heads, metrics, tasks, viz, widgets, zoo
 from avlib.config import make_config
 from avlib.data import make_loaders
+from avlib.paths import REPORTS
+from avlib.reproduce import ordered_inits
 
 device = nb.setup(seed, device)
 cfg = make_config(profile, recipe=recipe, overrides=nb.parse_overrides(overrides), seed=seed)
@@ -66,13 +82,19 @@ paths = nb.paths_for("05_segmentation", profile, out_dir, run_dir)
 cfg.segmentation
 
 # %% [markdown]
-# The checkpoint comes from 02. When you run this notebook on its own with `pretrain_ckpt` empty, it is
-# pre-trained here with the same profile; `tasks.pretrain` resumes from `run_dir/pretrain`, so this is
-# paid only once.
+# The initializations, as `tasks.compare_inits` runs them (`{name: (init, checkpoint, config overrides)}`,
+# from `zoo.compared_inits`): `scratch` is a random encoder; `unimodal` loads only the two modality ViTs of
+# the unimodal checkpoint (`init="warm_start"`, a fresh fusion stream, exactly as the audio-visual stage
+# starts); `deepavfusion` loads the whole encoder; a comparison method loads its whole two-stream encoder
+# (late fusion, its config overrides). Checkpoints from 02 are used as given; the zoo's files are verified
+# against their sha256, and an entry missing from the zoo is pre-trained here (seconds at `smoke`).
 
 # %%
-ckpt = pretrain_ckpt or tasks.pretrain(cfg, paths.run_dir / "pretrain", device=device).checkpoint
-ckpt
+inits = zoo.compared_inits(profile, pretrain_ckpt=pretrain_ckpt, unimodal_ckpt=unimodal_ckpt,
+                           names=("scratch", "unimodal", "deepavfusion", *methods), run_dir=paths.run_dir,
+                           cfg=cfg, device=device)
+pd.DataFrame([{"initialization": name, "init": init, "checkpoint": str(ckpt or "–"), "config overrides": arch or ""}
+              for name, (init, ckpt, arch) in inits.items()]).set_index("initialization")
 
 # %% [markdown]
 # ## 1. The head: fuse, then upsample
@@ -104,26 +126,31 @@ ckpt
 nb.show_source(heads.AVSegmenter._forward_upsample)
 
 # %% [markdown]
-# ## 2. Pretrained vs scratch
+# ## 2. Three initializations
 #
-# `tasks.compare_inits` runs the protocol twice, from the pre-trained encoder and from a random one. Finished
-# runs are cached in `run_dir/<init>/`; delete that folder after you change `pretrain_ckpt`.
+# `tasks.compare_inits` runs the protocol once per initialization, with the same recipe and budget.
+# Finished runs are cached in `run_dir/<initialization>/`; delete that folder after you change a checkpoint.
 
 # %%
-runs = tasks.compare_inits("segmentation", cfg, paths.run_dir, checkpoint=ckpt, device=device)
-pd.DataFrame({init: r.metrics for init, r in runs.items()}).round(4)
+runs = tasks.compare_inits("segmentation", cfg, paths.run_dir, inits, device=device)
+pd.DataFrame({name: r.metrics for name, r in runs.items()}).round(4)
 
 # %% [markdown]
-# The training loss of both runs. The dashed line is the loss of the best *constant* prediction: the fraction
-# of sounding pixels, predicted everywhere. A model that stays on that line has learned *how much* of the
-# image sounds but not *where*.
+# The learning curves of every run. Left: the training loss, with the loss of the best *constant*
+# prediction dashed (the fraction of sounding pixels, predicted everywhere). A model that stays on that line
+# has learned *how much* of the image sounds but not *where*. Right: the AVSBench mIoU at each evaluation
+# of the run (`segmentation.train.eval_every` epochs apart; the small profiles evaluate once, at the end).
+# Its trivial value is the better of two trivial masks: an empty mask scores an IoU of 0, and a mask
+# marking every pixel scores the fraction of sounding pixels (dashed).
 
 # %%
 fg = next(iter(make_loaders(cfg, "segmentation")[1]))["seg_mask"].mean()        # fraction of sounding pixels
-fig = viz.plot_history({init: r.history for init, r in runs.items()}, keys=["loss"],
-                       title="segmentation: per-pixel BCE while training",
-                       references={"constant prediction": F.binary_cross_entropy(fg, fg).item()})
-nb.save_fig(fig, paths.out_dir, "training_loss")
+trivial = fg.item()                                  # the IoU of a mask marking every pixel
+fig = viz.plot_history({name: r.history for name, r in runs.items()}, keys=["loss", "avsbench_miou"],
+                       title="segmentation: learning curves",
+                       references={"loss": {"constant prediction": F.binary_cross_entropy(fg, fg).item()},
+                                   "avsbench_miou": {"every pixel foreground": trivial}})
+nb.save_fig(fig, paths.out_dir, "learning_curves")
 fig
 
 # %% [markdown]
@@ -165,56 +192,109 @@ davf = metrics.davf_segmentation(predicted_empty, empty_gt)
  "davf frames skipped": davf["n_skipped"]}
 
 # %% [markdown]
-# The batch dependence of AVSBench's F, on the first test frames of the pretrained model: the same
+# The batch dependence of AVSBench's F, on the first test frames of the DeepAVFusion model: the same
 # predictions scored as one batch, as batches of 2 frames and as single frames. The DeepAVFusion F is the
 # same whatever the batching.
 
 # %%
-examples = {init: tasks.predict_examples("segmentation", r.model, cfg, n=6, device=device)
-            for init, r in runs.items()}
-p, g = examples["pretrained"]["pred"], examples["pretrained"]["gt"]   # (n, H, W) probabilities, masks
+shown = [n for n in (["deepavfusion", *methods] if methods else ["scratch", "unimodal", "deepavfusion"]) if n in runs]
+examples = {name: tasks.predict_examples("segmentation", runs[name].model, cfg, n=num_examples, device=device)
+            for name in shown}
+p, g = examples["deepavfusion"]["pred"], examples["deepavfusion"]["gt"]   # (n, H, W) probabilities, masks
 batching = {f"avsbench_f, {k or len(p)} frame(s) per batch":
             metrics.avsbench_fscore(p, g, batch_frames=k, from_logits=False) for k in (None, 2, 1)}
 batching["davf_f (best threshold per frame)"] = metrics.davf_segmentation(p, g, from_logits=False)["davf_f"]
 batching
 
 # %%
-bars = {label: {init: r.metrics[key] for init, r in runs.items()}
+# %% [markdown]
+# Every initialization on every metric. Before reading a gap, check that the task left its trivial
+# baseline: an AVSBench mIoU above the IoU of a mask that marks every pixel (the learning curves of section
+# 2). If no initialization leaves it, the profile's training budget was too short for this task, whatever
+# the initialization, and the bars compare the metrics' quirks, not the features. The sentences below the
+# chart read this run's numbers and say which case this is. The gap to read first is DeepAVFusion −
+# unimodal, the paper's claim.
+
+# %%
+bars = {label: {name: r.metrics[key] for name, r in runs.items()}
         for key, label in [("avsbench_miou", "AVSBench mIoU"), ("avsbench_f", "AVSBench F"),
                            ("davf_miou", "DeepAVFusion mIoU (bg+fg)"),
                            ("davf_miou_nobg", "DeepAVFusion mIoU (fg)"), ("davf_f", "DeepAVFusion F")]}
-fig = viz.compare_bars(bars, ylabel="score", title="segmentation: pretrained vs scratch")
-nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
+fig = viz.compare_bars(bars, ylabel="score", title="segmentation from each initialization",
+                       references={"AVSBench mIoU": {"every pixel foreground": trivial}})
+nb.save_fig(fig, paths.out_dir, "initializations")
 fig
+
+# %%
+res = {name: r.metrics for name, r in runs.items()}
+
+
+def listing(values, fmt):
+    return ", ".join(f"{viz.method_name(k)} {values[k]:{fmt}}" for k in ordered_inits([values]))
+
+
+def gap(key, a, b):
+    return f"{res[a][key] - res[b][key]:+.3f}" if a in res and b in res else "not measured"
+
+
+left = [name for name in runs if res[name]["avsbench_miou"] > trivial]
+nb.narrate("""In this run (`{profile}`) the AVSBench mIoU is {mious}, against {trivial:.3f} for a mask marking
+           every pixel. DeepAVFusion − unimodal (the paper's claim): {du}; DeepAVFusion − scratch: {ds}.
+           {verdict}""", profile=profile, mious=listing({k: v["avsbench_miou"] for k, v in res.items()}, ".3f"),
+           trivial=trivial, du=gap("avsbench_miou", "deepavfusion", "unimodal"),
+           ds=gap("avsbench_miou", "deepavfusion", "scratch"),
+           verdict=(f"Above that trivial mask: {', '.join(map(viz.method_name, left))}, so these runs learned which "
+                    "pixels sound, and their gaps can be read." if left else
+                    "**No initialization left the trivial baseline**: at this budget segmentation is not learned from "
+                    "any of them, and this comparison says nothing about pre-training yet. The learning curves of "
+                    "section 2 show it. How long each initialization needs is measured on the validation split by "
+                    f"`python -m avlib.budgets` (curves in `reports/{profile}/budgets/`), and "
+                    "[docs/pretraining.md](../docs/pretraining.md#downstream-budgets-chosen-on-validation) explains "
+                    "how the budgets were chosen."))
+
+# %% [markdown]
+# The validation curves of `python -m avlib.budgets`, where they have been measured for this profile: the
+# same protocol from each initialization, scored on the validation scenes after every epoch of a longer run,
+# with the minutes of training on the top axis.
+
+# %%
+budget_file = REPORTS / profile / "budgets" / "curves.json"
+curves = json.loads(budget_file.read_text())["curves"] if budget_file.exists() else {}
+if "segmentation" in curves:
+    fig = budgets.plot_curves({"segmentation": curves["segmentation"]})
+    plt.close(fig)                                   # shown once, below
+    display(fig)
+else:
+    print(f"no validation curves for segmentation yet: python -m avlib.budgets --profile {profile} "
+          f"--tasks segmentation writes them to {budget_file.parent}")
 
 # %% [markdown]
 # ## 4. Qualitative comparison (supplement Figure 2)
 #
-# Supplement Figure 2 compares DeepAVFusion's masks with SLAVC and Mix-and-Localize. Here the comparison is
-# the same encoder with and without pre-training. The masks are thresholded at 0.5, the operating point of
-# mIoU, and drawn in red; the green outline is the ground truth, the speaking digit's pixels (the same
-# outline as in every figure of notebooks 00-05). A good mask fills the outline and leaves the three silent
-# digits alone. At the `cpu` profile neither run predicts any pixel above 0.5, although the
-# probability maps highlight the strokes of all four digits. Without the audio-visual match the model
-# cannot tell which digit speaks, so a stroke pixel's best estimate is 1/4 < 0.5.
+# Supplement Figure 2 compares DeepAVFusion's masks with SLAVC's and Mix-and-Localize's. Here the rows are
+# the first `num_examples` test scenes, always the same ones, and the columns are the image, the ground
+# truth, then one mask per model: the three initializations, or, when `methods` names comparison methods,
+# DeepAVFusion and each method, as the supplement draws them. Every mask comes from the same protocol (the
+# segmenter trained in section 2 on that model's encoder). The masks are thresholded at 0.5, the operating
+# point of mIoU, and drawn in red; the green outline is the ground truth, the speaking digit's pixels (the
+# same outline as in every figure of notebooks 00-05). A good mask fills the outline and leaves the three
+# silent digits alone. A model without the audio-visual match cannot tell which digit speaks: its best
+# estimate for a stroke pixel is then about one in four, below 0.5, so it marks nothing, although its
+# probability map may highlight the strokes of all four digits.
 
 # %%
-labels = examples["pretrained"].get("label")     # the sounding digit (AV-Digits; benchmarks have none)
+first = examples[shown[0]]                       # the same scenes in every column
+labels = first.get("label")                      # the sounding digit (AV-Digits; benchmarks have none)
 titles = None if labels is None else [f"digit {int(d)} speaks" for d in labels]
-fig = viz.segmentation_figure(examples["pretrained"]["image"],
-                              {"scratch": examples["scratch"]["pred"],
-                               "DeepAVFusion (pretrained)": examples["pretrained"]["pred"]},
-                              g, titles=titles)
+fig = viz.segmentation_figure(first["image"], {viz.method_name(n): examples[n]["pred"] for n in shown},
+                              first["gt"], titles=titles)
 nb.save_fig(fig, paths.out_dir, "figure2_segmentation")
 fig
 
 # %%
-above = {init: (ex["pred"] > 0.5).float().mean().item() for init, ex in examples.items()}
-nb.narrate("""In this run (`{profile}`) {ap:.1%} of the pretrained model's pixels and {as_:.1%} of the scratch
-           model's are above 0.5 on these scenes (the sounding digit covers {fg:.1%}); AVSBench mIoU
-           {mp:.3f} vs {ms:.3f}.""", profile=profile, ap=above["pretrained"], as_=above["scratch"],
-           fg=g.float().mean().item(), mp=runs["pretrained"].metrics["avsbench_miou"],
-           ms=runs["scratch"].metrics["avsbench_miou"])
+above = {name: (ex["pred"] > 0.5).float().mean().item() for name, ex in examples.items()}
+nb.narrate("""In this run (`{profile}`) the share of pixels above 0.5 on these scenes is {above} (the sounding
+           digit covers {fg:.1%}).""", profile=profile, above=listing(above, ".1%"), fg=g.float().mean().item())
 
 # %% [markdown]
 # ### Explore
@@ -225,20 +305,22 @@ nb.narrate("""In this run (`{profile}`) {ap:.1%} of the pretrained model's pixel
 # gallery of the same views (the first samples of each method at threshold 0.5).
 
 # %%
-preds = {"DeepAVFusion (pretrained)": examples["pretrained"]["pred"], "scratch": examples["scratch"]["pred"]}
+preds = {viz.method_name(n): examples[n]["pred"] for n in shown}
 # the runner passes explorers=False: a static gallery of the same views
-widgets.overlay_explorer(examples["pretrained"]["image"], preds, g, static=not explorers)
+widgets.overlay_explorer(first["image"], preds, first["gt"], static=not explorers)
 
 # %% [markdown]
 # ## 5. Results
 #
-# Every metric of both initializations under `segmentation/<init>/<metric>`. The runner's
-# pretrained-vs-scratch table is built from these keys.
+# Every metric of every initialization under `segmentation/<initialization>/<metric>` (`scratch`,
+# `unimodal`, `deepavfusion`, and each comparison method). The runner and notebook 08 build their tables
+# from these keys. Segmentation has no zero-shot read-out: no comparison method predicts pixel masks.
 
 # %%
-results = {"segmentation": {init: r.metrics for init, r in runs.items()},
-           "seconds": {f"segmentation_{init}": r.seconds for init, r in runs.items()}}
-nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
+results = {"segmentation": {name: r.metrics for name, r in runs.items()},
+           "seconds": {f"segmentation_{name}": r.seconds for name, r in runs.items()}}
+nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(inits["deepavfusion"][1]),
+          unimodal_ckpt=str(inits["unimodal"][1]) if "unimodal" in inits else "")
 
 # %% [markdown]
 # ## Summary
@@ -261,13 +343,13 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 # 2. Add silent scenes (`{"data.p_offscreen": 0.3}`) so that empty-GT frames exist. How far do
 #    `avsbench_miou` and `davf_miou_nobg` drift apart, and why?
 # 3. Score the full test set with `metrics.avsbench_fscore(..., batch_frames=k)` for k = 1, 5, 20 (AVSBench
-#    `test.sh` uses 20). How big is the spread compared with the pretrained-vs-scratch gap?
+#    `test.sh` uses 20). How big is the spread compared with the gaps between initializations?
 # 4. Freeze the encoder (`{"segmentation.train.freeze_encoder": True}`): a "linear probe" for segmentation.
 # 5. Train longer, or with a 10× larger lr than the supplement's $10^{-4}$ that the small profiles keep
 #    (`{"segmentation.train.epochs": 10}`, `{"segmentation.train.lr": 1e-3}`, each in a new `run_dir`).
-#    Which of the two changes moves the pretrained run off the constant-prediction line, and does the
-#    scratch run follow? (Ours: lr 1e-3 alone for 3 epochs barely moves mIoU off 0; lr 1e-3 for 10 epochs,
-#    2 min per init, leaves the line from both inits, with the pretrained run's mIoU a little ahead.)
+#    Which of the two changes moves a run off the constant-prediction line first, and from which
+#    initialization? `python -m avlib.budgets --profile cpu --tasks segmentation` draws the same curves on
+#    the validation split.
 #
 # ## References
 #

@@ -29,14 +29,23 @@
 # 3. What the binary target "bins where the target is the most dominant component" means, and why the kit's
 #    rule differs from the official code's.
 # 4. How masks become waveforms (iSTFT with the mixture's phase), and what SDR, SIR, SAR and SDRi measure.
-# 5. Pretrained vs scratch, in numbers, spectrograms (Figure 3) and sound.
+# 5. What each stage of pre-training buys, at the same budget: a random encoder (`scratch`), the unimodal
+#    MAEs (`unimodal`: the ViTs that DeepAVFusion's audio-visual stage starts from, with a fresh fusion
+#    stream) and DeepAVFusion (`deepavfusion`). The paper's claim is the gap **DeepAVFusion − unimodal**:
+#    what audio-visual early fusion adds to its unimodal starting point. In numbers, spectrograms
+#    (Figure 3) and sound, with the supplement's comparison methods when `methods` names them.
 #
-# **Expected runtime** (2-core laptop CPU): `smoke` about 1 min · `cpu` about 2.5 min (two trainings of
-# 1 epoch on 3,000 mixtures; BSS-Eval of the first 64 test mixtures, about 0.4 s per mixture, is a large
-# part of it) · `paper` needs GPUs and VGGSound-Music.
+# **Expected runtime** (2-core laptop CPU): one separation training per initialization (three, plus one per
+# comparison method in `methods`, with its zero-shot read-out where it has one). BSS-Eval of the scored test
+# mixtures (`separation.eval_mixtures`) is a large part of each run. `smoke` takes seconds per run; the
+# runner's `summary.md` lists the wall time of every notebook at every profile. `paper` needs GPUs and
+# VGGSound-Music.
 #
-# **Inputs:** `pretrain_ckpt`, the checkpoint written by `02_pretraining` (or an official DeepAVFusion
-# checkpoint of the same size). Leave it empty to pre-train here first; the result is cached in `run_dir`.
+# **Inputs:** `pretrain_ckpt` and `unimodal_ckpt`, the checkpoints handed over by `02_pretraining` (at
+# profiles with a model zoo, the zoo's `deepavfusion` and `unimodal` entries). Left empty, the zoo's entries
+# are used, or at a profile without a zoo (`paper`) DeepAVFusion is pre-trained here first (cached in
+# `run_dir`) and the unimodal row is left out unless `unimodal_ckpt` is given. `methods` adds comparison
+# methods from the zoo (docs/baselines.md).
 
 # %%
 from avlib import nb
@@ -47,7 +56,9 @@ seed: int = 0  # seeds python, numpy and torch (also the config seed)
 device: str = "auto"  # auto | cpu | cuda | mps
 out_dir: str = ""  # metrics.json and figures; empty means reports/<profile>/06_separation/
 run_dir: str = ""  # checkpoints and histories; empty means runs/<profile>/06_separation/
-pretrain_ckpt: str = ""  # avmae.pt from 02 (ours or an official one); empty means pre-train here first
+pretrain_ckpt: str = ""  # DeepAVFusion checkpoint from 02 (or an official one); empty: the zoo's, or pre-train here
+unimodal_ckpt: str = ""  # the unimodal MAEs' checkpoint from 02; empty: the zoo's (no unimodal row without a zoo)
+methods: list = []  # comparison methods (zoo entries), e.g. ["sound_of_pixels", "ccol"]; the main job runs none
 recipe: str = "supplement"  # supplement (seed supplement A.3) | official (ratio masks, weighted loss, AdamW)
 explorers: bool = True  # show the ipywidgets explorers (papermill may hang on them, so the runner passes False)
 overrides: dict = {}  # config overrides, e.g. {"separation.mask_rule": "official"}
@@ -55,15 +66,21 @@ num_examples: int = 4  # test mixtures kept for the figure, the explorer and the
 example: int = 0  # which of those mixtures the figure and the players show
 
 # %%
+import json
+
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from avlib import heads, tasks, viz, widgets
+from avlib import baselines, budgets, heads, tasks, viz, widgets, zoo
 from avlib.audio import LOG_EPS
 from avlib.config import make_config
 from avlib.data import make_loaders
+from avlib.objectives import OBJECTIVES
+from avlib.paths import REPORTS
+from avlib.reproduce import ordered_inits
 
 device = nb.setup(seed, device)
 cfg = make_config(profile, recipe=recipe, overrides=nb.parse_overrides(overrides), seed=seed)
@@ -72,13 +89,19 @@ sr, hop = cfg.data.sample_rate, cfg.data.hop_length
 cfg.separation
 
 # %% [markdown]
-# The checkpoint comes from 02. When you run this notebook on its own with `pretrain_ckpt` empty, it is
-# pre-trained here with the same profile; `tasks.pretrain` resumes from `run_dir/pretrain`, so this is
-# paid only once.
+# The initializations, as `tasks.compare_inits` runs them (`{name: (init, checkpoint, config overrides)}`,
+# from `zoo.compared_inits`): `scratch` is a random encoder; `unimodal` loads only the two modality ViTs of
+# the unimodal checkpoint (`init="warm_start"`, a fresh fusion stream, exactly as the audio-visual stage
+# starts); `deepavfusion` loads the whole encoder; a comparison method loads its whole two-stream encoder
+# (late fusion, its config overrides). Checkpoints from 02 are used as given; the zoo's files are verified
+# against their sha256, and an entry missing from the zoo is pre-trained here (seconds at `smoke`).
 
 # %%
-ckpt = pretrain_ckpt or tasks.pretrain(cfg, paths.run_dir / "pretrain", device=device).checkpoint
-ckpt
+inits = zoo.compared_inits(profile, pretrain_ckpt=pretrain_ckpt, unimodal_ckpt=unimodal_ckpt,
+                           names=("scratch", "unimodal", "deepavfusion", *methods), run_dir=paths.run_dir,
+                           cfg=cfg, device=device)
+pd.DataFrame([{"initialization": name, "init": init, "checkpoint": str(ckpt or "–"), "config overrides": arch or ""}
+              for name, (init, ckpt, arch) in inits.items()]).set_index("initialization")
 
 # %% [markdown]
 # ## 1. Mix and separate
@@ -132,30 +155,33 @@ pd.DataFrame({name: {"marked": m.bool()[active].float().mean().item(),          
 # separated source inherits the mixture's. This is one reason why separation quality saturates even with
 # a perfect magnitude mask.
 #
-# ## 3. Training, pretrained vs scratch
+# ## 3. Training from three initializations
 #
-# `tasks.compare_inits` trains the encoder and the U-Net twice, from the pre-trained checkpoint and from a
-# random encoder. Finished runs are cached in `run_dir/<init>/`; delete that folder after you change
-# `pretrain_ckpt`.
+# `tasks.compare_inits` trains the encoder and the U-Net once per initialization, with the same recipe and
+# budget. Finished runs are cached in `run_dir/<initialization>/`; delete that folder after you change a
+# checkpoint.
 
 # %%
-runs = tasks.compare_inits("separation", cfg, paths.run_dir, checkpoint=ckpt, device=device)
-pd.DataFrame({init: r.metrics for init, r in runs.items()}).round(3)
+runs = tasks.compare_inits("separation", cfg, paths.run_dir, inits, device=device)
+pd.DataFrame({name: r.metrics for name, r in runs.items()}).round(3)
 
 # %% [markdown]
-# The training loss of both runs. The dashed line is the loss of a *trivial* mask that only knows whether the
-# mixture is silent: one value on the silent bins and one on all the others, each the mean target there
-# (measured on section 1's mixtures, unweighted). A model near that line has learned where the silence is,
-# not which source is which, and its SDRi will stay near 0 dB.
+# The learning curves of every run. Left: the training loss, with the loss of a *trivial* mask dashed: a
+# mask that only knows whether the mixture is silent, one value on the silent bins and one on all the
+# others, each the mean target there (measured on section 1's mixtures, unweighted). A model near that line
+# has learned where the silence is, not which source is which, and its SDRi will stay near 0 dB. Right: the
+# SDRi at each evaluation of the run (`separation.train.eval_every` epochs apart; the small profiles
+# evaluate once, at the end), with the unprocessed mixture's 0 dB dashed.
 
 # %%
 targets = heads.separation_targets(batch["source_audio"], batch["mix_audio"][:, None],
                                    binary=cfg.separation.binary_mask, rule=cfg.separation.mask_rule)
-trivial = torch.where(active, targets[active].mean(), targets[~active].mean())   # silent / not silent
-fig = viz.plot_history({init: r.history for init, r in runs.items()}, keys=["loss"],
-                       title="separation: mask BCE while training",
-                       references={"trivial mask": F.binary_cross_entropy(trivial, targets).item()})
-nb.save_fig(fig, paths.out_dir, "training_loss")
+trivial_mask = torch.where(active, targets[active].mean(), targets[~active].mean())   # silent / not silent
+fig = viz.plot_history({name: r.history for name, r in runs.items()}, keys=["loss", "sdri"],
+                       title="separation: learning curves",
+                       references={"loss": {"trivial mask": F.binary_cross_entropy(trivial_mask, targets).item()},
+                                   "sdri": {"mixture": 0.0}})
+nb.save_fig(fig, paths.out_dir, "learning_curves")
 fig
 
 # %% [markdown]
@@ -178,46 +204,124 @@ fig
 # mixture used as the estimate (`sdr_mix`). It is the improvement the model brings and is easier to compare
 # across datasets than SDR. For two equally loud sources, `sdr_mix` is about 0 dB. One pattern to recognize:
 # SDRi near 0 dB with a very high SAR and SIR equal to `sdr_mix` means the mask is close to all ones. The
-# "separated" source is then the mixture itself, so the model has not started separating. At the `cpu`
-# profile (1 epoch) both inits show this pattern (this run's numbers are below the chart).
+# "separated" source is then the mixture itself, so the model has not started separating. The sentences
+# below the chart say whether this run shows the pattern.
 #
 # The dashed lines mark the unprocessed mixture: its SDR (`sdr_mix`) in the SDR panel, and 0 dB in the
 # SDRi panel, where the axis is symmetric about 0 and spans at least ±1 dB, so that a few hundredths
 # of a dB are not drawn as a big difference.
 
 # %%
-bars = {label: {init: r.metrics[key] for init, r in runs.items()}
+bars = {label: {name: r.metrics[key] for name, r in runs.items()}
         for key, label in [("sdr", "SDR (dB)"), ("sir", "SIR (dB)"), ("sar", "SAR (dB)"),
                            ("sdri", "SDRi (dB)")]}
-sdr_mix = runs["pretrained"].metrics["sdr_mix"]              # the same test mixtures for both inits
-fig = viz.compare_bars(bars, ylabel="dB", title="separation: pretrained vs scratch",
+sdr_mix = runs["deepavfusion"].metrics["sdr_mix"]            # the same test mixtures for every init
+fig = viz.compare_bars(bars, ylabel="dB", title="separation from each initialization",
                        references={"SDR (dB)": {"mixture": sdr_mix}, "SDRi (dB)": {"mixture": 0.0}})
-nb.save_fig(fig, paths.out_dir, "pretrained_vs_scratch")
+nb.save_fig(fig, paths.out_dir, "initializations")
 fig
 
+# %% [markdown]
+# Before reading a gap, check that the task left its trivial baseline, the unprocessed mixture (SDRi 0 dB).
+# The kit reads an SDRi of at least `min_sdri` (below) as having left it. If no initialization does, the
+# profile's training budget was too short for this task, whatever the initialization, and the bars compare
+# noise around the mixture. The sentences below read this run's numbers and say which case this is. The gap
+# to read first is DeepAVFusion − unimodal, the paper's claim.
+
 # %%
-res = {init: r.metrics for init, r in runs.items()}
-nb.narrate("""In this run (`{profile}`) SDRi is {ip:+.2f} dB (pretrained) and {is_:+.2f} dB (scratch); SAR
-           {ap:.1f} vs {as_:.1f} dB; SIR {sp:.2f} vs {ss:.2f} dB, next to the mixture's SDR of {mix:.2f} dB.""",
-           profile=profile, ip=res["pretrained"]["sdri"], is_=res["scratch"]["sdri"], ap=res["pretrained"]["sar"],
-           as_=res["scratch"]["sar"], sp=res["pretrained"]["sir"], ss=res["scratch"]["sir"], mix=sdr_mix)
+res = {name: r.metrics for name, r in runs.items()}
+min_sdri = 1.0          # dB: the kit's reading of "separates" (the least span of an SDRi axis, viz.SYMMETRIC_METRICS)
+
+
+def listing(values, fmt):
+    return ", ".join(f"{viz.method_name(k)} {values[k]:{fmt}}" for k in ordered_inits([values]))
+
+
+def gap(key, a, b):
+    return f"{res[a][key] - res[b][key]:+.2f} dB" if a in res and b in res else "not measured"
+
+
+left = [name for name in runs if res[name]["sdri"] >= min_sdri]
+nb.narrate("""In this run (`{profile}`) SDRi is {sdri}; SAR {sar}; SIR {sir}, next to the mixture's SDR of
+           {mix:.2f} dB. DeepAVFusion − unimodal (the paper's claim): {du} SDR; DeepAVFusion − scratch: {ds}.
+           {verdict}""", profile=profile, sdri=listing({k: v["sdri"] for k, v in res.items()}, "+.2f"),
+           sar=listing({k: v["sar"] for k, v in res.items()}, ".1f"),
+           sir=listing({k: v["sir"] for k, v in res.items()}, ".2f"), mix=sdr_mix,
+           du=gap("sdr", "deepavfusion", "unimodal"), ds=gap("sdr", "deepavfusion", "scratch"),
+           verdict=(nb.narrate("An SDRi of at least {m:.1f} dB: {names}, so these runs separate, and their gaps "
+                               "can be read.", m=min_sdri, names=", ".join(map(viz.method_name, left))) if left else
+                    nb.narrate("**No initialization left the trivial baseline** (an SDRi of at least {m:.1f} dB): "
+                               "at this budget no separator improves on the unprocessed mixture, "
+                               "from any initialization, and this comparison says nothing about pre-training yet. The "
+                               "learning curves of section 3 show it. How long each initialization needs is "
+                               "measured on the validation split by `python -m avlib.budgets` (curves in "
+                               "`reports/{profile}/budgets/`), and [docs/pretraining.md](../docs/pretraining.md"
+                               "#downstream-budgets-chosen-on-validation) explains how the budgets were chosen.",
+                               m=min_sdri, profile=profile)))
+
+# %% [markdown]
+# The validation curves of `python -m avlib.budgets`, where they have been measured for this profile: the
+# same protocol from each initialization, scored on the validation mixtures after every epoch of a longer
+# run, with the minutes of training on the top axis.
+
+# %%
+budget_file = REPORTS / profile / "budgets" / "curves.json"
+curves = json.loads(budget_file.read_text())["curves"] if budget_file.exists() else {}
+if "separation" in curves:
+    fig = budgets.plot_curves({"separation": curves["separation"]})
+    plt.close(fig)                                   # shown once, below
+    display(fig)
+else:
+    print(f"no validation curves for separation yet: python -m avlib.budgets --profile {profile} "
+          f"--tasks separation writes them to {budget_file.parent}")
+
+# %% [markdown]
+# ### The comparison methods' own masks (zero-shot)
+#
+# Sound-of-Pixels, CCoL and OneAVM-style were pre-trained to separate: each predicts a mask for the mixture
+# given an image before any separation training, its zero-shot read-out (docs/baselines.md). One rule for
+# every method: the method's own test-time inference with the trained weights (thresholded where its test
+# thresholds), on the kit's inputs, with nothing added. `baselines.zero_shot_separation` scores the masks
+# through the downstream protocol's own path (mel mask, linear-frequency mask on the mixture's STFT, iSTFT,
+# BSS-eval) on the same test mixtures. A silent estimate makes the evaluator skip the pair, so `n_skipped`
+# goes with every number. This runs only when `methods` names comparison methods.
+
+# %%
+zero_shot = {}
+for name in [m for m in methods if OBJECTIVES[m].separation_mask is not None]:
+    objective, model, _ = baselines.load_objective_model(inits[name][1], device=device)
+    zero_shot[name] = baselines.zero_shot_separation(objective, model, cfg, device=device)
+if zero_shot:
+    display(pd.DataFrame({f"{viz.method_name(n)}, {when}": m for n in zero_shot
+                          for when, m in (("zero-shot", zero_shot[n]), ("trained", res[n]))}).T.round(3))
+    scored = {n: (f"{viz.method_name(n)} {m['sdri']:+.2f} dB ({m['n_skipped']:.0f} of "
+                  f"{m['n_kept'] + m['n_skipped']:.0f} mixtures skipped)" if m["n_kept"] else
+                  f"{viz.method_name(n)} not scored (every estimate silent)") for n, m in zero_shot.items()}
+    display(nb.narrate("Zero-shot SDRi: {zs}. After separation training: {trained} (DeepAVFusion {d:+.2f} dB).",
+                       zs="; ".join(scored.values()), trained=listing({n: res[n]["sdri"] for n in zero_shot}, "+.2f"),
+                       d=res["deepavfusion"]["sdri"]))
+else:
+    print("no comparison method with a separation read-out in `methods`: nothing to score zero-shot")
 
 # %% [markdown]
 # ## 5. Separated spectrograms (supplement Figure 3)
 #
 # Figure 3 of the supplement compares the spectrograms separated by Sound-of-Pixels, CCoL, OneAVM and
-# DeepAVFusion with the ground truth. Here: one test mixture, its two ground-truth sources, and what each
-# encoder's separator recovers for each source (log-mel of the re-synthesized waveform, one colour scale).
-# At the `cpu` profile both separators return roughly the mixture, at about half its amplitude, for both
-# sources: the mask stays near one half wherever the mixture has energy, so the two estimates look alike.
+# DeepAVFusion with the ground truth. Here: test mixture `example` of the first `num_examples` (always the
+# same ones), its two ground-truth sources, and what each model's separator recovers for each source
+# (log-mel of the re-synthesized waveform, one colour scale). The columns are the three initializations, or,
+# when `methods` names comparison methods, DeepAVFusion and each method, as the supplement draws them; every
+# separator comes from the same protocol (section 3, on that model's encoder). A separator that has not
+# left the trivial baseline returns roughly the mixture for both sources (a mask near one half wherever the
+# mixture has energy), so its two estimates look alike. Section 6 plays every spectrogram of the figure.
 
 # %%
-examples = {init: tasks.predict_examples("separation", r.model, cfg, n=num_examples, device=device)
-            for init, r in runs.items()}
-ex = examples["pretrained"]
+shown = [n for n in (["deepavfusion", *methods] if methods else ["scratch", "unimodal", "deepavfusion"]) if n in runs]
+examples = {name: tasks.predict_examples("separation", runs[name].model, cfg, n=num_examples, device=device)
+            for name in shown}
+ex = examples["deepavfusion"]                    # the same mixtures in every column
 fig = viz.separation_figure(ex["mix_audio"][example], ex["gt_audio"][example],
-                            {"scratch": examples["scratch"]["pred_audio"][example],
-                             "DeepAVFusion (pretrained)": ex["pred_audio"][example]},
+                            {viz.method_name(n): examples[n]["pred_audio"][example] for n in shown},
                             sample_rate=sr, hop_length=hop)
 nb.save_fig(fig, paths.out_dir, "figure3_separation")
 fig
@@ -225,26 +329,22 @@ fig
 # %% [markdown]
 # ## 6. Listen
 #
-# The waveforms of the same mixture: each source's ground truth (blue) with the pre-trained model's
-# separation (orange) on top. Below them are players for the mixture, each ground truth and each
-# separation, and then the scratch model's separations for comparison. At the `cpu` profile each orange
-# trace is roughly the mixture at half amplitude, for both sources. The players normalize loudness, so a
-# half-amplitude estimate sounds like the mixture itself.
+# The waveforms of the same mixture: each source's ground truth (blue) with DeepAVFusion's separation
+# (orange) on top. Below them is one player for every spectrogram of Figure 3: the mixture, each source's
+# ground truth, and each model's separation of each source. All players share one loudness scale, the
+# mixture's peak, so a half-amplitude estimate sounds half as loud as the mixture.
 
 # %%
-fig, players = widgets.render_separation(ex["mix_waveform"], ex["pred_waveforms"], ex["gt_waveforms"], sr,
-                                         index=example)
+fig, _ = widgets.render_separation(ex["mix_waveform"], ex["pred_waveforms"], ex["gt_waveforms"], sr, index=example)
 nb.save_fig(fig, paths.out_dir, "waveforms")
 fig
 
 # %%
-for label, player in players.items():
-    print(f"{label} (pretrained model)" if "separated" in label else label)
-    display(player)
-scratch = widgets.audio_players({f"source {k + 1}: separated (scratch model)": w
-                                 for k, w in enumerate(examples["scratch"]["pred_waveforms"][example])},
-                                sr, reference=ex["mix_waveform"][example])
-for label, player in scratch.items():
+clips = {"mixture": ex["mix_waveform"][example]}
+for k, wave in enumerate(ex["gt_waveforms"][example]):
+    clips[f"source {k + 1}: ground truth"] = wave
+    clips.update({f"source {k + 1}: {viz.method_name(n)}": examples[n]["pred_waveforms"][example][k] for n in shown})
+for label, player in widgets.audio_players(clips, sr, reference=ex["mix_waveform"][example]).items():
     print(label)
     display(player)
 
@@ -253,8 +353,7 @@ for label, player in scratch.items():
 #
 # The same view with a slider over the kept test mixtures (JupyterLab with ipywidgets; batch runs pass
 # `explorers=False`, because papermill can hang on widget output, and executed copies show a static gallery
-# of the first examples instead). To hear the scratch model instead, pass
-# `examples["scratch"]["pred_waveforms"]`.
+# of the first examples instead). To hear another model, pass its `examples[name]["pred_waveforms"]`.
 
 # %%
 # the runner passes explorers=False: a static gallery of the same views
@@ -263,14 +362,17 @@ widgets.separation_explorer(ex["mix_waveform"], ex["pred_waveforms"], ex["gt_wav
 # %% [markdown]
 # ## 7. Results
 #
-# Every metric of both initializations under `separation/<init>/<metric>` (`sdr`, `sir`, `sar`, `sdr_mix`,
-# `sdri`, and the counts `n_kept` / `n_skipped`). The runner's pretrained-vs-scratch table is built from
-# these keys.
+# Every metric of every initialization under `separation/<initialization>/<metric>` (`sdr`, `sir`, `sar`,
+# `sdr_mix`, `sdri`, and the counts `n_kept` / `n_skipped`) for `scratch`, `unimodal`, `deepavfusion` and
+# each comparison method; the comparison methods' zero-shot scores under `separation_zero_shot/<method>/*`
+# (only with `methods`). The runner and notebook 08 build their tables from these keys.
 
 # %%
-results = {"separation": {init: r.metrics for init, r in runs.items()},
-           "seconds": {f"separation_{init}": r.seconds for init, r in runs.items()}}
-nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
+results = {"separation": {name: r.metrics for name, r in runs.items()},
+           "separation_zero_shot": zero_shot,
+           "seconds": {f"separation_{name}": r.seconds for name, r in runs.items()}}
+nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(inits["deepavfusion"][1]),
+          unimodal_ckpt=str(inits["unimodal"][1]) if "unimodal" in inits else "")
 
 # %% [markdown]
 # ## Summary
@@ -283,8 +385,10 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 #   binary rule `S_src > S_mix` marks only the bins where the sources cancel, and the README trains soft
 #   ratio masks anyway.
 # - Report SDRi next to SDR: it removes how hard the mixture was to begin with. Before comparing
-#   initializations, check that training went below the trivial-mask loss. At a short budget both runs can
-#   learn only where the silence is, and then SDRi stays near 0 dB for both.
+#   initializations, check that training went below the trivial-mask loss. At a short budget every run can
+#   learn only where the silence is, and then SDRi stays near 0 dB for all of them.
+# - The gap to read is DeepAVFusion − unimodal: what audio-visual pre-training adds to its unimodal start
+#   (the paper's claim). Report it as measured, whichever way it goes.
 #
 # ## Exercises
 #
@@ -297,8 +401,8 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(ckpt))
 # 4. Freeze the encoder (`{"separation.train.freeze_encoder": True}`). How much of the separation comes
 #    from the pre-trained features alone?
 # 5. Train longer (`{"separation.train.epochs": 10}`, a new `run_dir`). When does the loss leave the
-#    trivial-mask line, and does SDRi follow? (Ours: 3 epochs at lr 1e-3 are not enough, SDRi stays at
-#    0 dB: the masks still pass the mixture through.)
+#    trivial-mask line, and does SDRi follow? `python -m avlib.budgets --profile cpu --tasks separation`
+#    draws the same curves on the validation split.
 #
 # ## References
 #

@@ -36,7 +36,10 @@
 #
 # **Budget parameters.** `ablation_overrides` is merged into the config of every variant to shrink
 # pre-training (the manifest sets one per profile), and `sweeps` picks which sweeps run. `pretrain_ckpt`
-# (from 02) is only used as a reference row: the default model at 02's full budget, probed the same way.
+# (from 02) is only used as a reference row, probed the same way: DeepAVFusion as 02 hands it over. At
+# profiles with a model zoo that is the zoo's `deepavfusion` entry, pre-trained with the kit's staged recipe
+# (unimodal MAEs first, then the audio-visual stage from them, with the paper's mask ratios;
+# docs/pretraining.md), not one of the variants below trained longer.
 # The manifest's `cpu` budget also shortens the probe: 8 epochs on the cached features of 1,024 scenes
 # (about 130 steps) at lr 0.01 (`linprobe.train.lr`), about 3× the profile's probe lr of $3 \cdot 10^{-3}$,
 # which in part makes up for the few steps.
@@ -50,7 +53,7 @@ seed: int = 0  # seeds python, numpy and torch (also the config seed)
 device: str = "auto"  # auto | cpu | cuda | mps
 out_dir: str = ""  # metrics.json and figures; empty means reports/<profile>/07_ablations/
 run_dir: str = ""  # one folder per variant; empty means runs/<profile>/07_ablations/
-pretrain_ckpt: str = ""  # avmae.pt from 02, probed as a full-budget reference row; empty skips it
+pretrain_ckpt: str = ""  # DeepAVFusion from 02 (the zoo's at profiles with a zoo), probed as a reference row; empty skips it
 recipe: str = "supplement"  # supplement | official (the probe's recipe)
 overrides: dict = {}  # config overrides for every variant, applied after ablation_overrides
 ablation_overrides: dict = {}  # budget for every variant, e.g. {"pretrain.epochs": 2, "data.train_size": 512}
@@ -127,7 +130,9 @@ variants = {name: v for s in sweeps for name, v in SWEEPS[s].items()}      # the
 # image and 3 audio tokens visible. There the encoder drifted to low-level reconstruction (its pooled
 # audio features ended *worse* than a random encoder's in the 1-NN probe) and fine-tuning from it lost to
 # scratch, so the small profiles pre-train at 0.5 / 0.5 (`avlib.config._small`). This sweep
-# puts the paper's ratios back.
+# puts the paper's ratios back. (The zoo's staged recipe, the reference row, uses the paper's ratios,
+# starting from the unimodal MAEs with per-channel image targets and inpainting masks;
+# [docs/pretraining.md](../docs/pretraining.md) shows how that recipe was chosen on the validation split.)
 #
 # ## 2. Run the sweeps
 
@@ -137,8 +142,8 @@ rows = rows.set_index("variant")
 rows.T.round(2)
 
 # %% [markdown]
-# The reference: 02's checkpoint (the default model at the profile's full pre-training budget), judged by
-# the same probe.
+# The reference: DeepAVFusion from 02 (at profiles with a zoo, the zoo's `deepavfusion`: the staged recipe,
+# its own mask ratios and budget), judged by the same probe.
 
 # %%
 reference = {}
@@ -151,12 +156,13 @@ reference
 # ## 3. Results per sweep
 #
 # Top row: the probe's main metric for each variant, with chance for a classification probe. The other
-# line is the 02 checkpoint (when given), the same default architecture pre-trained with the profile's
-# full budget and judged by the same probe. The gap between the default bar and that line is what the
-# extra pre-training buys, and it can be small or negative: in notebook 02 the fusion 1-NN probe peaked
-# early and fell back. The probe here is short (about 130 steps) and not converged, so the same 02
-# checkpoint scores lower here than with notebook 03's converged probe (30 epochs on 3,000 scenes).
-# Compare the bars with each other and with that line, not with notebook 03's numbers. Bottom row: the
+# line is DeepAVFusion from 02 (when given), the default architecture pre-trained with the zoo's staged
+# recipe (unimodal MAEs, then the audio-visual stage) at its own, larger budget, and judged by the same
+# probe. The gap between the default bar and that line is what the staged recipe and its budget buy over
+# one short pre-training from scratch; it can be small or negative, so read it as measured. The probe here
+# is short (about 130 steps) and not converged, so the same checkpoint scores lower here than with notebook
+# 03's converged probe (30 epochs on 3,000 scenes). Compare the bars with each other and with that line,
+# not with notebook 03's numbers. Bottom row: the
 # 1-nearest-neighbour accuracy of the fusion tokens on the test scenes, again with chance. This is the
 # official pre-training monitor (`probes.knn_probe`) and needs no training on labels. It shows directly
 # what the fusion stream learned. With `none`, the fusion tokens
@@ -169,7 +175,7 @@ chance = {"pretrain_nn_fusion": tasks.chance_top1(cfg)}                  # 100 /
 if main == "top1":
     chance[metric] = tasks.chance_top1(cfg, probe)
 fig = viz.ablation_sweeps(rows, {s: list(SWEEPS[s]) for s in sweeps}, panels, chance=chance,
-                          references={metric: {"02 checkpoint (full budget)": reference[main]}} if reference else None)
+                          references={metric: {"DeepAVFusion from 02 (staged recipe)": reference[main]}} if reference else None)
 nb.save_fig(fig, paths.out_dir, "ablations")
 fig
 
@@ -200,11 +206,11 @@ rows.filter(like="pretrain_nn_").round(1)
 # ## 5. Results
 #
 # Every metric of every variant under `ablation_<sweep>/<variant>/<metric>` (the runner's summary shows one
-# table per sweep), and the reference under `ablation_reference/02_checkpoint/<metric>`.
+# table per sweep), and the reference under `ablation_reference/deepavfusion/<metric>` (the checkpoint from 02).
 
 # %%
 results = {f"ablation_{s}": rows.loc[list(SWEEPS[s])].to_dict("index") for s in sweeps}
-results["ablation_reference"] = {"02_checkpoint": {f"{probe}_{k}": v for k, v in reference.items()}}
+results["ablation_reference"] = {"deepavfusion": {f"{probe}_{k}": v for k, v in reference.items()}}
 nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=pretrain_ckpt)
 
 # %% [markdown]

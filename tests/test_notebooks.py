@@ -116,13 +116,21 @@ def test_smoke_profile_runs_every_notebook(tmp_path, data_root, monkeypatch):
             assert "a static gallery of" in markdown, f"{step.name}: no stand-in for its explorer"
     logs = "".join(_text(o.get("text", "")) for c in json.loads((out / "03_classification.ipynb").read_text())["cells"]
                    for o in c.get("outputs", []) if o.get("name") == "stdout")
-    assert "[finetune (scratch)] step" in logs and "[linprobe (pretrained)]" in logs   # what trains is named
+    assert "[finetune (scratch)] step" in logs and "[linprobe (deepavfusion)]" in logs   # what trains is named
     summary = (out / "summary.md").read_text()
     for task in ("linprobe", "finetune", "localization", "segmentation", "separation"):
         assert task in summary, f"summary.md has no row for {task}"
-    # every downstream notebook compared the pre-trained encoder with the from-scratch baseline
+    assert "deepavfusion − unimodal" in summary and "deepavfusion − scratch" in summary   # the headline's gaps
+    # every downstream notebook compared the three initializations at the same budget, and nothing else
     table = json.loads((out / "summary.json").read_text())
-    assert ROOT.exists() and table
+    inits = {}
+    for r in table["comparisons"]:
+        inits.setdefault(r["task"], set()).add(r["init"])
+    for task in ("linprobe", "finetune", "localization", "segmentation", "separation"):
+        assert inits[task] == {"scratch", "unimodal", "deepavfusion"}, (task, inits[task])
+    assert not {"localization_zero_shot", "separation_zero_shot"} & set(inits)     # methods: opt-in only
+    report = json.loads((out / "08_report" / "metrics.json").read_text())
+    assert {"delta/deepavfusion-unimodal/linprobe", "delta/deepavfusion-scratch/separation"} <= set(report)
 
 
 @pytest.mark.slow

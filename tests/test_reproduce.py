@@ -265,6 +265,50 @@ def test_comparisons_and_render_summary_are_generic():
     assert "| task | metric | scratch | deepavfusion | ezvsl |" in md and "| separation | sdr | 0.5 | 4 | 1 |" in md
     assert "| sir | 2 |  |  |" in md
     assert md.startswith("# avlib reproduction: profile `cpu`")
+    assert "| deepavfusion − scratch |" in md and "| separation | sdr | 0.5 | 4 | 1 | +3.5 |" in md  # the Δ column
+    assert "deepavfusion − unimodal" not in md                     # no unimodal run recorded: no such column
+
+
+def test_init_order_follows_the_zoo():
+    """Result tables put the from-scratch baseline, the unimodal warm start and DeepAVFusion first, then the
+    comparison methods in the zoo's (the supplement's figures') order."""
+    from avlib import zoo
+    assert rp.INIT_ORDER == ("scratch", "unimodal", "deepavfusion", *zoo.BASELINES)
+    assert rp.ordered_inits([{"x": 1, "ccol": 2}, {"deepavfusion": 3, "scratch": 4}]) == ["scratch", "deepavfusion",
+                                                                                        "ccol", "x"]
+
+
+def test_headline_has_one_column_per_init_and_the_two_deltas():
+    metrics = {"linprobe/deepavfusion/top1": 60.0, "linprobe/unimodal/top1": 58.0, "linprobe/scratch/top1": 50.0,
+               "localization/scratch/auc": 0.2, "localization/deepavfusion/auc": 0.25,
+               "localization/ezvsl/auc": 0.3, "localization/unimodal/cell_acc": 0.25,       # not a main metric
+               "separation/scratch/sdr": 0.0}
+    header, rows = rp.headline(rp.comparison_groups(rp.comparisons(metrics)))
+    assert header == ["task", "metric", "scratch", "unimodal", "deepavfusion", "ezvsl",
+                      "deepavfusion − unimodal", "deepavfusion − scratch"]
+    assert rows[0] == ["linprobe", "top1", 50.0, 58.0, 60.0, None, 2.0, 10.0]
+    assert rows[1][:6] == ["localization", "auc", 0.2, None, 0.25, 0.3]
+    assert rows[1][6] is None and rows[1][7] == pytest.approx(0.05)          # no unimodal AUC: no first Δ
+    assert rows[2] == ["separation", "sdr", 0.0, None, None, None, None, None]
+    assert list(rp.DELTAS) == [("deepavfusion", "unimodal"), ("deepavfusion", "scratch")]
+    assert rp.delta_label("deepavfusion", "unimodal") == "deepavfusion − unimodal"
+    md = "\n".join(rp._results_tables(rp.comparison_groups(rp.comparisons(metrics))))
+    assert "| linprobe | top1 | 50 | 58 | 60 |  | +2 | +10 |" in md and "the paper's claim" in md
+
+
+def test_methods_table_only_with_comparison_methods_or_zero_shot_results():
+    three = {"localization/scratch/auc": 0.2, "localization/unimodal/auc": 0.21, "localization/deepavfusion/auc": 0.25}
+    assert rp.methods_table(rp.comparison_groups(rp.comparisons(three))) is None          # the main job
+    compare = {**three, "localization/slavc/auc": 0.3, "separation/ccol/sdr": 1.5, "separation/deepavfusion/sdr": 2.0,
+               "localization_zero_shot/slavc/auc": 0.28, "localization_zero_shot/slavc/n": 500,
+               "separation_zero_shot/ccol/sdr": -0.5}
+    header, rows = rp.methods_table(rp.comparison_groups(rp.comparisons(compare)))
+    assert header == ["method", "localization (auc)", "separation (sdr)", "localization zero-shot (auc)",
+                      "separation zero-shot (sdr)"]
+    assert [r[0] for r in rows] == ["scratch", "unimodal", "deepavfusion", "slavc", "ccol"]
+    assert rows[3] == ["slavc", 0.3, None, 0.28, None] and rows[4] == ["ccol", None, 1.5, None, -0.5]
+    zero_shot_only = {**three, "separation_zero_shot/oneavm/sdr": 0.1}
+    assert rp.methods_table(rp.comparison_groups(rp.comparisons(zero_shot_only))) is not None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -210,11 +210,41 @@ def test_separation_figure(scene):
 def test_compare_bars_accepts_dict_and_tidy_frames():
     res = {"classification": {"pretrained": 0.8, "scratch": 0.5}, "localization": {"pretrained": 0.4, "scratch": 0.3}}
     fig = viz.compare_bars(res, ylabel="score")
-    check(fig, "classification", "localization", "initialization", "score", "pretrained vs scratch")
+    check(fig, "classification", "localization", "initialization", "score", "initializations compared")
     assert sum(len(ax.patches) for ax in fig.axes) == 4
     tidy = pd.DataFrame([{"task": "sep", "init": "pretrained", "metric": "SDR (dB)", "value": 5.0},
                          {"task": "sep", "init": "scratch", "metric": "SDR (dB)", "value": 3.0}])
     check(viz.compare_bars(tidy), "sep", "SDR (dB)")
+
+
+def test_compare_bars_orders_the_initializations_like_the_reports():
+    from avlib.reproduce import INIT_ORDER
+    res = {"localization": {"ccol": 0.3, "deepavfusion": 0.25, "other": 0.1, "scratch": 0.2, "ezvsl": 0.3,
+                            "unimodal": 0.22, "mix_and_localize": 0.2, "slavc": 0.2, "sound_of_pixels": 0.2,
+                            "oneavm": 0.2}}
+    fig = viz.compare_bars(res, ylabel="auc")
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == [*INIT_ORDER, "other"]                       # scratch, unimodal, deepavfusion, the methods
+    assert all(t.get_rotation() == 30 for t in fig.axes[0].get_xticklabels())     # ten names do not overlap
+    three = viz.compare_bars({"probe": {"deepavfusion": 60.0, "unimodal": 58.0, "scratch": 50.0}}, ylabel="top1")
+    assert [t.get_text() for t in three.axes[0].get_xticklabels()] == ["scratch", "unimodal", "deepavfusion"]
+
+
+def test_method_names():
+    assert viz.method_name("deepavfusion") == "DeepAVFusion" and viz.method_name("mix_and_localize") == "Mix-and-Localize"
+    assert viz.method_name("something else") == "something else"
+    from avlib import zoo
+    assert set(zoo.BASELINES) | {"scratch", "unimodal", "deepavfusion"} == set(viz.METHOD_NAMES)
+
+
+def test_plot_history_references_per_key():
+    hist = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(10)] + [{"step": 9, "cell_acc": 0.3}]
+    fig = viz.plot_history({"scratch": hist, "deepavfusion": hist}, keys=["loss", "cell_acc"],
+                           references={"loss": {"constant prediction": 0.56}, "cell_acc": {"chance": 0.25},
+                                       "everywhere": 0.1})
+    loss, acc = fig.axes[:2]
+    refs = lambda ax: set(lines(ax)) - {"scratch", "deepavfusion"}          # noqa: E731 (the runs' lines)
+    assert refs(loss) == {"constant prediction", "everywhere"} and refs(acc) == {"chance", "everywhere"}
 
 
 def tidy_rows(task, metric, *values):
