@@ -111,6 +111,7 @@ def test_every_profile_with_a_zoo_has_the_same_stages():
         uni, av = recipes[0], recipes[1]
         assert uni.overrides["model.fusion_arch"] == "none" and uni.downstream == "warm_start"
         assert av.warm_start == "unimodal" and av.overrides["pretrain.pretrained_lr_ramp"] is True
+        assert av.warm_start_decoders and not uni.warm_start_decoders
         assert zoo.recipe_config(profile, "deepavfusion").model.fusion_arch == make_config(profile).model.fusion_arch
 
 
@@ -189,3 +190,24 @@ def test_the_notebooks_compare_three_initializations(tmp_path, monkeypatch):
     assert list(zoo.compared_inits("smoke", pretrain_ckpt="av.pt")) == ["scratch", "deepavfusion"]
     with pytest.raises(zoo.ZooError, match="pretrain_ckpt"):
         zoo.compared_inits("smoke")
+
+
+def test_decoders_warm_start_from_a_masked_modeling_checkpoint(tmp_path):
+    from avlib.checkpoint import save_checkpoint
+    from avlib.config import config_to_dict
+    from avlib.model import build_encoder
+    from avlib.tasks import load_decoders
+
+    cfg = _synthetic()
+    torch.manual_seed(0)
+    source = build_avmae(replace(cfg.model, fusion_arch="none"))
+    save_checkpoint(tmp_path / "uni.pt", {"state_dict": source.state_dict(), "config": config_to_dict(cfg)})
+    torch.manual_seed(1)
+    target = build_avmae(cfg.model)
+    loaded = load_decoders(target, tmp_path / "uni.pt")
+    assert loaded and all(k.startswith(("image_decoder_", "audio_decoder_")) for k in loaded)
+    own, src = target.state_dict(), source.state_dict()
+    assert all(torch.equal(own[k], src[k]) for k in loaded)
+    assert not torch.equal(own["encoder.image.patch_embed.proj.weight"], src["encoder.image.patch_embed.proj.weight"])
+    with pytest.raises(ValueError, match="decoders"):
+        load_decoders(build_encoder(cfg.model), tmp_path / "uni.pt")
