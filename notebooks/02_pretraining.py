@@ -35,9 +35,9 @@
 # 4. Look at, and listen to, reconstructions of masked images and spectrograms.
 # 5. Compare the attention maps of notebook 01 before and after pre-training.
 #
-# **Expected runtime** (2-core machine, no GPU): smoke ≈ 15 s · cpu ≈ 2.5 min on an idle machine (10 epochs
-# of 3000 scenes = 460 steps at batch 64, ~240 scenes/s; measured 35 min when other jobs competed for the
-# two cores) · paper: not a notebook job (ViT-B on VGGSound, 200 epochs on 8 GPUs; see section 9).
+# **Expected runtime** (2-core machine, no GPU): smoke and cpu about a minute for the live run below (cpu:
+# 4 epochs of 3,000 scenes at batch 64; the zoo's stages, which 03-07 start from, are loaded, not trained) ·
+# paper: not a notebook job (ViT-B on VGGSound, 200 epochs on 8 GPUs; see section 9).
 # A finished run in `run_dir` is **reused**, so re-running this notebook takes seconds.
 
 # %%
