@@ -107,8 +107,9 @@ pd.DataFrame([{"initialization": name, "init": init, "checkpoint": str(ckpt or "
 # Both protocols use the same head: the concatenated pooled features are standardized by a parameter-free
 # `BatchNorm1d` (the MAE and official linear-probe convention; at test time it is a fixed affine map, so the
 # classifier stays linear) and fed to one linear layer. The protocols differ only in what trains
-# (supplement A.1: Adam, lr $10^{-4}$, batch 128, 50 epochs). The small profiles fine-tune with the same
-# Adam lr for fewer epochs (3 at `cpu`). Their linear probe caches features instead
+# (supplement A.1: Adam, lr $10^{-4}$, batch 128, 50 epochs). The small profiles fine-tune with Adam for a
+# few epochs at lr $10^{-3}$ with a warm-up and a cosine decay, chosen on the validation split
+# ([docs/pretraining.md](../docs/pretraining.md#downstream-budgets-chosen-on-validation)). Their linear probe caches features instead
 # (`cfg.linprobe.cache_features`): the frozen encoder pools every training and test clip **once**, and the
 # linear layer then trains for 30 epochs on those vectors in seconds, with lr $3 \cdot 10^{-3}$. A probe must
 # be trained to convergence to grade the features and not the optimizer: with 5 epochs of the non-cached

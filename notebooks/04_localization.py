@@ -24,7 +24,7 @@
 # **What you will learn**
 # 1. How a localization map is read directly off the encoder: the cosine similarity between the *global*
 #    audio representation and each *local* visual token.
-# 2. How the supplement's supervised transfer protocol trains it (per-pixel BCE, Adam, lr 1e-4).
+# 2. How the supplement's supervised transfer protocol trains it (per-pixel BCE, Adam).
 # 3. What **cIoU**, **AUC** and **cIoU mean** measure. The median threshold caps cIoU at twice the object's
 #    area, which means that on AV-Digits only a perfect map can pass the 0.5 test.
 # 4. What each stage of pre-training buys, at the same budget: a random encoder (`scratch`), the unimodal
@@ -123,8 +123,9 @@ nb.show_source(heads.AVLocalizer._similarity)
 #
 # The *full* model (encoder and the two scalars) is trained to minimize the average per-pixel binary cross
 # entropy between $\sigma(s\hat y + b)$ and the ground-truth map $y$ (supplement A.2: Adam, lr $10^{-4}$, 30
-# epochs, batch 128 on Flickr-SoundNet; the small profiles keep Adam and lr $10^{-4}$ but train fewer
-# epochs, 3 at `cpu`, see `config.py`). On AV-Digits, `loc_map` is 1 on the grid cell whose digit is speaking.
+# epochs, batch 128 on Flickr-SoundNet; the small profiles keep Adam but train a few epochs at lr $10^{-3}$
+# with a warm-up and a cosine decay, chosen on the validation split: see `config.py` and
+# [docs/pretraining.md](../docs/pretraining.md#downstream-budgets-chosen-on-validation)). On AV-Digits, `loc_map` is 1 on the grid cell whose digit is speaking.
 #
 # The same protocol runs once per initialization (`tasks.compare_inits`), with the same recipe and budget.
 # Finished runs are cached in `run_dir/<initialization>/`, so re-running the cell is free. Delete that

@@ -114,7 +114,8 @@ pd.DataFrame([{"initialization": name, "init": init, "checkpoint": str(ckpt or "
 #    constant prediction instead of spending its first steps on learning the base rate.
 #
 # Training minimizes the BCE between these logits and the ground-truth mask (A.2: Adam, lr $10^{-4}$, 20
-# epochs, batch 128; the small profiles keep Adam and lr $10^{-4}$ but train fewer epochs, 3 at `cpu`). On AV-Digits, `seg_mask` marks the speaking digit's stroke pixels, not its whole cell,
+# epochs, batch 128; the small profiles keep Adam but train a few epochs at lr $10^{-3}$ with a cosine decay,
+# chosen on the validation split). On AV-Digits, `seg_mask` marks the speaking digit's stroke pixels, not its whole cell,
 # so this task is finer than 04's.
 #
 # **The official head** is `overrides={"segmentation.head": "official_unet"}` ([§3.5](../docs/official_implementation.md#35-segmentation)): a
@@ -345,8 +346,9 @@ nb.record(results, paths.out_dir, cfg=cfg, pretrain_ckpt=str(inits["deepavfusion
 # 3. Score the full test set with `metrics.avsbench_fscore(..., batch_frames=k)` for k = 1, 5, 20 (AVSBench
 #    `test.sh` uses 20). How big is the spread compared with the gaps between initializations?
 # 4. Freeze the encoder (`{"segmentation.train.freeze_encoder": True}`): a "linear probe" for segmentation.
-# 5. Train longer, or with a 10× larger lr than the supplement's $10^{-4}$ that the small profiles keep
-#    (`{"segmentation.train.epochs": 10}`, `{"segmentation.train.lr": 1e-3}`, each in a new `run_dir`).
+# 5. Train longer, or with the supplement's constant lr $10^{-4}$ instead of the small profiles' cosine from
+#    $10^{-3}$ (`{"segmentation.train.epochs": 10}`, `{"segmentation.train.lr": 1e-4, "segmentation.train.schedule":
+#    "constant"}`, each in a new `run_dir`).
 #    Which of the two changes moves a run off the constant-prediction line first, and from which
 #    initialization? `python -m avlib.budgets --profile cpu --tasks segmentation` draws the same curves on
 #    the validation split.
