@@ -456,3 +456,20 @@ def test_seeds_job_runs_once_per_seed_and_aggregates(tmp_path):
     assert dav["std"] == pytest.approx(2 ** 0.5 * 2) and (dav["min"], dav["max"]) == (60.0, 64.0)
     md = (out / "seeds.md").read_text()
     assert "| metric | scratch | deepavfusion |" in md and "| top1 | 51 ± 1.4 (50–52) | 62 ± 2.8 (60–64) |" in md
+
+
+def test_the_compare_manifest_names_real_parameters_and_every_comparison_method(tmp_path, capsys):
+    """`make compare` (notebooks/compare.yaml): every parameter exists in its notebook (checked by the dry
+    run before any kernel starts) and the methods are exactly the zoo's comparison methods."""
+    import yaml
+
+    from avlib import zoo
+
+    path = rp.ROOT / "notebooks" / "compare.yaml"
+    spec = yaml.safe_load(path.read_text())
+    for entry in spec["notebooks"]:
+        methods = entry.get("params", {}).get("*", {}).get("methods")
+        if methods is not None:
+            assert tuple(methods) == tuple(zoo.BASELINES), entry["name"]
+    assert rp.main(["--profile", "smoke", "--manifest", str(path), "--out", str(tmp_path), "--dry-run"]) == 0
+    assert "methods=['ezvsl'" in capsys.readouterr().out
