@@ -256,8 +256,9 @@ class Segmentation(Protocol):
 
 
 def _label(batch) -> dict:
-    """The sounding class, where the data has one (AV-Digits; not Flickr-SoundNet / AVSBench)."""
-    return {"label": batch["label"]} if "label" in batch else {}
+    """The sounding class and the scene's sound, where the data has them (AV-Digits has both; the
+    benchmarks' evaluation items have neither), so figures can name and play each row."""
+    return {k: batch[k] for k in ("label", "waveform") if k in batch}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -350,6 +350,15 @@ nb.save_fig(fig, paths.out_dir, "figure1_localization")
 fig
 
 # %% [markdown]
+# Listen to each row: what every column had to find in the picture.
+
+# %%
+if "waveform" in first:                          # AV-Digits scenes carry their sound; benchmark items do not
+    for i, w in enumerate(first["waveform"]):
+        print(f"row {i + 1}" + (f": {titles[i]}" if titles else ""))
+        display(nb.audio_player(w, cfg.data.sample_rate))
+
+# %% [markdown]
 # ### The comparison methods' own maps (zero-shot)
 #
 # Each comparison method was pre-trained to localize (or to separate) with its own objective, so it has a

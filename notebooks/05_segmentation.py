@@ -293,6 +293,13 @@ nb.save_fig(fig, paths.out_dir, "figure2_segmentation")
 fig
 
 # %%
+first = next(iter(examples.values()))           # every row's sound (AV-Digits; benchmark items have none)
+if "waveform" in first:
+    for i, w in enumerate(first["waveform"]):
+        print(f"row {i + 1}")
+        display(nb.audio_player(w, cfg.data.sample_rate))
+
+# %%
 above = {name: (ex["pred"] > 0.5).float().mean().item() for name, ex in examples.items()}
 nb.narrate("""In this run (`{profile}`) the share of pixels above 0.5 on these scenes is {above} (the sounding
            digit covers {fg:.1%}).""", profile=profile, above=listing(above, ".1%"), fg=g.float().mean().item())
