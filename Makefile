@@ -39,7 +39,7 @@ smoke: setup
 
 # the comparison repeated over 3 seeds (downstream notebooks; the zoo's checkpoints are shared)
 seeds: data
-	$(PY) -m avlib.reproduce --profile $(PROFILE) --seeds 0 1 2 --from 03_classification
+	$(PY) -m avlib.reproduce --profile $(PROFILE) --seeds 0 1 2 --from 02_pretraining
 
 # the comparison methods (zoo entries) through the downstream protocols; reuses the main job's finished runs
 compare: data
