@@ -786,6 +786,11 @@ _REFERENCE_ROWS = {("localization_bounds", "oracle"): ("localization", "oracle")
                    ("classification_bounds", "chance"): (("linprobe", "finetune"), "chance")}
 
 
+# metrics a protocol records beside each init's own that are references on its main metric's scale: the
+# unprocessed mixture's SDR (separation's sdr_mix, the same test mixtures for every init)
+_REFERENCE_METRICS = {"sdr_mix": "mixture"}
+
+
 def headline_references(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """The reference lines of the headline chart, ``{task: {label: value}}`` on each task's main metric,
     from the rows of ``comparisons``: the oracle and random maps of localization (04's
@@ -796,11 +801,11 @@ def headline_references(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str
 
     main = {t: p.main_metric for t, p in PROTOCOLS.items()}
     refs: dict[str, dict[str, float]] = {}
-    mix: list[float] = []
+    recorded: dict[tuple[str, str], list[float]] = {}          # (task, label) -> the value of every init
     for r in rows:
         task, init, metric, value = r["task"], r["init"], r["metric"], float(r["value"])
-        if task == "separation" and metric == "sdr_mix":
-            mix.append(value)
+        if metric in _REFERENCE_METRICS:                      # recorded beside each init's own metrics
+            recorded.setdefault((task, _REFERENCE_METRICS[metric]), []).append(value)
             continue
         target = _REFERENCE_ROWS.get((task, init))
         if target is None:
@@ -809,8 +814,8 @@ def headline_references(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str
         for t in (tasks,) if isinstance(tasks, str) else tasks:
             if metric == main.get(t):
                 refs.setdefault(t, {})[label] = value
-    if mix:
-        refs.setdefault("separation", {})["mixture"] = sum(mix) / len(mix)
+    for (task, label), values in recorded.items():
+        refs.setdefault(task, {})[label] = sum(values) / len(values)
     return refs
 
 
