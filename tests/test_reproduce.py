@@ -328,8 +328,10 @@ nb.record({"norm_pix_loss": cfg.model.norm_pix_loss, "depth": cfg.model.depth}, 
 SLOW = HEADER.format(title="S: takes long") + '''
 # %%
 import time
+from pathlib import Path
+Path(out_dir).parent.joinpath("slow_started").touch()    # the test waits for this file, not for output
 print("slow cell started", flush=True)
-time.sleep(120)
+time.sleep(600)
 '''
 
 HOLD_LOCK = """
@@ -414,12 +416,17 @@ def test_sigint_is_recorded_as_interrupted_with_a_one_line_reason(tmp_path):
             "--set", "model.norm_pix_loss=false"]
     proc = _python("import sys; from avlib.reproduce import main; sys.exit(main(sys.argv[1:]))", *args,
                    start_new_session=True)                         # its own process group, like a terminal job
-    deadline = time.time() + 180
-    for line in proc.stdout:
-        if "slow cell started" in line or time.time() > deadline:
-            break
+    import threading
+
+    lines: list[str] = []                                          # drain stdout so the runner never blocks on it
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    started, deadline = out / "slow_started", time.time() + 300    # kernels start slowly on a busy machine
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert started.exists(), "the slow notebook never started"
     os.killpg(proc.pid, signal.SIGINT)                             # Ctrl-C: the runner and its kernel
-    _, err = proc.communicate(timeout=180)                         # the kernel's shutdown, on a busy machine too
+    proc.wait(timeout=180)                                         # the kernel's shutdown, on a busy machine too
+    err = proc.stderr.read()
     assert proc.returncode == 130, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("error: interrupted during s_slow") and "finished: c_cfg" in err
