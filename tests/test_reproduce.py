@@ -414,8 +414,10 @@ def test_sigint_is_recorded_as_interrupted_with_a_one_line_reason(tmp_path):
     out = tmp_path / "reports"
     args = ["--profile", "smoke", "--manifest", str(manifest), "--out", str(out), "--runs", str(tmp_path / "runs"),
             "--set", "model.norm_pix_loss=false"]
+    # its own process group, like a terminal job, with Ctrl-C's default action even when this test runs
+    # in a background job (a non-interactive shell starts those with SIGINT ignored, which exec inherits)
     proc = _python("import sys; from avlib.reproduce import main; sys.exit(main(sys.argv[1:]))", *args,
-                   start_new_session=True)                         # its own process group, like a terminal job
+                   start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     import threading
 
     lines: list[str] = []                                          # drain stdout so the runner never blocks on it
