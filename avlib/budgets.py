@@ -26,7 +26,7 @@ from .config import TASKS, apply_overrides, make_config
 from .paths import REPORTS, RUNS
 from .utils import atomic_write
 
-__all__ = ["CURVE_METRIC", "learning_curves", "plot_curves", "main"]
+__all__ = ["CURVE_METRIC", "curves_file", "load_record", "task_figure", "learning_curves", "plot_curves", "main"]
 
 # The metric each protocol's curve shows and what a model that learned nothing scores on it (AV-Digits):
 # chance top-1 of 10 digits, chance cell accuracy of a 2 x 2 grid, an empty mask, the mixture returned as
@@ -89,6 +89,34 @@ def plot_curves(curves: Mapping[str, Mapping[str, list[dict]]], path: Path | Non
     return fig
 
 
+def curves_file(profile: str, out: Path | None = None) -> Path:
+    """Where ``python -m avlib.budgets`` keeps a profile's curves: ``reports/<profile>/budgets/curves.json``."""
+    return (out or REPORTS / profile / "budgets") / "curves.json"
+
+
+def load_record(profile: str, out: Path | None = None) -> dict:
+    """The profile's ``curves.json`` record (``profile, split, epochs, curves``); an empty one when none exists."""
+    path = curves_file(profile, out)
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"profile": profile, "split": "val", "epochs": {}, "curves": {}}
+
+
+def task_figure(profile: str, task: str):
+    """For a notebook: the validation curves of ``task`` measured for ``profile`` (``plot_curves``, closed so
+    that the notebook shows it once), or None after printing how to measure them."""
+    import matplotlib.pyplot as plt
+
+    curves = load_record(profile)["curves"]
+    if task not in curves:
+        print(f"no validation curves for {task} yet: python -m avlib.budgets --profile {profile} "
+              f"--tasks {task} writes them to {curves_file(profile).parent}")
+        return None
+    fig = plot_curves({task: curves[task]})
+    plt.close(fig)
+    return fig
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from . import zoo
 
@@ -105,23 +133,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epochs < 1:
         ap.error("--epochs must be >= 1")
     cfg = make_config(args.profile)
-    out = args.out or REPORTS / args.profile / "budgets"
+    path = curves_file(args.profile, args.out)
     inits = zoo.initializations(args.profile, tuple(args.inits), device=args.device)
     curves = learning_curves(cfg, args.tasks, inits, args.epochs, RUNS / args.profile / "budgets",
                              device=args.device)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"profile": args.profile, "split": "val", "epochs": {}, "curves": {}}
-    if (out / "curves.json").exists():              # earlier runs of other protocols stay (one file per profile)
-        record = json.loads((out / "curves.json").read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = load_record(args.profile, args.out)     # earlier runs of other protocols stay (one file per profile)
     record["curves"].update(curves)
     record["epochs"].update({task: args.epochs for task in curves})
-    atomic_write(out / "curves.json", json.dumps(record, indent=1) + "\n", mode="w")
-    plot_curves(record["curves"], out / "curves.png")
+    atomic_write(path, json.dumps(record, indent=1) + "\n", mode="w")
+    plot_curves(record["curves"], path.parent / "curves.png")
     for task, by_init in curves.items():
         key = CURVE_METRIC[task][0]
         print(f"{task:13s} " + "  ".join(f"{n}: " + " ".join(f"{p.get(key, float('nan')):.3g}" for p in pts)
                                          for n, pts in by_init.items()))
-    print(f"[budgets] {out / 'curves.json'}")
+    print(f"[budgets] {path}")
     return 0
 
 

@@ -62,10 +62,8 @@ overrides: dict = {}  # config overrides, e.g. {"localization.train.epochs": 10}
 num_examples: int = 6  # Figure 1 shows the first test scenes, this many
 
 # %%
-import json
 import math
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -75,7 +73,6 @@ from avlib import baselines, budgets, heads, metrics, tasks, viz, widgets, zoo
 from avlib.config import apply_overrides, make_config
 from avlib.data import make_loaders
 from avlib.objectives import OBJECTIVES
-from avlib.paths import REPORTS
 from avlib.reproduce import ordered_inits
 
 device = nb.setup(seed, device)
@@ -283,15 +280,7 @@ nb.narrate("""{what} is {values}, against {trivial_name} {trivial:.3f}. {verdict
 # leaves the trivial baseline.
 
 # %%
-budget_file = REPORTS / profile / "budgets" / "curves.json"
-curves = json.loads(budget_file.read_text())["curves"] if budget_file.exists() else {}
-if "localization" in curves:
-    fig = budgets.plot_curves({"localization": curves["localization"]})
-    plt.close(fig)                                   # shown once, below
-    display(fig)
-else:
-    print(f"no validation curves for localization yet: python -m avlib.budgets --profile {profile} "
-          f"--tasks localization writes them to {budget_file.parent}")
+budgets.task_figure(profile, "localization")
 
 # %% [markdown]
 # ### What the frozen tokens already know

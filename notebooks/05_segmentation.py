@@ -62,9 +62,7 @@ overrides: dict = {}  # config overrides, e.g. {"segmentation.head": "official_u
 num_examples: int = 6  # Figure 2 shows the first test scenes, this many
 
 # %%
-import json
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -73,7 +71,6 @@ from IPython.display import display
 from avlib import budgets, heads, metrics, tasks, viz, widgets, zoo
 from avlib.config import make_config
 from avlib.data import make_loaders
-from avlib.paths import REPORTS
 from avlib.reproduce import ordered_inits
 
 device = nb.setup(seed, device)
@@ -259,15 +256,7 @@ nb.narrate("""In this run (`{profile}`) the AVSBench mIoU is {mious}, against {t
 # with the minutes of training on the top axis.
 
 # %%
-budget_file = REPORTS / profile / "budgets" / "curves.json"
-curves = json.loads(budget_file.read_text())["curves"] if budget_file.exists() else {}
-if "segmentation" in curves:
-    fig = budgets.plot_curves({"segmentation": curves["segmentation"]})
-    plt.close(fig)                                   # shown once, below
-    display(fig)
-else:
-    print(f"no validation curves for segmentation yet: python -m avlib.budgets --profile {profile} "
-          f"--tasks segmentation writes them to {budget_file.parent}")
+budgets.task_figure(profile, "segmentation")
 
 # %% [markdown]
 # ## 4. Qualitative comparison (supplement Figure 2)

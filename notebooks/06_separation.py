@@ -66,9 +66,7 @@ num_examples: int = 4  # test mixtures kept for the figure, the explorer and the
 example: int = 0  # which of those mixtures the figure and the players show
 
 # %%
-import json
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -79,7 +77,6 @@ from avlib.audio import LOG_EPS
 from avlib.config import make_config
 from avlib.data import make_loaders
 from avlib.objectives import OBJECTIVES
-from avlib.paths import REPORTS
 from avlib.reproduce import ordered_inits
 
 device = nb.setup(seed, device)
@@ -265,15 +262,7 @@ nb.narrate("""In this run (`{profile}`) SDRi is {sdri}; SAR {sar}; SIR {sir}, ne
 # run, with the minutes of training on the top axis.
 
 # %%
-budget_file = REPORTS / profile / "budgets" / "curves.json"
-curves = json.loads(budget_file.read_text())["curves"] if budget_file.exists() else {}
-if "separation" in curves:
-    fig = budgets.plot_curves({"separation": curves["separation"]})
-    plt.close(fig)                                   # shown once, below
-    display(fig)
-else:
-    print(f"no validation curves for separation yet: python -m avlib.budgets --profile {profile} "
-          f"--tasks separation writes them to {budget_file.parent}")
+budgets.task_figure(profile, "separation")
 
 # %% [markdown]
 # ### The comparison methods' own masks (zero-shot)

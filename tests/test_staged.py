@@ -2,6 +2,7 @@
 the two zoo stages end to end at ``smoke``, and budget curves read from the validation split only."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -211,3 +212,15 @@ def test_decoders_warm_start_from_a_masked_modeling_checkpoint(tmp_path):
     assert not torch.equal(own["encoder.image.patch_embed.proj.weight"], src["encoder.image.patch_embed.proj.weight"])
     with pytest.raises(ValueError, match="decoders"):
         load_decoders(build_encoder(cfg.model), tmp_path / "uni.pt")
+
+
+def test_a_notebook_shows_the_measured_curves_or_says_how_to_measure_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(budgets, "REPORTS", tmp_path)
+    assert budgets.task_figure("smoke", "localization") is None
+    assert "python -m avlib.budgets --profile smoke --tasks localization" in capsys.readouterr().out
+    pts = [{"epoch": 1.0, "step": 4, "minutes": 0.1, "cell_acc": 0.3}]
+    path = budgets.curves_file("smoke")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({**budgets.load_record("smoke"), "curves": {"localization": {"scratch": pts}}}))
+    fig = budgets.task_figure("smoke", "localization")
+    assert fig.axes[0].get_title() == "localization" and budgets.task_figure("smoke", "separation") is None
