@@ -648,8 +648,10 @@ def _small(profile: str, *, embed_dim, depth, num_heads, fusion_heads, patch, im
     # The small profiles' fast path (python -m avlib.bench --sections small; README, "Speed"): bf16 autocast
     # where the CPU has native bf16, with the math attention kernel; fused optimizers; one intra-op thread
     # (on a shared or busy 2-core machine two OpenMP threads spin-wait for each other at every op: 7-20x
-    # slower, measured at load 13); the audio front end once per batch (data.batch_front_end). Each switch
-    # off = the reference. A loader worker (data.num_workers=1) was measured ~5% slower on the busy machine.
+    # slower, measured at load 13; on a quiet one two threads are 1.3-1.4x faster, README "Speed": set
+    # ``threads=None`` on a dedicated machine); the audio front end once per batch (data.batch_front_end).
+    # Each switch off = the reference. A loader worker (data.num_workers=1) was measured ~5% slower on the
+    # busy machine.
     fast = dict(amp="auto", attention_kernel="auto", fused_optimizer=True, threads=1)
     pretrain = TrainConfig(epochs=pre_epochs, warmup_epochs=max(1, pre_epochs // 5), batch_size=batch,
                            lr=3e-4, weight_decay=0.05, betas=(0.9, 0.95), log_every=20,
