@@ -381,7 +381,7 @@ class DataConfig:
     # digits, which the median-threshold cIoU cannot tell from finding the *sounding* one (both reach
     # cIoU 0.5 on a quarter-image cell); cell accuracy shows the match is not learned in 3 epochs either.
     distractors: int | None = None
-    # non-sounding objects on screen in the *pre-training* scenes (None: as in the task scenes,
+    # non-sounding objects on screen in the *pre-training* scenes and mixtures (None: as in the task scenes,
     # ``distractors``). 0 = the sounding object alone on screen, the analog of a curated pre-training
     # corpus (VGGSound keeps clips whose sound source is visible). ``pretrain_distractors_p`` applies the
     # limit to that fraction of the pre-training scenes only (the others are task scenes: a mixed corpus).
@@ -389,6 +389,7 @@ class DataConfig:
     # curated scenes make the pre-trained encoder learn localization faster (30 epochs at lr 1e-3: AUC
     # 0.357 with p = 0.5 vs 0.307 without, 0.308 from scratch) but fine-tune classification worse
     # (3 seeds: 54.7% mean with p = 0.5 vs 60.7% without, 53.5% from scratch), so the default is None.
+    # The comparison methods pre-train with 0 (zoo.BASELINE_DATA, docs/baselines.md).
     pretrain_distractors: int | None = None
     pretrain_distractors_p: float = 1.0
     train_size: int = 2048               # scenes per training epoch (composed on the fly)

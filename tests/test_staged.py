@@ -163,6 +163,9 @@ def test_every_comparison_method_is_a_zoo_entry_warm_started_like_deepavfusion(t
                 assert r.overrides[key] == value, (profile, name, key)
             # the same budget as DeepAVFusion's audio-visual stage
             assert r.overrides.get("pretrain.epochs") == av.overrides.get("pretrain.epochs")
+            # the curated pre-training scenes (zoo.BASELINE_DATA), named in the entry's overrides
+            assert zoo.recipe_config(profile, name).data.pretrain_distractors == 0
+        assert zoo.recipe_config(profile, "deepavfusion").data.pretrain_distractors is None
     # each builds from the unimodal entry and hands a late-fusion encoder downstream (one step each)
     monkeypatch.setitem(zoo.RECIPES, "smoke", [replace(r, overrides={**r.overrides, "data.dataset": "synthetic",
                                                                       "pretrain.max_steps": 1})
@@ -172,6 +175,28 @@ def test_every_comparison_method_is_a_zoo_entry_warm_started_like_deepavfusion(t
     assert set(entries) == {f"smoke/{n}" for n in ("unimodal", *zoo.BASELINES)}
     inits = zoo.initializations("smoke", tuple(zoo.BASELINES), runs=runs, zoo=root)
     assert all(v[0] == "pretrained" and v[2] == {"model.fusion_arch": "none"} for v in inits.values())
+
+
+def test_the_comparison_methods_pretrain_on_curated_scenes_and_are_scored_on_task_scenes():
+    """zoo.BASELINE_DATA: a method's pre-training scenes show the sounding object alone; its downstream
+    protocols (and zero-shot read-outs) read the task scenes, every cell filled."""
+    from avlib.data.loaders import make_dataset
+
+    cfg = zoo.recipe_config("smoke", "ezvsl", **{"data.dataset": "synthetic", "data.test_size": 16})
+    pre = make_dataset(cfg, "test", None)
+    task = make_dataset(cfg, "test", "localization")
+    for i in range(16):
+        curated, full = pre.scene(i), task.scene(i)
+        assert (curated.classes >= 0).sum() == len(curated.sounding) == 1
+        assert (full.classes >= 0).all()
+        assert curated.sounding == full.sounding       # the same draw, distractors cleared
+    # the mix-and-separate methods' pre-training mixtures too; the separation protocol's stay task scenes
+    cfg = zoo.recipe_config("smoke", "sound_of_pixels", **{"data.dataset": "synthetic", "data.test_size": 8})
+    pre = make_dataset(cfg, "test", None, mixtures=True)
+    task = make_dataset(cfg, "test", "separation")
+    for i in range(8):
+        for curated, full in zip(pre.scenes(i), task.scenes(i)):
+            assert (curated.classes >= 0).sum() == 1 and (full.classes >= 0).all()
 
 
 def test_the_notebooks_compare_three_initializations(tmp_path, monkeypatch):

@@ -124,7 +124,7 @@ def make_dataset(cfg, split: str, task: str | None = None, *, mixtures: bool | s
         cfg = replace(cfg, data=replace(cfg.data, dataset=name))
     if mixtures:
         pairs = AlternateMixtureDataset if mixtures == "alternates" else MixtureDataset
-        return pairs(cfg, split, root=root, size=size)
+        return pairs(cfg, split, pretraining=tcfg is None, root=root, size=size)
     return SceneDataset(cfg, split, pretraining=tcfg is None, root=root, size=size)
 
 

@@ -388,12 +388,18 @@ class _ComposedDataset(Dataset):
     """What scene and mixture datasets share: a composer for ``split``, the audio front end, a size and
     an epoch (training items are re-composed every epoch; ``fit`` calls ``set_epoch``)."""
 
-    def __init__(self, cfg, split: str, root, epoch: int, size: int | None):
+    def __init__(self, cfg, split: str, root, epoch: int, size: int | None, pretraining: bool = False):
         self.cfg, self.split, self.epoch = cfg, split, int(epoch)
         self.composer = _Composer(cfg, split, root)
         self.front = AudioFrontEnd(cfg.data)
         self.train = split == "train"
         self.size = int(size if size is not None else (cfg.data.train_size if self.train else cfg.data.test_size))
+        # pre-training scenes may show fewer non-sounding objects than the task scenes (data.pretrain_distractors)
+        self.pretraining = bool(pretraining)
+        d = cfg.data
+        own = self.pretraining and d.pretrain_distractors is not None
+        self.distractors = d.pretrain_distractors if own else d.distractors
+        self.distractors_p = float(d.pretrain_distractors_p) if own else 1.0
 
     @property
     def content(self):
@@ -462,13 +468,7 @@ class SceneDataset(_ComposedDataset):
 
     def __init__(self, cfg, split: str = "train", *, pretraining: bool = False, root=None, epoch: int = 0,
                  size: int | None = None):
-        super().__init__(cfg, split, root, epoch, size)
-        self.pretraining = bool(pretraining)
-        # pre-training scenes may show fewer non-sounding objects than the task scenes (data.pretrain_distractors)
-        d = cfg.data
-        own = self.pretraining and d.pretrain_distractors is not None
-        self.distractors = d.pretrain_distractors if own else d.distractors
-        self.distractors_p = float(d.pretrain_distractors_p) if own else 1.0
+        super().__init__(cfg, split, root, epoch, size, pretraining)
 
     def _rng(self, index: int) -> np.random.Generator:
         return self.composer.rng(index, self.epoch if self.train else 0)
@@ -520,14 +520,16 @@ class MixtureDataset(_ComposedDataset):
 
     K = 2
 
-    def __init__(self, cfg, split: str = "train", *, root=None, epoch: int = 0, size: int | None = None):
-        super().__init__(cfg, split, root, epoch, size)
+    def __init__(self, cfg, split: str = "train", *, pretraining: bool = False, root=None, epoch: int = 0,
+                 size: int | None = None):
+        super().__init__(cfg, split, root, epoch, size, pretraining)
 
     def _compose(self, index: int) -> tuple[list[_Scene], np.random.Generator]:
         self._check(index)
         rng = self.composer.rng(index, self.epoch if self.train else 0, salt=1)
         classes = rng.choice(NUM_CLASSES, self.K, replace=False)
-        return [self.composer.compose(rng, force_class=int(c), n_sources=1, distractors=self.cfg.data.distractors)
+        return [self.composer.compose(rng, force_class=int(c), n_sources=1, distractors=self.distractors,
+                                      distractors_p=self.distractors_p)
                 for c in classes], rng
 
     def scenes(self, index: int) -> list[_Scene]:
