@@ -26,7 +26,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,7 +38,7 @@ from .paths import ROOT, RUNS
 from .utils import sha256_file
 
 __all__ = ["ZOO", "Recipe", "RECIPES", "staged_recipe", "ZooError", "checkpoint", "ensure", "initializations",
-           "compared_inits", "stages", "BASELINES", "BASELINE_DATA", "baseline_recipes", "build", "verify", "manifest", "main"]
+           "compared_inits", "stages", "BASELINES", "BASELINE_DATA", "baseline_recipes", "curated_control", "build", "verify", "manifest", "main"]
 
 ZOO: Path = Path(os.environ.get("AVLIB_ZOO", ROOT / "zoo"))
 
@@ -134,16 +134,29 @@ def baseline_recipes(budget: Mapping[str, Any] | None = None) -> list[Recipe]:
             for name, what in BASELINES.items()]
 
 
+def curated_control(audiovisual: Recipe) -> Recipe:
+    """The data control of the comparison: DeepAVFusion's audio-visual stage (``audiovisual``) on the
+    comparison methods' curated pre-training scenes (``BASELINE_DATA``), everything else unchanged, so that
+    a difference between DeepAVFusion and a method can be told apart from the difference in their data."""
+    return replace(audiovisual, name=f"{audiovisual.name}_curated",
+                   description=f"{audiovisual.description}, on the comparison methods' curated scenes (data control)",
+                   overrides={**audiovisual.overrides, **BASELINE_DATA})
+
+
 # The profiles' recipes, in build order (a stage comes after the entry it warm-starts from). Budgets:
 # ``cpu``: batch 64 of 3,000 training scenes = 47 steps per epoch; 64 epochs (~3,000 steps) of unimodal
 # masked modeling and 17 (~800 steps) of audio-visual, lr 1e-3 with 10% warm-up, chosen with frozen-token
 # probes on the validation split (docs/pretraining.md). ``smoke``: the same stages at the profile's budget.
+def _profile_recipes(staged: list[Recipe], budget: Mapping[str, Any] | None = None) -> list[Recipe]:
+    return [*staged, curated_control(staged[1]), *baseline_recipes(budget)]
+
+
 RECIPES: dict[str, list[Recipe]] = {
-    "cpu": staged_recipe(
+    "cpu": _profile_recipes(staged_recipe(
         unimodal={"pretrain.epochs": 64, "pretrain.warmup_epochs": 6, "pretrain.lr": 1e-3, "pretrain.eval_every": 16},
-        audiovisual={"pretrain.epochs": 17, "pretrain.warmup_epochs": 2, "pretrain.lr": 1e-3, "pretrain.eval_every": 4})
-    + baseline_recipes({"pretrain.epochs": 17, "pretrain.eval_every": 4}),
-    "smoke": staged_recipe() + baseline_recipes(),
+        audiovisual={"pretrain.epochs": 17, "pretrain.warmup_epochs": 2, "pretrain.lr": 1e-3, "pretrain.eval_every": 4}),
+        {"pretrain.epochs": 17, "pretrain.eval_every": 4}),
+    "smoke": _profile_recipes(staged_recipe()),
 }
 
 
