@@ -47,6 +47,7 @@ _TASK_LABELS = {"linprobe": "linear probe", "finetune": "fine-tuning"}
 # Display names of the initializations and comparison methods (the keys of ``tasks.compare_inits`` and of
 # ``<task>/<init>/<metric>`` records), for figure columns and legends; see ``method_name``.
 METHOD_NAMES = {"scratch": "scratch", "unimodal": "unimodal (warm start)", "deepavfusion": "DeepAVFusion",
+                "deepavfusion_curated": "DeepAVFusion (curated scenes)",
                 "ezvsl": "EZ-VSL", "slavc": "SLAVC", "mix_and_localize": "Mix-and-Localize",
                 "sound_of_pixels": "Sound-of-Pixels", "ccol": "CCoL", "oneavm": "OneAVM-style"}
 # Metrics that measure a change (0 = no change): bar panels are symmetric about 0 and span at least

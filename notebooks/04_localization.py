@@ -360,7 +360,7 @@ if "waveform" in first:                          # AV-Digits scenes carry their 
 # %%
 zero_shot, zero_shot_maps = {}, {}
 scenes = next(iter(make_loaders(cfg, "localization", batch_size=num_examples, test_size=num_examples)[1]))
-for name in [m for m in methods if OBJECTIVES[m].localization_map is not None]:
+for name in [m for m in methods if getattr(OBJECTIVES.get(m), "localization_map", None) is not None]:
     objective, model, _ = baselines.load_objective_model(inits[name][1], device=device)
     zero_shot[name] = baselines.zero_shot_localization(objective, model, make_loaders(cfg, "localization")[1], cfg,
                                                        device=device)

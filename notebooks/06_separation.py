@@ -277,7 +277,7 @@ budgets.task_figure(profile, "separation")
 
 # %%
 zero_shot = {}
-for name in [m for m in methods if OBJECTIVES[m].separation_mask is not None]:
+for name in [m for m in methods if getattr(OBJECTIVES.get(m), "separation_mask", None) is not None]:
     objective, model, _ = baselines.load_objective_model(inits[name][1], device=device)
     zero_shot[name] = baselines.zero_shot_separation(objective, model, cfg, device=device)
 if zero_shot:

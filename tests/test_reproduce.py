@@ -275,7 +275,8 @@ def test_init_order_follows_the_zoo():
     """Result tables put the from-scratch baseline, the unimodal warm start and DeepAVFusion first, then the
     comparison methods in the zoo's (the supplement's figures') order."""
     from avlib import zoo
-    assert rp.INIT_ORDER == ("scratch", "unimodal", "deepavfusion", *zoo.BASELINES)
+    assert rp.INIT_ORDER == ("scratch", "unimodal", "deepavfusion", "deepavfusion_curated", *zoo.BASELINES)
+    assert all(n in {r.name for r in zoo.RECIPES["cpu"]} for n in rp.INIT_ORDER if n != "scratch")
     assert rp.ordered_inits([{"x": 1, "ccol": 2}, {"deepavfusion": 3, "scratch": 4}]) == ["scratch", "deepavfusion",
                                                                                         "ccol", "x"]
 
@@ -471,7 +472,8 @@ def test_seeds_job_runs_once_per_seed_and_aggregates(tmp_path):
 
 def test_the_compare_manifest_names_real_parameters_and_every_comparison_method(tmp_path, capsys):
     """`make compare` (notebooks/compare.yaml): every parameter exists in its notebook (checked by the dry
-    run before any kernel starts) and the methods are exactly the zoo's comparison methods."""
+    run before any kernel starts) and the methods are exactly DeepAVFusion's data control and the zoo's
+    comparison methods."""
     import yaml
 
     from avlib import zoo
@@ -481,6 +483,6 @@ def test_the_compare_manifest_names_real_parameters_and_every_comparison_method(
     for entry in spec["notebooks"]:
         methods = entry.get("params", {}).get("*", {}).get("methods")
         if methods is not None:
-            assert tuple(methods) == tuple(zoo.BASELINES), entry["name"]
+            assert tuple(methods) == ("deepavfusion_curated", *zoo.BASELINES), entry["name"]
     assert rp.main(["--profile", "smoke", "--manifest", str(path), "--out", str(tmp_path), "--dry-run"]) == 0
-    assert "methods=['ezvsl'" in capsys.readouterr().out
+    assert "methods=['deepavfusion_curated', 'ezvsl'" in capsys.readouterr().out

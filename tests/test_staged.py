@@ -166,10 +166,14 @@ def test_every_comparison_method_is_a_zoo_entry_warm_started_like_deepavfusion(t
             # the curated pre-training scenes (zoo.BASELINE_DATA), named in the entry's overrides
             assert zoo.recipe_config(profile, name).data.pretrain_distractors == 0
         assert zoo.recipe_config(profile, "deepavfusion").data.pretrain_distractors is None
+        # the data control: DeepAVFusion's stage on the methods' curated scenes, nothing else changed
+        control = by_name["deepavfusion_curated"]
+        assert control.overrides == {**av.overrides, **zoo.BASELINE_DATA} and control.objective == "deepavfusion"
+        assert (control.warm_start, control.warm_start_decoders) == (av.warm_start, av.warm_start_decoders)
     # each builds from the unimodal entry and hands a late-fusion encoder downstream (one step each)
     monkeypatch.setitem(zoo.RECIPES, "smoke", [replace(r, overrides={**r.overrides, "data.dataset": "synthetic",
                                                                       "pretrain.max_steps": 1})
-                                               for r in zoo.RECIPES["smoke"] if r.name != "deepavfusion"])
+                                               for r in zoo.RECIPES["smoke"] if not r.name.startswith("deepavfusion")])
     root, runs = tmp_path / "zoo", tmp_path / "runs"
     entries = zoo.build("smoke", zoo=root, runs=runs, device="cpu")
     assert set(entries) == {f"smoke/{n}" for n in ("unimodal", *zoo.BASELINES)}
