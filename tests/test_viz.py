@@ -221,11 +221,11 @@ def test_compare_bars_orders_the_initializations_like_the_reports():
     from avlib.reproduce import INIT_ORDER
     res = {"localization": {"ccol": 0.3, "deepavfusion": 0.25, "other": 0.1, "scratch": 0.2, "ezvsl": 0.3,
                             "unimodal": 0.22, "mix_and_localize": 0.2, "slavc": 0.2, "sound_of_pixels": 0.2,
-                            "oneavm": 0.2}}
+                            "oneavm": 0.2, "deepavfusion_curated": 0.2}}
     fig = viz.compare_bars(res, ylabel="auc")
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert ticks == [*INIT_ORDER, "other"]                       # scratch, unimodal, deepavfusion, the methods
-    assert all(t.get_rotation() == 30 for t in fig.axes[0].get_xticklabels())     # ten names do not overlap
+    assert ticks == [*INIT_ORDER, "other"]     # scratch, unimodal, deepavfusion, its data control, the methods
+    assert all(t.get_rotation() == 30 for t in fig.axes[0].get_xticklabels())     # eleven names do not overlap
     three = viz.compare_bars({"probe": {"deepavfusion": 60.0, "unimodal": 58.0, "scratch": 50.0}}, ylabel="top1")
     assert [t.get_text() for t in three.axes[0].get_xticklabels()] == ["scratch", "unimodal", "deepavfusion"]
 
@@ -234,7 +234,8 @@ def test_method_names():
     assert viz.method_name("deepavfusion") == "DeepAVFusion" and viz.method_name("mix_and_localize") == "Mix-and-Localize"
     assert viz.method_name("something else") == "something else"
     from avlib import zoo
-    assert set(zoo.BASELINES) | {"scratch", "unimodal", "deepavfusion"} == set(viz.METHOD_NAMES)
+    assert set(zoo.BASELINES) | {"scratch", "unimodal", "deepavfusion", "deepavfusion_curated"} == set(viz.METHOD_NAMES)
+    assert {"scratch", *(r.name for r in zoo.RECIPES["cpu"])} == set(viz.METHOD_NAMES)     # every zoo entry has a name
 
 
 def test_plot_history_references_per_key():
