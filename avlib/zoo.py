@@ -38,7 +38,8 @@ from .paths import ROOT, RUNS
 from .utils import sha256_file
 
 __all__ = ["ZOO", "Recipe", "RECIPES", "staged_recipe", "ZooError", "checkpoint", "ensure", "initializations",
-           "compared_inits", "stages", "BASELINES", "BASELINE_DATA", "baseline_recipes", "curated_control", "build", "verify", "manifest", "main"]
+           "compared_inits", "stages", "BASELINES", "BASELINE_DATA", "baseline_recipes", "curated_control", "build",
+           "verify", "manifest", "main"]
 
 ZOO: Path = Path(os.environ.get("AVLIB_ZOO", ROOT / "zoo"))
 
@@ -116,7 +117,8 @@ BASELINES = {"ezvsl": "EZ-VSL: audio-visual contrastive localization (multiple-i
 # task scenes (four digits, one sounding) none of them left chance in 782 steps at its published lr, and
 # EZ-VSL's InfoNCE stayed at 2 ln 64 in shorter runs at lr 1e-3 (200 steps), at tau 0.07 (540 steps) and from
 # scratch (200 steps), although the same model memorizes one fixed batch in 50 steps. With the sounding digit
-# alone it leaves the plateau after ~250 steps (validation split, docs/baselines.md). The downstream protocols still train and test on task scenes.
+# alone it leaves the plateau after ~250 steps (validation split, docs/baselines.md). The downstream protocols
+# still train and test on task scenes.
 BASELINE_DATA: dict[str, Any] = {"data.pretrain_distractors": 0}
 
 
@@ -143,14 +145,15 @@ def curated_control(audiovisual: Recipe) -> Recipe:
                    overrides={**audiovisual.overrides, **BASELINE_DATA})
 
 
+def _profile_recipes(staged: list[Recipe], budget: Mapping[str, Any] | None = None) -> list[Recipe]:
+    """A profile's entries: the staged recipe, DeepAVFusion's data control, the comparison methods."""
+    return [*staged, curated_control(staged[1]), *baseline_recipes(budget)]
+
+
 # The profiles' recipes, in build order (a stage comes after the entry it warm-starts from). Budgets:
 # ``cpu``: batch 64 of 3,000 training scenes = 47 steps per epoch; 64 epochs (~3,000 steps) of unimodal
 # masked modeling and 17 (~800 steps) of audio-visual, lr 1e-3 with 10% warm-up, chosen with frozen-token
 # probes on the validation split (docs/pretraining.md). ``smoke``: the same stages at the profile's budget.
-def _profile_recipes(staged: list[Recipe], budget: Mapping[str, Any] | None = None) -> list[Recipe]:
-    return [*staged, curated_control(staged[1]), *baseline_recipes(budget)]
-
-
 RECIPES: dict[str, list[Recipe]] = {
     "cpu": _profile_recipes(staged_recipe(
         unimodal={"pretrain.epochs": 64, "pretrain.warmup_epochs": 6, "pretrain.lr": 1e-3, "pretrain.eval_every": 16},

@@ -72,7 +72,6 @@ from IPython.display import display
 from avlib import baselines, budgets, heads, metrics, tasks, viz, widgets, zoo
 from avlib.config import apply_overrides, make_config
 from avlib.data import make_loaders
-from avlib.objectives import OBJECTIVES
 from avlib.reproduce import ordered_inits
 
 device = nb.setup(seed, device)
@@ -360,7 +359,7 @@ if "waveform" in first:                          # AV-Digits scenes carry their 
 # %%
 zero_shot, zero_shot_maps = {}, {}
 scenes = next(iter(make_loaders(cfg, "localization", batch_size=num_examples, test_size=num_examples)[1]))
-for name in [m for m in methods if getattr(OBJECTIVES.get(m), "localization_map", None) is not None]:
+for name in baselines.with_readout(methods, "localization_map"):
     objective, model, _ = baselines.load_objective_model(inits[name][1], device=device)
     zero_shot[name] = baselines.zero_shot_localization(objective, model, make_loaders(cfg, "localization")[1], cfg,
                                                        device=device)

@@ -62,7 +62,6 @@ overrides: dict = {}  # config overrides, e.g. {"segmentation.head": "official_u
 num_examples: int = 6  # Figure 2 shows the first test scenes, this many
 
 # %%
-
 import pandas as pd
 import torch
 import torch.nn.functional as F

@@ -66,7 +66,6 @@ num_examples: int = 4  # test mixtures kept for the figure, the explorer and the
 example: int = 0  # which of those mixtures the figure and the players show
 
 # %%
-
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -76,7 +75,6 @@ from avlib import baselines, budgets, heads, tasks, viz, widgets, zoo
 from avlib.audio import LOG_EPS
 from avlib.config import make_config
 from avlib.data import make_loaders
-from avlib.objectives import OBJECTIVES
 from avlib.reproduce import ordered_inits
 
 device = nb.setup(seed, device)
@@ -277,7 +275,7 @@ budgets.task_figure(profile, "separation")
 
 # %%
 zero_shot = {}
-for name in [m for m in methods if getattr(OBJECTIVES.get(m), "separation_mask", None) is not None]:
+for name in baselines.with_readout(methods, "separation_mask"):
     objective, model, _ = baselines.load_objective_model(inits[name][1], device=device)
     zero_shot[name] = baselines.zero_shot_separation(objective, model, cfg, device=device)
 if zero_shot:

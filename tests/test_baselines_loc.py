@@ -544,3 +544,14 @@ def test_slavc_evaluator_by_hand():
     assert res["n"] == 2 and res["n_visible"] == 1 and res["slavc_loc_acc"] == 1.0
     # one threshold (0.2): both confident, P = 1/2, R = 1 -> AP sums nothing; F1 at 0.2: 2/3, at 0.9: 1
     assert res["slavc_ap"] == 0.0 and res["slavc_max_f1"] == pytest.approx(1.0)
+
+
+def test_with_readout_names_the_entries_whose_objective_has_that_zero_shot_readout():
+    from avlib import baselines
+
+    names = ["deepavfusion_curated", "ezvsl", "ccol", "sound_of_pixels", "oneavm", "mix_and_localize"]
+    assert baselines.with_readout(names, "localization_map") == ["ezvsl", "sound_of_pixels", "oneavm",
+                                                                 "mix_and_localize"]
+    assert baselines.with_readout(names, "separation_mask") == ["ccol", "sound_of_pixels", "oneavm"]
+    with pytest.raises(ValueError, match="readout"):
+        baselines.with_readout(names, "map")

@@ -55,5 +55,6 @@ from . import mix_and_localize  # noqa: F401
 from . import sound_of_pixels  # noqa: F401
 from . import ccol  # noqa: F401
 from . import oneavm  # noqa: F401
-from .common import extended_test_scenes, load_objective_model, zero_shot_localization, zero_shot_slavc  # noqa: F401
+from .common import (extended_test_scenes, load_objective_model, with_readout, zero_shot_localization,  # noqa: F401
+                     zero_shot_slavc)
 from .mixsep import zero_shot_separation  # noqa: F401

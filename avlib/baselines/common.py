@@ -30,7 +30,7 @@ from ..protocols import PROTOCOLS
 
 __all__ = ["late_fusion_encoder", "encode", "pool_tokens", "unit", "as_grid", "eval_mode", "init_conv1x1_",
            "init_linear_", "LateFusionObjective", "adam_recipe", "validation_loss", "load_objective_model",
-           "zero_shot_localization", "extended_test_scenes", "zero_shot_slavc"]
+           "with_readout", "zero_shot_localization", "extended_test_scenes", "zero_shot_slavc"]
 
 AUDIO_POOLS = ("max", "mean")
 
@@ -231,6 +231,18 @@ def load_objective_model(checkpoint, device="cpu") -> tuple[Objective, nn.Module
 # ----------------------------------------------------------------------------------------------
 # Zero-shot read-outs
 # ----------------------------------------------------------------------------------------------
+ZERO_SHOT_READOUTS = ("localization_map", "separation_mask")
+
+
+def with_readout(names, readout: str) -> list[str]:
+    """The entries of ``names`` whose registered objective has the zero-shot read-out ``readout``
+    (``"localization_map"`` or ``"separation_mask"``), in order. A zoo entry that is no objective of its own
+    (the data control ``deepavfusion_curated``) or whose objective lacks the read-out is left out."""
+    if readout not in ZERO_SHOT_READOUTS:
+        raise ValueError(f"readout={readout!r}: one of {ZERO_SHOT_READOUTS}")
+    return [n for n in names if getattr(OBJECTIVES.get(n), readout, None) is not None]
+
+
 class _ZeroShotLocalizer(nn.Module):
     """The localization protocol's view of an objective's zero-shot read-out: its ``similarity_map`` is
     the objective's ``localization_map`` (so ``Localization.evaluate`` scores it unchanged)."""
